@@ -1,0 +1,416 @@
+//! The `pretext` command line (clap).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::data::augment::AugmentConfig;
+use crate::data::{self, CacheOptions};
+use crate::eval::{self, EvalConfig};
+use crate::models::{Arch, BackboneConfig};
+use crate::run::{Pretrain, RunConfig, normalize_for, open_split};
+use crate::tasks::{RotationConfig, TaskConfig};
+use crate::train::{OptimConfig, OptimKind, Schedule, TrainConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pretext",
+    version,
+    about = "Self-supervised visual representation learning: pretext tasks and their evaluation"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Compute device: flex (pure-Rust CPU, default), wgpu[:N], vulkan[:N], cuda[:N]
+    /// (GPU backends need their cargo feature).
+    #[arg(long, global = true, default_value = "flex")]
+    pub device: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Folder for decoded-image caches (default: $PRETEXT_CACHE_DIR or ~/.cache/pretext).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not cache decoded images on disk.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Bring every folder image to this side (shorter side resized, centre crop).
+    #[arg(long, global = true)]
+    pub image_size: Option<u32>,
+    /// Skip (and count) unreadable images instead of stopping.
+    #[arg(long, global = true)]
+    pub skip_bad: bool,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+impl Common {
+    pub fn cache(&self) -> CacheOptions {
+        let mut c = CacheOptions::default();
+        if let Some(d) = &self.cache_dir {
+            c.dir = Some(d.clone());
+        }
+        if self.no_cache {
+            c.dir = None;
+        }
+        c.image_size = self.image_size;
+        c.skip_bad = self.skip_bad;
+        c.progress = !self.quiet;
+        c
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pretrain with a pretext task, then evaluate it beside a random-init network.
+    Run(RunArgs),
+    /// Pretrain a backbone with a pretext task.
+    Pretrain(PretrainArgs),
+    /// Evaluate a run's frozen features: kNN and a linear probe per layer.
+    Eval(EvalArgs),
+    /// Look at a data set.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Print what a data folder holds: format, splits, counts, classes, image size.
+    Inspect { path: PathBuf },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PretrainArgs {
+    /// Data: an image folder (class folders, flat, or train/ + test/), or the CIFAR-10/100
+    /// or STL-10 binary release.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory (config, checkpoints, metrics, preview).
+    #[arg(long, default_value = "runs/rotation")]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (its saved config is used).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value = "nin")]
+    pub backbone: Arch,
+    /// Base width (NIN: 192 in the paper; AlexNet conv1 / ResNet stem: 64).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// NIN blocks.
+    #[arg(long, default_value_t = 4)]
+    pub blocks: usize,
+    /// Rotation angles: 4 (multiples of 90°) or 8 (multiples of 45°).
+    #[arg(long, default_value_t = 4)]
+    pub angles: usize,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Source images per batch (rotation feeds 4× as many inputs).
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Pretrain on a seeded random subset of this many images.
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optim: OptimKind,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// step (RotNet: ×0.2 at 30/60/80% of the run), cosine or constant.
+    #[arg(long, default_value = "step")]
+    pub schedule: String,
+    /// Crop side (default: the image side).
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// Padding for the random crop (RotNet on CIFAR: 4).
+    #[arg(long, default_value_t = 4)]
+    pub pad: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many epochs in this call (resume later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// The run directory to evaluate.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Labelled data with train and test splits (default: the run's data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate the run's network freshly initialised instead of its checkpoint.
+    #[arg(long)]
+    pub random_init: bool,
+    /// Labelled training images for the probes and kNN (seeded random subset; default all).
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    /// Test images (default all).
+    #[arg(long)]
+    pub test_images: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub probe_epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub probe_lr: f64,
+    /// Pooled feature size per layer.
+    #[arg(long, default_value_t = 9216)]
+    pub probe_dim: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pretrain: PretrainArgs,
+    /// Labelled training images for evaluation (default all).
+    #[arg(long)]
+    pub eval_train_images: Option<usize>,
+    /// Test images for evaluation (default all).
+    #[arg(long)]
+    pub eval_test_images: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub probe_epochs: usize,
+}
+
+fn schedule(name: &str) -> Result<Schedule> {
+    Ok(match name {
+        "step" => Schedule::rotnet(),
+        "cosine" => Schedule::Cosine {
+            min_factor: 0.0,
+            warmup: 0.0,
+        },
+        "constant" => Schedule::Constant,
+        other => bail!("unknown schedule {other:?}; expected step, cosine or constant"),
+    })
+}
+
+/// Resolve pretraining flags into a run configuration (opens the data to size things).
+pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
+    let Some(data_root) = a.data.clone() else {
+        bail!("--data is required to start a run (or pass --resume to continue one)");
+    };
+    let split = data::pretrain_split(&data_root)?;
+    let set = open_split(&data_root, split, cache)?;
+    let size = set.header.h.min(set.header.w);
+    let crop = a.crop.unwrap_or(size);
+    if crop > size + 2 * a.pad {
+        bail!(
+            "--crop {crop} is larger than the {size}px images plus 2×{} padding",
+            a.pad
+        );
+    }
+    let mut backbone = BackboneConfig::new(a.backbone, crop);
+    if let Some(w) = a.width {
+        backbone.width = w;
+    }
+    backbone.blocks = a.blocks;
+    backbone.in_channels = set.header.c;
+    let mut optim = OptimConfig::rotnet();
+    optim.kind = a.optim;
+    optim.lr = a.lr;
+    optim.weight_decay = a.weight_decay;
+    Ok(RunConfig {
+        data: data_root,
+        split,
+        train_images: a.train_images,
+        image_size: size,
+        input: crate::run::InputTransform::Rgb,
+        backbone,
+        task: TaskConfig::Rotation(RotationConfig { angles: a.angles }),
+        augment: AugmentConfig {
+            crop,
+            pad: a.pad,
+            flip: true,
+        },
+        normalize: normalize_for(&set),
+        train: TrainConfig {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            optim,
+            schedule: schedule(&a.schedule)?,
+            seed: a.seed,
+            log_every: 10,
+            keep_checkpoints: 2,
+        },
+    })
+}
+
+pub fn eval_config(
+    train_images: Option<usize>,
+    test_images: Option<usize>,
+    probe_epochs: usize,
+    probe_lr: f64,
+    probe_dim: usize,
+    seed: u64,
+) -> EvalConfig {
+    let mut c = EvalConfig {
+        train_images,
+        test_images,
+        probe_dim,
+        seed,
+        ..EvalConfig::default()
+    };
+    c.probe.epochs = probe_epochs;
+    c.probe.optim.lr = probe_lr;
+    c.probe.seed = seed;
+    c
+}
+
+pub fn main_with(cli: Cli) -> Result<()> {
+    if let Some(t) = cli.common.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
+    }
+    let cache = cli.common.cache();
+    let progress = !cli.common.quiet;
+    match cli.command {
+        Command::Data(DataCommand::Inspect { path }) => inspect(&path, &cache),
+        Command::Pretrain(a) => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            pretrain(&a, &cache, &dev, progress).map(|_| ())
+        }
+        Command::Eval(a) => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            let rc = RunConfig::load(&a.run)?;
+            let data = a.data.clone().unwrap_or(rc.data);
+            let cfg = eval_config(
+                a.train_images,
+                a.test_images,
+                a.probe_epochs,
+                a.probe_lr,
+                a.probe_dim,
+                a.seed,
+            );
+            let (report, out) =
+                eval::evaluate_run(&a.run, &data, a.random_init, &cfg, &cache, &dev, progress)?;
+            println!("{}", report.markdown());
+            println!("written to {}/eval.{{md,csv,json}}", out.display());
+            Ok(())
+        }
+        Command::Run(a) => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            let rc = pretrain(&a.pretrain, &cache, &dev, progress)?;
+            let cfg = eval_config(
+                a.eval_train_images,
+                a.eval_test_images,
+                a.probe_epochs,
+                0.01,
+                9216,
+                0,
+            );
+            let run = &a.pretrain.out;
+            let (trained, _) =
+                eval::evaluate_run(run, &rc.data, false, &cfg, &cache, &dev, progress)?;
+            let (random, _) =
+                eval::evaluate_run(run, &rc.data, true, &cfg, &cache, &dev, progress)?;
+            println!("{}\n{}", trained.markdown(), random.markdown());
+            if let (Some(a), Some(b)) = (trained.best_layer(), random.best_layer()) {
+                println!(
+                    "best layer: {} {} {:.2}% linear top-1 vs random-init {} {:.2}% ({:+.2} points)",
+                    trained.method,
+                    a.layer,
+                    100.0 * a.linear.top1,
+                    b.layer,
+                    100.0 * b.linear.top1,
+                    100.0 * (a.linear.top1 - b.linear.top1)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn pretrain(
+    a: &PretrainArgs,
+    cache: &CacheOptions,
+    dev: &burn::tensor::Device,
+    progress: bool,
+) -> Result<RunConfig> {
+    let cfg = if a.resume {
+        None
+    } else {
+        Some(run_config(a, cache)?)
+    };
+    let p = Pretrain {
+        run: &a.out,
+        device: dev,
+        progress,
+        stop_after: a.stop_after,
+        cache,
+    };
+    let (rc, outcome) = p.run(cfg, a.resume)?;
+    eprintln!(
+        "pretraining: {} epochs done, loss {:.4}, pretext accuracy {:.2}%, {:.1} images/s, {:.0} s in all; run in {}",
+        outcome.state.epoch,
+        outcome.state.loss,
+        100.0 * outcome.state.accuracy,
+        outcome.images_per_second,
+        outcome.state.train_seconds,
+        a.out.display()
+    );
+    Ok(rc)
+}
+
+fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
+    let format = data::detect_format(path)?;
+    println!("{}: {:?}", path.display(), format);
+    let splits: Vec<data::Split> = match format {
+        data::Format::Folder => {
+            if path.join("train").is_dir() || path.join("test").is_dir() {
+                [data::Split::Train, data::Split::Test]
+                    .into_iter()
+                    .filter(|s| path.join(s.name()).is_dir())
+                    .collect()
+            } else {
+                vec![data::Split::Unlabeled]
+            }
+        }
+        data::Format::Stl10 => [
+            data::Split::Train,
+            data::Split::Test,
+            data::Split::Unlabeled,
+        ]
+        .into_iter()
+        .filter(|s| path.join(format!("{}_X.bin", s.name())).is_file())
+        .collect(),
+        _ => vec![data::Split::Train, data::Split::Test],
+    };
+    for split in splits {
+        let set = data::open(path, split, cache)?;
+        let h = &set.header;
+        println!(
+            "  {}: {} images, {}×{}×{}, {}",
+            split.name(),
+            h.n,
+            h.w,
+            h.h,
+            h.c,
+            if set.is_labelled() {
+                format!("{} classes", h.classes.len())
+            } else {
+                "unlabeled".into()
+            }
+        );
+        for (name, count) in h.classes.iter().zip(set.class_counts()) {
+            println!("    {name:<16} {count}");
+        }
+        if !h.skipped.is_empty() {
+            println!("    skipped {} unreadable image(s)", h.skipped.len());
+        }
+        if let Some(p) = &set.cache_path {
+            println!("    cache: {}", p.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Decoded images as one u8 file per data set split, memory-mapped on reuse.
+//!
+//! Layout: `PRTXIMG1` magic, a little-endian u64 header length, a JSON header (counts,
+//! size, labels, class names, source names, fingerprint of the source), zero padding to a
+//! 64-byte boundary, then `n × h × w × c` bytes in HWC order. The file is written to a
+//! temporary name and renamed, so a killed run never leaves a half-written cache behind.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use super::DataError;
+
+const MAGIC: &[u8; 8] = b"PRTXIMG1";
+
+/// Where decoded caches live and how a folder's images are brought to one size.
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// Folder for cache files; `None` keeps decoded images in memory only.
+    pub dir: Option<PathBuf>,
+    /// Side length every folder image is brought to (shorter side resized, centre crop).
+    /// `None`: the size of the first image found; images smaller than it are an error.
+    pub image_size: Option<u32>,
+    /// Skip (and count) images that cannot be decoded instead of stopping.
+    pub skip_bad: bool,
+    /// Print progress while decoding.
+    pub progress: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            dir: default_cache_dir(),
+            image_size: None,
+            skip_bad: false,
+            progress: true,
+        }
+    }
+}
+
+/// `$PRETEXT_CACHE_DIR`, else `$XDG_CACHE_HOME/pretext`, else `~/.cache/pretext`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("PRETEXT_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("pretext"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("pretext"))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    /// One label per image, indexes into `classes`; `None` for unlabeled sets.
+    pub labels: Option<Vec<u16>>,
+    pub classes: Vec<String>,
+    /// Where each image came from (a file path, or `file#record`), for messages and search.
+    pub sources: Vec<String>,
+    /// Images skipped with `--skip-bad`.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    pub fingerprint: u64,
+}
+
+enum Pixels {
+    Owned(Vec<u8>),
+    Mapped { map: Mmap, offset: usize },
+}
+
+/// A decoded split: `n` images of `h × w × c` u8 pixels (HWC), with optional labels.
+#[derive(Clone)]
+pub struct ImageSet {
+    pub header: Arc<Header>,
+    pixels: Arc<Pixels>,
+    /// Where the cache file is, if it was written.
+    pub cache_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ImageSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ImageSet({} × {}×{}×{}, {} classes)",
+            self.header.n,
+            self.header.h,
+            self.header.w,
+            self.header.c,
+            self.header.classes.len()
+        )
+    }
+}
+
+impl ImageSet {
+    pub fn from_parts(header: Header, pixels: Vec<u8>) -> Self {
+        assert_eq!(pixels.len(), header.n * header.h * header.w * header.c);
+        Self {
+            header: Arc::new(header),
+            pixels: Arc::new(Pixels::Owned(pixels)),
+            cache_path: None,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.header.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.header.n == 0
+    }
+    pub fn image_bytes(&self) -> usize {
+        self.header.h * self.header.w * self.header.c
+    }
+    pub fn all_pixels(&self) -> &[u8] {
+        match &*self.pixels {
+            Pixels::Owned(v) => v,
+            Pixels::Mapped { map, offset } => &map[*offset..],
+        }
+    }
+    /// HWC bytes of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let b = self.image_bytes();
+        &self.all_pixels()[i * b..(i + 1) * b]
+    }
+    pub fn label(&self, i: usize) -> Option<u16> {
+        self.header.labels.as_ref().map(|l| l[i])
+    }
+    pub fn num_classes(&self) -> usize {
+        self.header.classes.len()
+    }
+    pub fn is_labelled(&self) -> bool {
+        self.header.labels.is_some()
+    }
+    /// Per-class image counts, in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.num_classes()];
+        if let Some(l) = &self.header.labels {
+            for &y in l {
+                counts[y as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    /// A copy restricted to `indices` (in that order), kept in memory.
+    pub fn subset(&self, indices: &[usize]) -> ImageSet {
+        let b = self.image_bytes();
+        let mut pixels = Vec::with_capacity(indices.len() * b);
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
+        }
+        let h = &self.header;
+        let header = Header {
+            n: indices.len(),
+            labels: h
+                .labels
+                .as_ref()
+                .map(|l| indices.iter().map(|&i| l[i]).collect()),
+            sources: indices.iter().map(|&i| h.sources[i].clone()).collect(),
+            skipped: vec![],
+            ..(**h).clone()
+        };
+        ImageSet::from_parts(header, pixels)
+    }
+
+    /// Per-channel mean and standard deviation in [0, 1] units, from up to `max` images
+    /// spread evenly over the set.
+    pub fn channel_stats(&self, max: usize) -> (Vec<f32>, Vec<f32>) {
+        let c = self.header.c;
+        let step = (self.len() / max.max(1)).max(1);
+        let mut sum = vec![0f64; c];
+        let mut sq = vec![0f64; c];
+        let mut count = 0f64;
+        for i in (0..self.len()).step_by(step) {
+            for px in self.image(i).chunks_exact(c) {
+                for (ch, &v) in px.iter().enumerate() {
+                    let v = v as f64 / 255.0;
+                    sum[ch] += v;
+                    sq[ch] += v * v;
+                }
+            }
+            count += (self.header.h * self.header.w) as f64;
+        }
+        let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, &m)| ((q / count - (m as f64).powi(2)).max(1e-8)).sqrt() as f32)
+            .collect();
+        (mean, std)
+    }
+}
+
+/// 64-bit FNV-1a: a stable fingerprint for cache keys (std's hasher is not stable across
+/// Rust versions, and a cache key must be).
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+pub const FNV_START: u64 = 0xcbf29ce484222325;
+
+/// Path of the cache file for a source with this fingerprint.
+pub fn cache_file(dir: &Path, kind: &str, split: &str, fingerprint: u64) -> PathBuf {
+    dir.join(format!("{kind}-{split}-{fingerprint:016x}.u8"))
+}
+
+/// Load a cache file if it exists and matches `fingerprint`.
+pub fn load(path: &Path, fingerprint: u64) -> Option<ImageSet> {
+    let file = fs::File::open(path).ok()?;
+    // SAFETY: the file is only ever replaced by rename, never modified in place, so the
+    // mapping stays valid for as long as we hold it.
+    let map = unsafe { Mmap::map(&file) }.ok()?;
+    if map.len() < 16 || &map[..8] != MAGIC {
+        return None;
+    }
+    let hlen = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
+    let header: Header = serde_json::from_slice(map.get(16..16 + hlen)?).ok()?;
+    if header.fingerprint != fingerprint {
+        return None;
+    }
+    let offset = (16 + hlen).div_ceil(64) * 64;
+    let need = header.n * header.h * header.w * header.c;
+    if map.len() != offset + need {
+        return None;
+    }
+    Some(ImageSet {
+        header: Arc::new(header),
+        pixels: Arc::new(Pixels::Mapped { map, offset }),
+        cache_path: Some(path.to_path_buf()),
+    })
+}
+
+/// Write `set` to `path` atomically (temporary file + rename).
+pub fn store(path: &Path, set: &ImageSet) -> Result<(), DataError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        let header = serde_json::to_vec(&*set.header).map_err(std::io::Error::other)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&(header.len() as u64).to_le_bytes())?;
+        f.write_all(&header)?;
+        let offset = (16 + header.len()).div_ceil(64) * 64;
+        f.write_all(&vec![0u8; offset - 16 - header.len()])?;
+        f.write_all(set.all_pixels())?;
+        f.into_inner()?.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        DataError::io(path, e)
+    })
+}
+
+/// Return the cached set for `fingerprint`, or build it with `decode` and cache it.
+pub fn cached(
+    opts: &CacheOptions,
+    kind: &str,
+    split: &str,
+    fingerprint: u64,
+    decode: impl FnOnce() -> Result<ImageSet, DataError>,
+) -> Result<ImageSet, DataError> {
+    let path = opts
+        .dir
+        .as_ref()
+        .map(|d| cache_file(d, kind, split, fingerprint));
+    if let Some(p) = &path
+        && let Some(set) = load(p, fingerprint)
+    {
+        return Ok(set);
+    }
+    let set = decode()?;
+    if let Some(p) = &path {
+        // A cache that cannot be written costs speed, not correctness: say so and go on.
+        match store(p, &set) {
+            Ok(()) => {
+                if let Some(mapped) = load(p, fingerprint) {
+                    return Ok(mapped);
+                }
+            }
+            Err(e) => eprintln!("warning: could not write the image cache: {e}"),
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ImageSet {
+        let header = Header {
+            n: 2,
+            h: 1,
+            w: 2,
+            c: 3,
+            labels: Some(vec![1, 0]),
+            classes: vec!["a".into(), "b".into()],
+            sources: vec!["x".into(), "y".into()],
+            skipped: vec![],
+            fingerprint: 42,
+        };
+        ImageSet::from_parts(header, (0..12).collect())
+    }
+
+    #[test]
+    fn cache_round_trip_is_exact_and_checks_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.u8");
+        let set = tiny();
+        store(&p, &set).unwrap();
+        let back = load(&p, 42).expect("cache loads");
+        assert_eq!(back.header, set.header);
+        assert_eq!(back.all_pixels(), set.all_pixels());
+        assert_eq!(back.image(1), &[6, 7, 8, 9, 10, 11]);
+        assert!(
+            load(&p, 43).is_none(),
+            "a changed source must not reuse the cache"
+        );
+    }
+
+    #[test]
+    fn subset_and_counts() {
+        let s = tiny().subset(&[1]);
+        assert_eq!(s.image(0), &[6, 7, 8, 9, 10, 11]);
+        assert_eq!(s.header.labels, Some(vec![0]));
+        assert_eq!(tiny().class_counts(), vec![1, 1]);
+    }
+}

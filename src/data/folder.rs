@@ -1,0 +1,264 @@
+//! Image trees on disk: `root/<class>/*.{jpg,png}` (labelled, classes from folder names),
+//! a flat folder of images (unlabeled), or a root holding `train/` and `test/` of either kind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use image::imageops::FilterType;
+use rayon::prelude::*;
+
+use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet, fnv1a};
+use super::{DataError, Split};
+
+fn is_image(p: &Path) -> bool {
+    matches!(
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
+        Some("jpg" | "jpeg" | "png")
+    )
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        v.push(e.path());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// The files of one split and their labels.
+pub struct Listing {
+    pub root: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub labels: Option<Vec<u16>>,
+    pub classes: Vec<String>,
+}
+
+/// The folder that holds `split` under `root`.
+pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DataError> {
+    let has_splits = root.join("train").is_dir() || root.join("test").is_dir();
+    match (has_splits, split) {
+        (false, _) => Ok(root.to_path_buf()),
+        (true, Split::Unlabeled) => Ok(root.join("train")),
+        (true, s) => {
+            let d = root.join(s.name());
+            if d.is_dir() {
+                Ok(d)
+            } else {
+                Err(DataError::format(
+                    root,
+                    format!("has no `{}/` folder (expected train/ and test/)", s.name()),
+                ))
+            }
+        }
+    }
+}
+
+/// List the images of `split` (sorted, so the order never depends on the file system).
+pub fn list(root: &Path, split: Split) -> Result<Listing, DataError> {
+    if !root.exists() {
+        return Err(DataError::Missing {
+            path: root.to_path_buf(),
+        });
+    }
+    let dir = split_dir(root, split)?;
+    let entries = sorted_entries(&dir)?;
+    let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    let flat: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| p.is_file() && is_image(p))
+        .cloned()
+        .collect();
+    if !subdirs.is_empty() && !flat.is_empty() {
+        return Err(DataError::format(
+            &dir,
+            format!(
+                "mixes {} images at the top level with {} class folders; \
+                 expected either class folders or a flat folder of images",
+                flat.len(),
+                subdirs.len()
+            ),
+        ));
+    }
+    let listing = if subdirs.is_empty() {
+        Listing {
+            root: dir.clone(),
+            files: flat,
+            labels: None,
+            classes: vec![],
+        }
+    } else {
+        let mut files = Vec::new();
+        let mut labels = Vec::new();
+        let mut classes = Vec::new();
+        for sub in subdirs {
+            let name = sub
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let imgs: Vec<PathBuf> = sorted_entries(sub)?
+                .into_iter()
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            if imgs.is_empty() {
+                continue;
+            }
+            let label = classes.len() as u16;
+            classes.push(name);
+            labels.extend(std::iter::repeat_n(label, imgs.len()));
+            files.extend(imgs);
+        }
+        Listing {
+            root: dir.clone(),
+            files,
+            labels: Some(labels),
+            classes,
+        }
+    };
+    if listing.files.is_empty() {
+        return Err(DataError::Empty { path: dir });
+    }
+    Ok(listing)
+}
+
+fn fingerprint(listing: &Listing, opts: &CacheOptions) -> Result<u64, DataError> {
+    let root = fs::canonicalize(&listing.root).unwrap_or_else(|_| listing.root.clone());
+    let mut h = fnv1a(root.to_string_lossy().as_bytes(), FNV_START);
+    h = fnv1a(&opts.image_size.unwrap_or(0).to_le_bytes(), h);
+    h = fnv1a(&[opts.skip_bad as u8], h);
+    for f in &listing.files {
+        let md = fs::metadata(f).map_err(|e| DataError::io(f, e))?;
+        h = fnv1a(f.to_string_lossy().as_bytes(), h);
+        h = fnv1a(&md.len().to_le_bytes(), h);
+        if let Ok(t) = md.modified()
+            && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+        {
+            h = fnv1a(&d.as_nanos().to_le_bytes(), h);
+        }
+    }
+    Ok(h)
+}
+
+/// Decode one file to `size × size` RGB: shorter side resized to `size`, centre crop.
+pub fn decode_file(path: &Path, size: Option<u32>) -> Result<image::RgbImage, DataError> {
+    let corrupt = |reason: String| DataError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| corrupt(e.to_string()))?
+        .to_rgb8();
+    let Some(size) = size else { return Ok(img) };
+    let (w, h) = img.dimensions();
+    if w == size && h == size {
+        return Ok(img);
+    }
+    if w.min(h) < size {
+        return Err(DataError::TooSmall {
+            path: path.to_path_buf(),
+            w,
+            h,
+            need: size,
+        });
+    }
+    let (nw, nh) = if w <= h {
+        (
+            size,
+            ((h as u64 * size as u64) / w as u64).max(size as u64) as u32,
+        )
+    } else {
+        (
+            ((w as u64 * size as u64) / h as u64).max(size as u64) as u32,
+            size,
+        )
+    };
+    let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
+    let (x, y) = ((nw - size) / 2, (nh - size) / 2);
+    Ok(image::imageops::crop_imm(&resized, x, y, size, size).to_image())
+}
+
+/// Open `split` of the image tree at `root`, through the cache.
+pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, DataError> {
+    let listing = list(root, split)?;
+    let fp = fingerprint(&listing, opts)?;
+    cache::cached(opts, "folder", split.name(), fp, || {
+        decode_all(listing, opts, fp)
+    })
+}
+
+fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet, DataError> {
+    // The first image fixes the size when the user did not choose one.
+    let size = match opts.image_size {
+        Some(s) => s,
+        None => {
+            let first = decode_file(&listing.files[0], None)?;
+            first.width().min(first.height())
+        }
+    };
+    let n = listing.files.len();
+    let bar = crate::progress::bar(
+        n as u64,
+        &format!("decoding {}", listing.root.display()),
+        opts.progress,
+    );
+    let done = AtomicUsize::new(0);
+    let decoded: Vec<Result<image::RgbImage, DataError>> = listing
+        .files
+        .par_iter()
+        .map(|f| {
+            let r = decode_file(f, Some(size));
+            if done.fetch_add(1, Ordering::Relaxed) % 256 == 0 {
+                bar.set_position(done.load(Ordering::Relaxed) as u64);
+            }
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    let s = size as usize;
+    let mut pixels = Vec::with_capacity(n * s * s * 3);
+    let mut labels = listing.labels.as_ref().map(|_| Vec::with_capacity(n));
+    let mut sources = Vec::with_capacity(n);
+    let mut skipped = Vec::new();
+    for (i, r) in decoded.into_iter().enumerate() {
+        match r {
+            Ok(img) => {
+                pixels.extend_from_slice(img.as_raw());
+                if let (Some(out), Some(src)) = (labels.as_mut(), listing.labels.as_ref()) {
+                    out.push(src[i]);
+                }
+                sources.push(listing.files[i].to_string_lossy().into_owned());
+            }
+            Err(e) if opts.skip_bad => skipped.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if sources.is_empty() {
+        return Err(DataError::Empty { path: listing.root });
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "warning: skipped {} unreadable image(s) under {} (--skip-bad); first: {}",
+            skipped.len(),
+            listing.root.display(),
+            skipped[0]
+        );
+    }
+    let header = Header {
+        n: sources.len(),
+        h: s,
+        w: s,
+        c: 3,
+        labels,
+        classes: listing.classes,
+        sources,
+        skipped,
+        fingerprint: fp,
+    };
+    Ok(ImageSet::from_parts(header, pixels))
+}

@@ -1,0 +1,150 @@
+//! Image data sets: readers for the formats people have on disk, a decoded u8 cache that
+//! is memory-mapped so epochs never re-decode, and a seeded parallel batch loader.
+
+pub mod augment;
+pub mod cache;
+pub mod cifar;
+pub mod folder;
+pub mod loader;
+pub mod stl10;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use cache::{CacheOptions, ImageSet};
+
+/// Why a data set could not be read. Every variant names the file or folder at fault and
+/// what was expected there, so a user can fix the input without reading our code.
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("{path}: no such file or folder")]
+    Missing { path: PathBuf },
+    #[error("{path}: {what}")]
+    Format { path: PathBuf, what: String },
+    #[error("{path}: cannot decode image: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: image is {w}×{h}, smaller than the {need}×{need} this data set needs")]
+    TooSmall {
+        path: PathBuf,
+        w: u32,
+        h: u32,
+        need: u32,
+    },
+    #[error(
+        "{path}: contains no images (expected .jpg/.jpeg/.png files, in class sub-folders or flat)"
+    )]
+    Empty { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DataError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+    pub fn format(path: &Path, what: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
+    }
+}
+
+/// Which part of a data set to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Test,
+    /// STL-10's unlabeled split, or a flat folder without classes.
+    Unlabeled,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+            Split::Unlabeled => "unlabeled",
+        }
+    }
+}
+
+/// The on-disk layouts pretext reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `root/<class>/*.jpg` (labelled), a flat folder of images (unlabeled), or a root with
+    /// `train/` and `test/` sub-trees of either kind.
+    Folder,
+    /// The official CIFAR-10 binary release (`data_batch_1.bin` … `test_batch.bin`).
+    Cifar10,
+    /// The official CIFAR-100 binary release (`train.bin`, `test.bin`).
+    Cifar100,
+    /// The official STL-10 binary release (`train_X.bin`, `test_X.bin`, `unlabeled_X.bin`).
+    Stl10,
+}
+
+/// Work out which layout `root` holds, from the files present.
+pub fn detect_format(root: &Path) -> Result<Format, DataError> {
+    if !root.exists() {
+        return Err(DataError::Missing {
+            path: root.to_path_buf(),
+        });
+    }
+    if !root.is_dir() {
+        return Err(DataError::format(
+            root,
+            "expected a folder (an image tree, or the CIFAR-10/100 or STL-10 binary release)",
+        ));
+    }
+    let has = |name: &str| root.join(name).is_file();
+    if has("data_batch_1.bin") || has("test_batch.bin") {
+        Ok(Format::Cifar10)
+    } else if has("train.bin") && (has("fine_label_names.txt") || has("test.bin")) {
+        Ok(Format::Cifar100)
+    } else if has("train_X.bin") || has("test_X.bin") || has("unlabeled_X.bin") {
+        Ok(Format::Stl10)
+    } else {
+        Ok(Format::Folder)
+    }
+}
+
+/// Open one split of the data set under `root`, decoding into (or reusing) the cache.
+pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> anyhow::Result<ImageSet> {
+    let format = detect_format(root)?;
+    let set = match format {
+        Format::Folder => folder::open(root, split, opts)?,
+        Format::Cifar10 => cifar::open(root, split, cifar::Variant::Cifar10, opts)?,
+        Format::Cifar100 => cifar::open(root, split, cifar::Variant::Cifar100, opts)?,
+        Format::Stl10 => stl10::open(root, split, opts)?,
+    };
+    Ok(set)
+}
+
+/// The split to pretrain on when the user names only a data root: the training images
+/// (and STL-10's unlabeled ones when present), or the whole folder when it has no splits.
+pub fn pretrain_split(root: &Path) -> Result<Split, DataError> {
+    match detect_format(root)? {
+        Format::Folder => Ok(if root.join("train").is_dir() {
+            Split::Train
+        } else {
+            Split::Unlabeled
+        }),
+        Format::Stl10 if root.join("unlabeled_X.bin").is_file() => Ok(Split::Unlabeled),
+        _ => Ok(Split::Train),
+    }
+}

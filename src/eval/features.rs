@@ -1,0 +1,145 @@
+//! Frozen features at every tap from one forward pass per image, each tap average-pooled
+//! to about `target_dim` dimensions (the literature's ~9k) and flattened.
+
+use std::sync::Arc;
+
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::ImageSet;
+use crate::data::augment::{AugmentConfig, Normalize, crop_into};
+use crate::data::loader::{self, LoaderConfig, SampleMaker};
+use crate::models::{Backbone, pool_grid};
+
+/// A row-major `n × dim` matrix per tap.
+#[derive(Clone, Debug)]
+pub struct Features {
+    pub taps: Vec<String>,
+    pub dims: Vec<usize>,
+    /// Pooling grid side per tap (the map was pooled to `grid × grid`).
+    pub grids: Vec<usize>,
+    pub data: Vec<Vec<f32>>,
+    pub labels: Vec<u16>,
+    pub n: usize,
+}
+
+impl Features {
+    pub fn row(&self, tap: usize, i: usize) -> &[f32] {
+        let d = self.dims[tap];
+        &self.data[tap][i * d..(i + 1) * d]
+    }
+}
+
+/// The evaluation view of an image: the deterministic centre crop, normalised.
+pub struct EvalView {
+    pub augment: AugmentConfig,
+    pub norm: Normalize,
+}
+
+impl SampleMaker for EvalView {
+    fn samples_per_image(&self) -> usize {
+        1
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [self.norm.mean.len(), self.augment.crop, self.augment.crop]
+    }
+    fn make(
+        &self,
+        set: &ImageSet,
+        index: usize,
+        _rng: &mut ChaCha8Rng,
+        inputs: &mut [f32],
+        targets: &mut [i64],
+    ) {
+        let h = &set.header;
+        let at = self.augment.centre(h.h, h.w);
+        crop_into(
+            set.image(index),
+            h.h,
+            h.w,
+            h.c,
+            self.augment.crop,
+            self.augment.pad,
+            at,
+            inputs,
+        );
+        self.norm.apply(inputs);
+        targets[0] = set.label(index).map_or(-1, i64::from);
+    }
+}
+
+/// Extract pooled features of `set` at every tap of `backbone` (an inference copy).
+pub fn extract(
+    backbone: &Backbone,
+    set: Arc<ImageSet>,
+    view: Arc<EvalView>,
+    target_dim: usize,
+    batch_size: usize,
+    dev: &Device,
+    label: &str,
+    progress: bool,
+) -> Features {
+    let taps = backbone.tap_names();
+    let n = set.len();
+    let cfg = LoaderConfig {
+        batch_size,
+        shuffle: false,
+        drop_last: false,
+        seed: 0,
+        prefetch: 2,
+    };
+    let indices: Vec<usize> = (0..n).collect();
+    let rx = loader::epoch(set.clone(), view, &indices, &cfg, 0);
+    let bar = crate::progress::bar(n as u64, &format!("features {label}"), progress);
+    let mut data: Vec<Vec<f32>> = vec![Vec::new(); taps.len()];
+    let mut dims = vec![0; taps.len()];
+    let mut grids = vec![0; taps.len()];
+    let mut labels = Vec::with_capacity(n);
+    for batch in rx.iter() {
+        labels.extend(batch.targets.iter().map(|&t| t.max(0) as u16));
+        let b = batch.shape[0];
+        let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
+        for (t, map) in backbone.forward_all(x).into_iter().enumerate() {
+            let [_, c, h, _] = map.dims();
+            let g = pool_grid(c, h, target_dim);
+            let pooled = if g == h {
+                map
+            } else {
+                adaptive_avg_pool2d(map, [g, g])
+            };
+            let flat: Vec<f32> = pooled
+                .reshape([b, c * g * g])
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 features");
+            dims[t] = c * g * g;
+            grids[t] = g;
+            if data[t].is_empty() {
+                data[t].reserve(n * dims[t]);
+            }
+            data[t].extend_from_slice(&flat);
+        }
+        bar.inc(b as u64);
+    }
+    bar.finish_and_clear();
+    Features {
+        taps,
+        dims,
+        grids,
+        data,
+        labels,
+        n,
+    }
+}
+
+/// Scale every row of an `n × d` matrix to unit L2 norm (zero rows stay zero).
+pub fn l2_normalize(data: &mut [f32], d: usize) {
+    for row in data.chunks_exact_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            let inv = 1.0 / norm;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}

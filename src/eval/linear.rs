@@ -1,0 +1,202 @@
+//! The linear evaluation protocol: a frozen trunk, one linear classifier per tap on its
+//! pooled features, all taps' classifiers trained together in one pass over the cached
+//! features (one batch serves every tap). Features are standardised per dimension with
+//! the training set's statistics (the role of the BN some recipes put before the probe).
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::features::Features;
+use super::metrics::top_k_accuracy;
+use crate::train::trainer::cross_entropy;
+use crate::train::{OptimConfig, OptimKind, Schedule};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 256,
+            optim: OptimConfig {
+                kind: OptimKind::Sgd,
+                lr: 0.01,
+                weight_decay: 5e-4,
+                momentum: 0.9,
+                nesterov: true,
+                betas: (0.9, 0.999),
+            },
+            schedule: Schedule::Cosine {
+                min_factor: 0.0,
+                warmup: 0.0,
+            },
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Probes {
+    pub heads: Vec<Linear>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub train_top1: f64,
+}
+
+/// Per-dimension mean and inverse std of `data` (`n × d`).
+pub fn standardizer(data: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = (data.len() / d).max(1) as f64;
+    let mut mean = vec![0f64; d];
+    let mut sq = vec![0f64; d];
+    for row in data.chunks_exact(d) {
+        for (j, &v) in row.iter().enumerate() {
+            mean[j] += v as f64;
+            sq[j] += (v as f64) * (v as f64);
+        }
+    }
+    let m: Vec<f32> = mean.iter().map(|s| (s / n) as f32).collect();
+    let inv: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, s)| {
+            let var = (q / n - (s / n).powi(2)).max(0.0);
+            (1.0 / (var + 1e-5).sqrt()) as f32
+        })
+        .collect();
+    (m, inv)
+}
+
+fn standardize(data: &mut [f32], d: usize, mean: &[f32], inv: &[f32]) {
+    for row in data.chunks_exact_mut(d) {
+        for ((v, m), s) in row.iter_mut().zip(mean).zip(inv) {
+            *v = (*v - m) * s;
+        }
+    }
+}
+
+fn gather(data: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &r in rows {
+        out.extend_from_slice(&data[r * d..(r + 1) * d]);
+    }
+    out
+}
+
+/// Scores `[n × classes]` of every tap's probe on `feats` (already standardised).
+fn scores(
+    probes: &Probes,
+    feats: &[Vec<f32>],
+    dims: &[usize],
+    n: usize,
+    dev: &Device,
+) -> Vec<Vec<f32>> {
+    let block = 1024;
+    let mut out = vec![Vec::new(); dims.len()];
+    for start in (0..n).step_by(block) {
+        let end = (start + block).min(n);
+        for (t, head) in probes.heads.iter().enumerate() {
+            let d = dims[t];
+            let x = Tensor::<2>::from_data(
+                TensorData::new(feats[t][start * d..end * d].to_vec(), [end - start, d]),
+                dev,
+            );
+            out[t].extend(
+                head.forward(x)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("f32"),
+            );
+        }
+    }
+    out
+}
+
+/// Train one linear probe per tap of `train` and test them on `test`.
+pub fn evaluate(
+    train: &Features,
+    test: &Features,
+    classes: usize,
+    cfg: &ProbeConfig,
+    dev: &Device,
+    progress: bool,
+) -> Vec<ProbeResult> {
+    let taps = train.taps.len();
+    let mut xtr = train.data.clone();
+    let mut xte = test.data.clone();
+    for t in 0..taps {
+        let (m, inv) = standardizer(&xtr[t], train.dims[t]);
+        standardize(&mut xtr[t], train.dims[t], &m, &inv);
+        standardize(&mut xte[t], test.dims[t], &m, &inv);
+    }
+    let train_dev = dev.clone().autodiff();
+    train_dev.seed(cfg.seed);
+    let mut probes = Probes {
+        heads: train
+            .dims
+            .iter()
+            .map(|&d| LinearConfig::new(d, classes).init(&train_dev))
+            .collect(),
+    };
+    let mut optim = cfg.optim.init();
+    let mut order: Vec<usize> = (0..train.n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let nb = train.n.div_ceil(cfg.batch_size);
+    let bar = crate::progress::bar((cfg.epochs * nb) as u64, "linear probes", progress);
+    for epoch in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
+            let lr = cfg.schedule.lr(
+                cfg.optim.lr,
+                epoch as f64 + b as f64 / nb as f64,
+                cfg.epochs as f64,
+            );
+            let y: Vec<i64> = rows.iter().map(|&r| train.labels[r] as i64).collect();
+            let y = Tensor::<1, Int>::from_data(TensorData::new(y, [rows.len()]), &train_dev);
+            let mut loss: Option<Tensor<1>> = None;
+            for (t, head) in probes.heads.iter().enumerate() {
+                let d = train.dims[t];
+                let x = Tensor::<2>::from_data(
+                    TensorData::new(gather(&xtr[t], d, rows), [rows.len(), d]),
+                    &train_dev,
+                );
+                let l = cross_entropy(head.forward(x), y.clone());
+                loss = Some(match loss {
+                    Some(acc) => acc + l,
+                    None => l,
+                });
+            }
+            let loss = loss.expect("at least one tap");
+            let grads = GradientsParams::from_grads(loss.backward(), &probes);
+            probes = optim.step(lr, probes, grads);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let probes = probes.valid();
+    let s_test = scores(&probes, &xte, &test.dims, test.n, dev);
+    let s_train = scores(&probes, &xtr, &train.dims, train.n, dev);
+    (0..taps)
+        .map(|t| ProbeResult {
+            top1: top_k_accuracy(&s_test[t], classes, &test.labels, 1),
+            top5: top_k_accuracy(&s_test[t], classes, &test.labels, 5.min(classes)),
+            train_top1: top_k_accuracy(&s_train[t], classes, &train.labels, 1),
+        })
+        .collect()
+}

@@ -1,0 +1,184 @@
+//! Measuring frozen features: kNN and per-tap linear probes, written as a table.
+
+pub mod features;
+pub mod knn;
+pub mod linear;
+pub mod metrics;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::AugmentConfig;
+use crate::data::{CacheOptions, Split};
+use crate::models::head::ClassifierNet;
+use crate::run::{RunConfig, open_split, subset_indices};
+use crate::train::checkpoint;
+use features::{EvalView, l2_normalize};
+use knn::KnnSetting;
+use linear::ProbeConfig;
+pub use table::{EvalReport, LayerRow};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    /// Pooled feature size per tap (~9k, as the literature).
+    pub probe_dim: usize,
+    pub knn: Vec<KnnSetting>,
+    pub probe: ProbeConfig,
+    /// Labelled training images used (balanced by a seeded random subset; `None`: all).
+    pub train_images: Option<usize>,
+    /// Test images used (`None`: all).
+    pub test_images: Option<usize>,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            probe_dim: 9216,
+            knn: vec![KnnSetting { k: 20, t: 0.07 }, KnnSetting { k: 200, t: 0.1 }],
+            probe: ProbeConfig::default(),
+            train_images: None,
+            test_images: None,
+            batch_size: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// Evaluate a run's latest checkpoint (or, with `random_init`, the same network freshly
+/// initialised) on the labelled train/test splits of `data`.
+pub fn evaluate_run(
+    run: &Path,
+    data: &Path,
+    random_init: bool,
+    cfg: &EvalConfig,
+    cache: &CacheOptions,
+    dev: &Device,
+    progress: bool,
+) -> Result<(EvalReport, PathBuf)> {
+    let rc = RunConfig::load(run)?;
+    dev.seed(cfg.seed);
+    let mut model = ClassifierNet::new(&rc.backbone, rc.task_classes(), dev);
+    let (method, epoch) = if random_init {
+        ("random-init".to_string(), 0)
+    } else {
+        let Some((dir, state)) = checkpoint::latest(run)? else {
+            bail!(
+                "{}: no checkpoint yet (train first, or pass --random-init)",
+                run.display()
+            );
+        };
+        model = checkpoint::load_model(model, &dir)?;
+        (rc.task.name().to_string(), state.epoch)
+    };
+    let backbone = model.valid().backbone;
+    let t0 = Instant::now();
+    let train = open_split(data, Split::Train, cache)?;
+    let test = open_split(data, Split::Test, cache)?;
+    for (set, name) in [(&train, "train"), (&test, "test")] {
+        if !set.is_labelled() {
+            bail!(
+                "{}: the {name} split has no labels (expected class folders)",
+                data.display()
+            );
+        }
+        if set.header.c != rc.backbone.in_channels
+            || set.header.h.min(set.header.w) < rc.augment.crop
+        {
+            bail!(
+                "{}: {name} images are {}×{}×{}, but the run was trained on {}×{}×{} inputs",
+                data.display(),
+                set.header.w,
+                set.header.h,
+                set.header.c,
+                rc.augment.crop,
+                rc.augment.crop,
+                rc.backbone.in_channels
+            );
+        }
+    }
+    if train.header.classes != test.header.classes {
+        bail!(
+            "{}: train and test splits have different classes",
+            data.display()
+        );
+    }
+    let classes = train.num_classes();
+    let tr_idx = subset_indices(train.len(), cfg.train_images, cfg.seed);
+    let te_idx = subset_indices(test.len(), cfg.test_images, cfg.seed + 1);
+    let train = Arc::new(train.subset(&tr_idx));
+    let test = Arc::new(test.subset(&te_idx));
+    let view = Arc::new(EvalView {
+        augment: AugmentConfig {
+            crop: rc.augment.crop,
+            pad: 0,
+            flip: false,
+        },
+        norm: rc.normalize.clone(),
+    });
+    let ftr = features::extract(
+        &backbone,
+        train.clone(),
+        view.clone(),
+        cfg.probe_dim,
+        cfg.batch_size,
+        dev,
+        "train",
+        progress,
+    );
+    let fte = features::extract(
+        &backbone,
+        test.clone(),
+        view,
+        cfg.probe_dim,
+        cfg.batch_size,
+        dev,
+        "test",
+        progress,
+    );
+    let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress);
+    let mut rows = Vec::new();
+    for t in 0..ftr.taps.len() {
+        let d = ftr.dims[t];
+        let mut a = ftr.data[t].clone();
+        let mut b = fte.data[t].clone();
+        l2_normalize(&mut a, d);
+        l2_normalize(&mut b, d);
+        let knn = knn::evaluate(&a, &ftr.labels, &b, &fte.labels, d, classes, &cfg.knn, dev);
+        rows.push(LayerRow {
+            layer: ftr.taps[t].clone(),
+            dim: d,
+            pool_grid: ftr.grids[t],
+            linear: probes[t].clone(),
+            knn,
+        });
+    }
+    let report = EvalReport {
+        method,
+        run: run.display().to_string(),
+        backbone: rc.backbone.clone(),
+        checkpoint_epoch: epoch,
+        data: data.display().to_string(),
+        train_images: train.len(),
+        test_images: test.len(),
+        classes,
+        protocol: cfg.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+        rows,
+    };
+    let out = run.join(if random_init {
+        "eval-random-init"
+    } else {
+        "eval"
+    });
+    report.write(&out)?;
+    Ok((report, out))
+}

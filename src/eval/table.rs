@@ -1,0 +1,147 @@
+//! The per-layer evaluation table, written as Markdown, CSV and JSON. Every number carries
+//! the protocol that made it (layer, pooling, k/T, probe epochs, data sizes).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::EvalConfig;
+use super::knn::KnnResult;
+use super::linear::ProbeResult;
+use crate::fsutil;
+use crate::models::BackboneConfig;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRow {
+    pub layer: String,
+    /// Feature dimensions after pooling.
+    pub dim: usize,
+    /// The tap was average-pooled to `pool_grid × pool_grid`.
+    pub pool_grid: usize,
+    pub linear: ProbeResult,
+    pub knn: Vec<KnnResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// `rotation`, `random-init`, …
+    pub method: String,
+    pub run: String,
+    pub backbone: BackboneConfig,
+    pub checkpoint_epoch: usize,
+    pub data: String,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub classes: usize,
+    pub protocol: EvalConfig,
+    pub seconds: f64,
+    pub rows: Vec<LayerRow>,
+}
+
+impl EvalReport {
+    /// The tap with the best linear-probe top-1.
+    pub fn best_layer(&self) -> Option<&LayerRow> {
+        self.rows
+            .iter()
+            .max_by(|a, b| a.linear.top1.total_cmp(&b.linear.top1))
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## {} — {:?} width {} (checkpoint epoch {})\n",
+            self.method, self.backbone.arch, self.backbone.width, self.checkpoint_epoch
+        );
+        let _ = writeln!(
+            s,
+            "Frozen features, {} labelled train / {} test images of {} ({} classes). Linear: one probe per layer on average-pooled, standardised features, {} epochs, {:?} lr {} wd {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
+            self.train_images,
+            self.test_images,
+            self.data,
+            self.classes,
+            self.protocol.probe.epochs,
+            self.protocol.probe.optim.kind,
+            self.protocol.probe.optim.lr,
+            self.protocol.probe.optim.weight_decay,
+        );
+        let mut head = "| layer | dim (pool) | linear top-1 | linear top-5 |".to_string();
+        let mut rule = "|---|---|---|---|".to_string();
+        for k in self.rows.first().map(|r| r.knn.as_slice()).unwrap_or(&[]) {
+            let _ = write!(head, " kNN k={} T={} top-1 |", k.k, k.t);
+            rule.push_str("---|");
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        for r in &self.rows {
+            let _ = write!(
+                s,
+                "| {} | {} ({}×{}) | {:.2} | {:.2} |",
+                r.layer,
+                r.dim,
+                r.pool_grid,
+                r.pool_grid,
+                100.0 * r.linear.top1,
+                100.0 * r.linear.top5
+            );
+            for k in &r.knn {
+                let _ = write!(s, " {:.2} |", 100.0 * k.top1);
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs\n",
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},linear,,,{:.4},{:.4},{},{},{}",
+                self.method,
+                r.layer,
+                r.dim,
+                r.pool_grid,
+                r.linear.top1,
+                r.linear.top5,
+                self.train_images,
+                self.test_images,
+                self.protocol.probe.epochs
+            );
+            for k in &r.knn {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},knn,{},{},{:.4},{:.4},{},{},",
+                    self.method,
+                    r.layer,
+                    r.dim,
+                    r.pool_grid,
+                    k.k,
+                    k.t,
+                    k.top1,
+                    k.top5,
+                    self.train_images,
+                    self.test_images
+                );
+            }
+        }
+        s
+    }
+
+    /// Write `eval.md`, `eval.csv` and `eval.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fsutil::write_bytes(&dir.join("eval.md"), self.markdown().as_bytes())?;
+        fsutil::write_bytes(&dir.join("eval.csv"), self.csv().as_bytes())?;
+        fsutil::write_bytes(&dir.join("eval.json"), &serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            dir.join("eval.json"),
+        )?)?)
+    }
+}

@@ -1,0 +1,14 @@
+//! pretext: self-supervised visual representation learning — pretext tasks that pretrain
+//! an image feature extractor without labels, and the protocols that measure the features.
+
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod fsutil;
+pub mod models;
+pub mod preview;
+pub mod progress;
+pub mod run;
+pub mod tasks;
+pub mod train;

@@ -1,0 +1,255 @@
+//! One loop for every classification-style objective (pretext heads, supervised training):
+//! the task lives in the [`SampleMaker`] that builds batches and in the model's head.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, TrainState};
+use super::{OptimConfig, Schedule};
+use crate::data::ImageSet;
+use crate::data::loader::{self, Batch, LoaderConfig, SampleMaker};
+
+/// A network that maps a batch of inputs to class logits.
+pub trait Classifier: Module {
+    fn logits(&self, x: Tensor<4>) -> Tensor<2>;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Source images per batch (a rotation batch holds 4× as many inputs).
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// Optimizer steps between read-backs of loss/accuracy (and NaN checks).
+    pub log_every: usize,
+    /// Checkpoints kept on disk.
+    pub keep_checkpoints: usize,
+}
+
+/// What a finished (or stopped) training call leaves behind.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub state: TrainState,
+    /// Mean loss of each epoch trained in this call, in order.
+    pub epoch_losses: Vec<f64>,
+    pub epoch_accuracies: Vec<f64>,
+    pub images_per_second: f64,
+}
+
+/// Mean cross-entropy of `logits` against integer `targets`.
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [_, k] = logits.dims();
+    let onehot = targets.one_hot::<2>(k).float();
+    (log_softmax(logits, 1) * onehot).sum_dim(1).mean().neg()
+}
+
+/// Number of rows whose arg-max equals the target.
+pub fn correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1, Int> {
+    let [n, _] = logits.dims();
+    logits.argmax(1).reshape([n]).equal(targets).int().sum()
+}
+
+pub fn batch_tensors(batch: Batch, dev: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let n = batch.shape[0];
+    let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(batch.targets, [n]), dev);
+    (x, y)
+}
+
+pub struct Trainer<'a> {
+    pub run: &'a Path,
+    pub cfg: &'a TrainConfig,
+    pub device: &'a Device,
+    pub progress: bool,
+    /// Stop after this many epochs in this call (the rest is left for `--resume`).
+    pub stop_after: Option<usize>,
+    pub prefetch: usize,
+}
+
+impl Trainer<'_> {
+    /// Train `model` on `indices` of `set` with batches from `maker`, resuming from the
+    /// run's latest checkpoint when `resume` is set.
+    pub fn fit<M: Classifier, S: SampleMaker>(
+        &self,
+        mut model: M,
+        maker: Arc<S>,
+        set: Arc<ImageSet>,
+        indices: &[usize],
+        resume: bool,
+    ) -> Result<(M, TrainOutcome)> {
+        let cfg = self.cfg;
+        let mut optim = cfg.optim.init();
+        let mut state = TrainState::default();
+        if resume {
+            match checkpoint::latest(self.run)? {
+                Some((dir, st)) => {
+                    model = checkpoint::load_model(model, &dir)?;
+                    optim = checkpoint::load_optim(optim, &dir)?;
+                    eprintln!("resuming from {} (epoch {} done)", dir.display(), st.epoch);
+                    state = st;
+                }
+                None => eprintln!(
+                    "no checkpoint in {}: starting from scratch",
+                    self.run.display()
+                ),
+            }
+        }
+        let lcfg = LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: true,
+            drop_last: true,
+            seed: cfg.seed,
+            prefetch: self.prefetch,
+        };
+        let nb = loader::batches_per_epoch(indices.len(), &lcfg);
+        if nb == 0 {
+            bail!(
+                "{} training images are fewer than one batch of {}; lower --batch-size",
+                indices.len(),
+                cfg.batch_size
+            );
+        }
+        let log_path = self.run.join("metrics.jsonl");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut outcome = TrainOutcome {
+            state: state.clone(),
+            epoch_losses: vec![],
+            epoch_accuracies: vec![],
+            images_per_second: 0.0,
+        };
+        let (mut run_images, mut run_seconds) = (0u64, 0f64);
+        let mut epochs_this_call = 0;
+        for epoch in state.epoch..cfg.epochs {
+            if self.stop_after.is_some_and(|s| epochs_this_call >= s) {
+                break;
+            }
+            let bar = crate::progress::bar(
+                nb as u64,
+                &format!("epoch {}/{}", epoch + 1, cfg.epochs),
+                self.progress,
+            );
+            let rx = loader::epoch(set.clone(), maker.clone(), indices, &lcfg, epoch as u64);
+            let t0 = Instant::now();
+            let (mut sum_loss, mut sum_correct, mut sum_inputs) = (0f64, 0u64, 0u64);
+            let mut pending_loss: Vec<Tensor<1>> = Vec::new();
+            let mut pending_correct: Vec<Tensor<1, Int>> = Vec::new();
+            let mut pending_inputs = 0u64;
+            let mut epoch_images = 0u64;
+            let mut lr = 0.0;
+            for (b, batch) in rx.iter().enumerate() {
+                lr = cfg.schedule.lr(
+                    cfg.optim.lr,
+                    epoch as f64 + b as f64 / nb as f64,
+                    cfg.epochs as f64,
+                );
+                epoch_images += batch.images as u64;
+                let inputs = batch.shape[0] as u64;
+                let (x, y) = batch_tensors(batch, self.device);
+                let logits = model.logits(x);
+                let loss = cross_entropy(logits.clone(), y.clone());
+                pending_correct.push(correct(logits.detach(), y));
+                pending_loss.push(loss.clone().detach() * inputs as f32);
+                pending_inputs += inputs;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(lr, model, grads);
+                state.step += 1;
+                if (b + 1) % cfg.log_every.max(1) == 0 || b + 1 == nb {
+                    // One read-back per interval: on a GPU every read is a sync.
+                    let l: f64 = Tensor::cat(std::mem::take(&mut pending_loss), 0)
+                        .sum()
+                        .into_scalar::<f32>() as f64;
+                    let c: i64 = Tensor::cat(std::mem::take(&mut pending_correct), 0)
+                        .sum()
+                        .into_scalar::<i64>();
+                    if !l.is_finite() {
+                        let kept = match checkpoint::latest(self.run)? {
+                            Some((d, s)) => format!(
+                                "the last good checkpoint (epoch {}) is kept in {}",
+                                s.epoch,
+                                d.display()
+                            ),
+                            None => "no checkpoint had been written yet".to_string(),
+                        };
+                        bail!(
+                            "training diverged: the loss became {l} at epoch {}, step {}; {kept}. \
+                             Lower the learning rate (now {lr:.4}) and resume with --resume.",
+                            epoch + 1,
+                            state.step
+                        );
+                    }
+                    sum_loss += l;
+                    sum_correct += c as u64;
+                    sum_inputs += pending_inputs;
+                    let dt = t0.elapsed().as_secs_f64();
+                    let ips = epoch_images as f64 / dt.max(1e-9);
+                    let rec = serde_json::json!({
+                        "kind": "step", "epoch": epoch + 1, "step": state.step, "lr": lr,
+                        "loss": l / pending_inputs as f64, "accuracy": c as f64 / pending_inputs as f64,
+                        "images_per_second": ips,
+                    });
+                    writeln!(log, "{rec}")?;
+                    pending_inputs = 0;
+                    bar.set_message(format!(
+                        "epoch {}/{} loss {:.4} acc {:.1}% {:.0} img/s",
+                        epoch + 1,
+                        cfg.epochs,
+                        sum_loss / sum_inputs as f64,
+                        100.0 * sum_correct as f64 / sum_inputs as f64,
+                        ips
+                    ));
+                }
+                bar.set_position(b as u64 + 1);
+            }
+            bar.finish_and_clear();
+            let dt = t0.elapsed().as_secs_f64();
+            state.epoch = epoch + 1;
+            state.loss = sum_loss / sum_inputs.max(1) as f64;
+            state.accuracy = sum_correct as f64 / sum_inputs.max(1) as f64;
+            state.train_seconds += dt;
+            state.images_seen += epoch_images;
+            run_images += epoch_images;
+            run_seconds += dt;
+            let ips = epoch_images as f64 / dt.max(1e-9);
+            let rec = serde_json::json!({
+                "kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": lr,
+                "loss": state.loss, "accuracy": state.accuracy, "seconds": dt,
+                "images_per_second": ips,
+            });
+            writeln!(log, "{rec}")?;
+            log.flush()?;
+            checkpoint::save(self.run, &model, &optim, &state, cfg.keep_checkpoints)?;
+            if self.progress {
+                eprintln!(
+                    "epoch {}/{}: loss {:.4}, pretext accuracy {:.2}%, {:.1} images/s, {:.0} s",
+                    state.epoch,
+                    cfg.epochs,
+                    state.loss,
+                    100.0 * state.accuracy,
+                    ips,
+                    dt
+                );
+            }
+            outcome.epoch_losses.push(state.loss);
+            outcome.epoch_accuracies.push(state.accuracy);
+            epochs_this_call += 1;
+        }
+        outcome.state = state;
+        outcome.images_per_second = run_images as f64 / run_seconds.max(1e-9);
+        Ok((model, outcome))
+    }
+}

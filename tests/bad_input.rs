@@ -1,0 +1,136 @@
+//! Bad input gets an error that names the file and says what was expected — never a panic,
+//! never a silent skip.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use pretext::data::{self, Split};
+
+fn write_png(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    img.save(path).unwrap();
+}
+
+fn err_of(root: &Path, split: Split) -> String {
+    let opts = pretext::data::CacheOptions {
+        dir: None,
+        image_size: None,
+        skip_bad: false,
+        progress: false,
+    };
+    format!(
+        "{:#}",
+        data::open(root, split, &opts).expect_err("must fail")
+    )
+}
+
+#[test]
+fn missing_path_is_named() {
+    let e = err_of(Path::new("/no/such/folder"), Split::Train);
+    assert!(
+        e.contains("/no/such/folder") && e.contains("no such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn empty_folder_says_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = err_of(dir.path(), Split::Unlabeled);
+    assert!(
+        e.contains("contains no images") && e.contains(".jpg"),
+        "{e}"
+    );
+}
+
+#[test]
+fn corrupt_and_truncated_images_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cls = dir.path().join("cats");
+    fs::create_dir_all(&cls).unwrap();
+    write_png(&cls.join("a.png"), 8, 8);
+    fs::write(cls.join("b.jpg"), b"this is not a jpeg").unwrap();
+    let e = err_of(dir.path(), Split::Train);
+    assert!(e.contains("b.jpg") && e.contains("cannot decode"), "{e}");
+
+    // A real CIFAR JPEG cut in half.
+    fs::remove_file(cls.join("b.jpg")).unwrap();
+    let src = common::cifar_root().join("train/cat/0000.jpg");
+    let bytes = fs::read(&src).unwrap();
+    fs::write(cls.join("c.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+    write_png(&cls.join("a.png"), 32, 32);
+    let e = err_of(dir.path(), Split::Train);
+    assert!(e.contains("c.jpg"), "{e}");
+
+    // --skip-bad skips and counts instead.
+    let opts = pretext::data::CacheOptions {
+        dir: None,
+        image_size: None,
+        skip_bad: true,
+        progress: false,
+    };
+    let set = data::open(dir.path(), Split::Train, &opts).unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!(set.header.skipped.len(), 1);
+    assert!(set.header.skipped[0].contains("c.jpg"));
+}
+
+#[test]
+fn an_image_smaller_than_the_set_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_png(&dir.path().join("a.png"), 32, 32);
+    write_png(&dir.path().join("b.png"), 20, 12);
+    let e = err_of(dir.path(), Split::Unlabeled);
+    assert!(
+        e.contains("b.png") && e.contains("20×12") && e.contains("32×32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_image_too_small_for_the_task_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_png(&dir.path().join("a.png"), 16, 16);
+    let opts = pretext::data::CacheOptions {
+        dir: None,
+        image_size: None,
+        skip_bad: false,
+        progress: false,
+    };
+    let set = data::open(dir.path(), Split::Unlabeled, &opts).unwrap();
+    let e = pretext::run::check_size(&set, 32, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("16×16") && e.contains("at least 32×32"), "{e}");
+}
+
+#[test]
+fn truncated_cifar_and_stl_files_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("test_batch.bin"), vec![0u8; 3073 * 2 + 5]).unwrap();
+    let e = err_of(dir.path(), Split::Test);
+    assert!(e.contains("test_batch.bin") && e.contains("3073"), "{e}");
+    // A missing training batch is named too.
+    let e = err_of(dir.path(), Split::Train);
+    assert!(e.contains("data_batch_1.bin"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("train_X.bin"), vec![0u8; 27648 + 1]).unwrap();
+    fs::write(dir.path().join("train_y.bin"), vec![1u8; 1]).unwrap();
+    let e = err_of(dir.path(), Split::Train);
+    assert!(e.contains("train_X.bin") && e.contains("27648"), "{e}");
+}
+
+#[test]
+fn cli_reports_a_missing_folder_without_panicking() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["data", "inspect", "/no/such/folder", "--no-cache"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: /no/such/folder"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,0 +1,48 @@
+//! Shared test helpers: the real CIFAR-10 slice from ../shared/data.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Root of the unpacked CIFAR-10 JPEG tree: `$PRETEXT_TEST_DATA`, or the shared tarball
+/// unpacked once into the target directory.
+pub fn cifar_root() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(p) = std::env::var_os("PRETEXT_TEST_DATA") {
+            return PathBuf::from(p);
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tarball = manifest.join("../shared/data/cifar10-jpg.tar.gz");
+        assert!(
+            tarball.exists(),
+            "{} is missing: the tests need the shared CIFAR-10 tarball (or PRETEXT_TEST_DATA)",
+            tarball.display()
+        );
+        let dest = manifest.join("target/test-data");
+        let root = dest.join("cifar10");
+        if !root.join("test").is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            let ok = std::process::Command::new("tar")
+                .arg("xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&dest)
+                .status()
+                .expect("running tar")
+                .success();
+            assert!(ok, "unpacking {}", tarball.display());
+        }
+        root
+    })
+    .clone()
+}
+
+/// A cache folder private to the test process.
+pub fn cache_opts(dir: &Path) -> pretext::data::CacheOptions {
+    pretext::data::CacheOptions {
+        dir: Some(dir.to_path_buf()),
+        image_size: None,
+        skip_bad: false,
+        progress: false,
+    }
+}
