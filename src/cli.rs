@@ -79,6 +79,19 @@ pub enum Command {
     /// Look at a data set.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Training and inference images/s per backbone on synthetic 32×32 batches.
+    Bench {
+        /// Inputs per batch.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Only these backbones (default: all).
+        #[arg(long, value_enum)]
+        backbone: Vec<Arch>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,6 +289,32 @@ pub fn main_with(cli: Cli) -> Result<()> {
     let progress = !cli.common.quiet;
     match cli.command {
         Command::Data(DataCommand::Inspect { path }) => inspect(&path, &cache),
+        Command::Bench {
+            batch,
+            warmup,
+            steps,
+            backbone,
+        } => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            println!("| backbone | width | input | batch | train img/s | inference img/s |");
+            println!("|---|---|---|---|---|---|");
+            for c in crate::bench::default_configs() {
+                if !backbone.is_empty() && !backbone.contains(&c.arch) {
+                    continue;
+                }
+                let r = crate::bench::measure(&c, batch, warmup, steps, &dev);
+                println!(
+                    "| {} | {} | {} | {} | {:.1} | {:.1} |",
+                    r.backbone,
+                    r.width,
+                    r.input,
+                    r.batch,
+                    r.train_images_per_s,
+                    r.infer_images_per_s
+                );
+            }
+            Ok(())
+        }
         Command::Pretrain(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
             pretrain(&a, &cache, &dev, progress).map(|_| ())

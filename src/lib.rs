@@ -1,6 +1,7 @@
 //! pretext: self-supervised visual representation learning — pretext tasks that pretrain
 //! an image feature extractor without labels, and the protocols that measure the features.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;

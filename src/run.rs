@@ -143,7 +143,10 @@ impl Pretrain<'_> {
         check_size(&set, task.min_image_size(), &cfg.data)?;
         let indices = subset_indices(set.len(), cfg.train_images, cfg.train.seed);
         if !resume || !self.run.join("preview.png").exists() {
-            let preview_set = set.subset(&indices[..indices.len().min(64)]);
+            // Spread over the whole subset so the sheet is not one class of a sorted tree.
+            let step = (indices.len() / 8).max(1);
+            let picks: Vec<usize> = indices.iter().step_by(step).take(8).copied().collect();
+            let preview_set = set.subset(&picks);
             task.preview(&preview_set, &self.run.join("preview.png"), cfg.train.seed)?;
         }
         let train_dev = crate::device::training(self.device);
