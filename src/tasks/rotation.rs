@@ -269,10 +269,18 @@ mod tests {
                 assert!((a - b).abs() < 1e-3, "k={k}: {a} vs {b}");
             }
         }
-        // 45°: the centre pixel stays put, corners fall outside (0).
+        // 45°: the centre pixel stays put. The top-left corner (u, v) = (-2, -2) samples the
+        // source at x = 2, y = 2 - 2√2 ≈ -0.83: a blend of the zero border (weight 2√2 - 2)
+        // and source pixel (0, 2) (weight 3 - 2√2).
         let r = rotate_bilinear(&img, 1, s, 45.0);
         assert!((r[2 * s + 2] - img[2 * s + 2]).abs() < 1e-4);
-        assert_eq!(r[0], 0.0);
+        let w = 3.0 - 2.0 * 2f32.sqrt();
+        assert!(
+            (r[0] - w * img[2]).abs() < 1e-4,
+            "{} vs {}",
+            r[0],
+            w * img[2]
+        );
     }
 
     #[test]
