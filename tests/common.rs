@@ -37,7 +37,8 @@ pub fn cifar_root() -> PathBuf {
     .clone()
 }
 
-/// A cache folder private to the test process.
+/// A cache folder private to the test process (not every test binary uses it).
+#[allow(dead_code)]
 pub fn cache_opts(dir: &Path) -> pretext::data::CacheOptions {
     pretext::data::CacheOptions {
         dir: Some(dir.to_path_buf()),

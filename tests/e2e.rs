@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use burn::tensor::Device;
 use pretext::cli::{PretrainArgs, eval_config, run_config};
+use pretext::data::CacheOptions;
 use pretext::eval::evaluate_run;
 use pretext::models::Arch;
 use pretext::run::Pretrain;
@@ -34,13 +37,35 @@ fn args(data: &std::path::Path, out: &std::path::Path) -> PretrainArgs {
     }
 }
 
+/// A scratch run directory and cache over the real CIFAR-10 tree.
+struct Setup {
+    data: PathBuf,
+    tmp: tempfile::TempDir,
+    cache: CacheOptions,
+    run: PathBuf,
+    dev: Device,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    Setup {
+        data: common::cifar_root(),
+        cache: common::cache_opts(&tmp.path().join("cache")),
+        run: tmp.path().join("run"),
+        dev: Device::flex(),
+        tmp,
+    }
+}
+
 #[test]
 fn rotation_pretraining_learns_and_its_features_beat_chance() {
-    let data = common::cifar_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = common::cache_opts(&tmp.path().join("cache"));
-    let run = tmp.path().join("run");
-    let dev = Device::flex();
+    let Setup {
+        data,
+        tmp,
+        cache,
+        run,
+        dev,
+    } = setup();
     let a = args(&data, &run);
     let cfg = run_config(&a, &cache).unwrap();
     let p = Pretrain {
@@ -100,11 +125,13 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
 
 #[test]
 fn a_stopped_run_resumes_from_its_last_checkpoint() {
-    let data = common::cifar_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = common::cache_opts(&tmp.path().join("cache"));
-    let run = tmp.path().join("run");
-    let dev = Device::flex();
+    let Setup {
+        data,
+        tmp: _tmp,
+        cache,
+        run,
+        dev,
+    } = setup();
     let mut a = args(&data, &run);
     a.train_images = Some(256);
     a.epochs = 3;
@@ -154,11 +181,13 @@ fn a_stopped_run_resumes_from_its_last_checkpoint() {
 
 #[test]
 fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
-    let data = common::cifar_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = common::cache_opts(&tmp.path().join("cache"));
-    let run = tmp.path().join("run");
-    let dev = Device::flex();
+    let Setup {
+        data,
+        tmp: _tmp,
+        cache,
+        run,
+        dev,
+    } = setup();
     let mut a = args(&data, &run);
     a.train_images = Some(128);
     a.epochs = 3;
