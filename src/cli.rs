@@ -98,6 +98,20 @@ pub enum Command {
 pub enum DataCommand {
     /// Print what a data folder holds: format, splits, counts, classes, image size.
     Inspect { path: PathBuf },
+    /// Download a data set's official archive, verify its checksum and unpack it.
+    Fetch {
+        /// Only `cifar10` for now.
+        dataset: String,
+        /// Folder to unpack into.
+        #[arg(long, default_value = "data")]
+        out: PathBuf,
+        /// Archive address (a mirror, or a local server).
+        #[arg(long, default_value = crate::data::fetch::CIFAR10_URL)]
+        url: String,
+        /// Expected MD5 of the archive.
+        #[arg(long, default_value = crate::data::fetch::CIFAR10_MD5)]
+        md5: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -289,6 +303,19 @@ pub fn main_with(cli: Cli) -> Result<()> {
     let progress = !cli.common.quiet;
     match cli.command {
         Command::Data(DataCommand::Inspect { path }) => inspect(&path, &cache),
+        Command::Data(DataCommand::Fetch {
+            dataset,
+            out,
+            url,
+            md5,
+        }) => {
+            if dataset != "cifar10" {
+                bail!("unknown data set {dataset:?}; `data fetch` knows: cifar10");
+            }
+            let dir = crate::data::fetch::fetch_cifar10(&out, &url, &md5, progress)?;
+            println!("CIFAR-10 is in {} (pass it as --data)", dir.display());
+            Ok(())
+        }
         Command::Bench {
             batch,
             warmup,

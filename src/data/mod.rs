@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod cache;
 pub mod cifar;
+pub mod fetch;
 pub mod folder;
 pub mod loader;
 pub mod stl10;
