@@ -226,6 +226,8 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
     let Some(data_root) = a.data.clone() else {
         bail!("--data is required to start a run (or pass --resume to continue one)");
     };
+    // Absolute, so the run can be resumed or evaluated from any working directory.
+    let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
     let split = data::pretrain_split(&data_root)?;
     let set = open_split(&data_root, split, cache)?;
     let size = set.header.h.min(set.header.w);

@@ -31,7 +31,7 @@ pub struct EvalConfig {
     pub probe_dim: usize,
     pub knn: Vec<KnnSetting>,
     pub probe: ProbeConfig,
-    /// Labelled training images used (balanced by a seeded random subset; `None`: all).
+    /// Labelled training images used (a seeded random subset; `None`: all).
     pub train_images: Option<usize>,
     /// Test images used (`None`: all).
     pub test_images: Option<usize>,
