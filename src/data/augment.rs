@@ -78,9 +78,7 @@ impl AugmentConfig {
 /// pixels that fall in the padding are 0 (black), as torchvision pads.
 pub fn crop_into(
     src: &[u8],
-    h: usize,
-    w: usize,
-    c: usize,
+    (h, w, c): (usize, usize, usize),
     crop: usize,
     pad: usize,
     at: Placement,
@@ -115,7 +113,7 @@ mod tests {
 
     fn crop(c: usize, pad: usize, at: Placement) -> Vec<f32> {
         let mut out = vec![0.0; c * c];
-        crop_into(&IMG, 2, 3, 1, c, pad, at, &mut out);
+        crop_into(&IMG, (2, 3, 1), c, pad, at, &mut out);
         out.iter().map(|v| (v * 255.0).round()).collect()
     }
 

@@ -213,7 +213,7 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
         .par_iter()
         .map(|f| {
             let r = decode_file(f, Some(size));
-            if done.fetch_add(1, Ordering::Relaxed) % 256 == 0 {
+            if done.fetch_add(1, Ordering::Relaxed).is_multiple_of(256) {
                 bar.set_position(done.load(Ordering::Relaxed) as u64);
             }
             r

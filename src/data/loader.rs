@@ -134,7 +134,7 @@ pub fn epoch<M: SampleMaker>(
         for b in 0..nb {
             let start = b * cfg.batch_size;
             let end = (start + cfg.batch_size).min(order.len());
-            let batch = build_batch(&*set, &*maker, &order[start..end], cfg.seed, epoch, start);
+            let batch = build_batch(&set, &*maker, &order[start..end], cfg.seed, epoch, start);
             if tx.send(batch).is_err() {
                 return; // consumer stopped early
             }

@@ -15,7 +15,7 @@ const CLASSES: [&str; 10] = [
 
 /// Column-major planar STL images → HWC.
 pub fn parse_images(path: &Path, bytes: &[u8], out: &mut Vec<u8>) -> Result<usize, DataError> {
-    if bytes.is_empty() || bytes.len() % PIXELS != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(PIXELS) {
         return Err(DataError::format(
             path,
             format!(

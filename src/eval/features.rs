@@ -56,9 +56,7 @@ impl SampleMaker for EvalView {
         let at = self.augment.centre(h.h, h.w);
         crop_into(
             set.image(index),
-            h.h,
-            h.w,
-            h.c,
+            (h.h, h.w, h.c),
             self.augment.crop,
             self.augment.pad,
             at,
@@ -69,7 +67,8 @@ impl SampleMaker for EvalView {
     }
 }
 
-/// Extract pooled features of `set` at every tap of `backbone` (an inference copy).
+/// Extract pooled features of `set` at every tap of `backbone` (an inference copy), with
+/// a progress bar labelled `progress` when given.
 pub fn extract(
     backbone: &Backbone,
     set: Arc<ImageSet>,
@@ -77,8 +76,7 @@ pub fn extract(
     target_dim: usize,
     batch_size: usize,
     dev: &Device,
-    label: &str,
-    progress: bool,
+    progress: Option<&str>,
 ) -> Features {
     let taps = backbone.tap_names();
     let n = set.len();
@@ -91,7 +89,11 @@ pub fn extract(
     };
     let indices: Vec<usize> = (0..n).collect();
     let rx = loader::epoch(set.clone(), view, &indices, &cfg, 0);
-    let bar = crate::progress::bar(n as u64, &format!("features {label}"), progress);
+    let bar = crate::progress::bar(
+        n as u64,
+        &format!("features {}", progress.unwrap_or_default()),
+        progress.is_some(),
+    );
     let mut data: Vec<Vec<f32>> = vec![Vec::new(); taps.len()];
     let mut dims = vec![0; taps.len()];
     let mut grids = vec![0; taps.len()];

@@ -73,10 +73,8 @@ pub fn neighbours(
 
 /// kNN top-1/top-5 for each setting, from one neighbour search.
 pub fn evaluate(
-    train: &[f32],
-    train_labels: &[u16],
-    test: &[f32],
-    test_labels: &[u16],
+    (train, train_labels): (&[f32], &[u16]),
+    (test, test_labels): (&[f32], &[u16]),
     d: usize,
     classes: usize,
     settings: &[KnnSetting],
@@ -139,10 +137,8 @@ mod tests {
         assert_eq!(nb[0][1].1, 1);
         assert_eq!(nb[1][0].1, 2);
         let r = evaluate(
-            &train,
-            &labels,
-            &test,
-            &[0, 2],
+            (&train, &labels),
+            (&test, &[0, 2]),
             2,
             3,
             &[KnnSetting { k: 1, t: 0.1 }],

@@ -131,8 +131,7 @@ pub fn evaluate_run(
         cfg.probe_dim,
         cfg.batch_size,
         dev,
-        "train",
-        progress,
+        progress.then_some("train"),
     );
     let fte = features::extract(
         &backbone,
@@ -141,23 +140,29 @@ pub fn evaluate_run(
         cfg.probe_dim,
         cfg.batch_size,
         dev,
-        "test",
-        progress,
+        progress.then_some("test"),
     );
     let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress);
     let mut rows = Vec::new();
-    for t in 0..ftr.taps.len() {
+    for (t, probe) in probes.into_iter().enumerate() {
         let d = ftr.dims[t];
         let mut a = ftr.data[t].clone();
         let mut b = fte.data[t].clone();
         l2_normalize(&mut a, d);
         l2_normalize(&mut b, d);
-        let knn = knn::evaluate(&a, &ftr.labels, &b, &fte.labels, d, classes, &cfg.knn, dev);
+        let knn = knn::evaluate(
+            (&a, &ftr.labels),
+            (&b, &fte.labels),
+            d,
+            classes,
+            &cfg.knn,
+            dev,
+        );
         rows.push(LayerRow {
             layer: ftr.taps[t].clone(),
             dim: d,
             pool_grid: ftr.grids[t],
-            linear: probes[t].clone(),
+            linear: probe,
             knn,
         });
     }

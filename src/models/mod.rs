@@ -81,6 +81,8 @@ impl BackboneConfig {
     }
 }
 
+// Built once per run, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     Nin(Nin),

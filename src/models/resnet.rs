@@ -33,6 +33,8 @@ pub struct Bottleneck {
     pub shortcut: Option<Shortcut>,
 }
 
+// Built once per network, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Block {
     Basic(BasicBlock),

@@ -116,7 +116,7 @@ impl Rotation {
         let s = self.augment.crop;
         let step = 360 / self.cfg.angles;
         let deg = k * step;
-        if deg % 90 == 0 {
+        if deg.is_multiple_of(90) {
             rot90(crop, self.channels, s, s, deg / 90).0
         } else {
             rotate_bilinear(crop, self.channels, s, deg as f32)
@@ -150,9 +150,7 @@ impl SampleMaker for Rotation {
         let at = self.augment.sample(h.h, h.w, rng);
         crop_into(
             set.image(index),
-            h.h,
-            h.w,
-            h.c,
+            (h.h, h.w, h.c),
             s,
             self.augment.pad,
             at,

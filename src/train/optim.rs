@@ -39,11 +39,11 @@ impl OptimConfig {
 
     pub fn init(&self) -> ModuleOptimizer {
         let wd =
-            (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
+            (self.weight_decay > 0.0).then_some(WeightDecayConfig::new(self.weight_decay as f32));
         match self.kind {
             OptimKind::Sgd => {
                 // burn's dampening defaults to 0.1; the papers' (PyTorch's) SGD has none.
-                let momentum = (self.momentum > 0.0).then(|| MomentumConfig {
+                let momentum = (self.momentum > 0.0).then_some(MomentumConfig {
                     momentum: self.momentum,
                     dampening: 0.0,
                     nesterov: self.nesterov,

@@ -133,9 +133,8 @@ impl Trainer<'_> {
             images_per_second: 0.0,
         };
         let (mut run_images, mut run_seconds) = (0u64, 0f64);
-        let mut epochs_this_call = 0;
-        for epoch in state.epoch..cfg.epochs {
-            if self.stop_after.is_some_and(|s| epochs_this_call >= s) {
+        for (done_here, epoch) in (state.epoch..cfg.epochs).enumerate() {
+            if self.stop_after.is_some_and(|s| done_here >= s) {
                 break;
             }
             let bar = crate::progress::bar(
@@ -246,7 +245,6 @@ impl Trainer<'_> {
             }
             outcome.epoch_losses.push(state.loss);
             outcome.epoch_accuracies.push(state.accuracy);
-            epochs_this_call += 1;
         }
         outcome.state = state;
         outcome.images_per_second = run_images as f64 / run_seconds.max(1e-9);
