@@ -37,6 +37,36 @@ fn args(data: &std::path::Path, out: &std::path::Path) -> PretrainArgs {
     }
 }
 
+/// A 3-epoch run on `images` images of a NIN of `width`, for the checkpoint tests.
+fn small_args(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    images: usize,
+    width: usize,
+) -> PretrainArgs {
+    PretrainArgs {
+        train_images: Some(images),
+        epochs: 3,
+        width: Some(width),
+        ..args(data, out)
+    }
+}
+
+fn pretrain<'a>(
+    run: &'a std::path::Path,
+    dev: &'a Device,
+    cache: &'a CacheOptions,
+    stop_after: Option<usize>,
+) -> Pretrain<'a> {
+    Pretrain {
+        run,
+        device: dev,
+        progress: false,
+        stop_after,
+        cache,
+    }
+}
+
 /// A scratch run directory and cache over the real CIFAR-10 tree.
 struct Setup {
     data: PathBuf,
@@ -68,13 +98,7 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
     } = setup();
     let a = args(&data, &run);
     let cfg = run_config(&a, &cache).unwrap();
-    let p = Pretrain {
-        run: &run,
-        device: &dev,
-        progress: false,
-        stop_after: None,
-        cache: &cache,
-    };
+    let p = pretrain(&run, &dev, &cache, None);
     let (_, outcome) = p.run(Some(cfg), false).unwrap();
     let (l, acc) = (&outcome.epoch_losses, &outcome.epoch_accuracies);
     eprintln!(
@@ -132,32 +156,17 @@ fn a_stopped_run_resumes_from_its_last_checkpoint() {
         run,
         dev,
     } = setup();
-    let mut a = args(&data, &run);
-    a.train_images = Some(256);
-    a.epochs = 3;
-    a.width = Some(16);
+    let a = small_args(&data, &run, 256, 16);
     let cfg = run_config(&a, &cache).unwrap();
     // First call stops after one epoch, as if killed after its checkpoint.
-    let p = Pretrain {
-        run: &run,
-        device: &dev,
-        progress: false,
-        stop_after: Some(1),
-        cache: &cache,
-    };
+    let p = pretrain(&run, &dev, &cache, Some(1));
     let (_, first) = p.run(Some(cfg.clone()), false).unwrap();
     assert_eq!(first.state.epoch, 1);
     // Starting over in the same directory is refused rather than overwriting.
     let e = p.run(Some(cfg), false).unwrap_err().to_string();
     assert!(e.contains("--resume"), "{e}");
     // Resume: continues at epoch 2 with the saved config and optimizer state.
-    let p = Pretrain {
-        run: &run,
-        device: &dev,
-        progress: false,
-        stop_after: None,
-        cache: &cache,
-    };
+    let p = pretrain(&run, &dev, &cache, None);
     let (_, rest) = p.run(None, true).unwrap();
     assert_eq!(
         rest.epoch_losses.len(),
@@ -188,19 +197,10 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         run,
         dev,
     } = setup();
-    let mut a = args(&data, &run);
-    a.train_images = Some(128);
-    a.epochs = 3;
-    a.width = Some(8);
+    let a = small_args(&data, &run, 128, 8);
     let mut cfg = run_config(&a, &cache).unwrap();
     cfg.train.log_every = 1;
-    let p = Pretrain {
-        run: &run,
-        device: &dev,
-        progress: false,
-        stop_after: Some(1),
-        cache: &cache,
-    };
+    let p = pretrain(&run, &dev, &cache, Some(1));
     p.run(Some(cfg), false).unwrap();
     // The user raises the learning rate absurdly and resumes: the loss overflows.
     let path = run.join("config.toml");
@@ -208,13 +208,7 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .unwrap()
         .replace("lr = 0.1", "lr = 1e30");
     std::fs::write(&path, text).unwrap();
-    let p = Pretrain {
-        run: &run,
-        device: &dev,
-        progress: false,
-        stop_after: None,
-        cache: &cache,
-    };
+    let p = pretrain(&run, &dev, &cache, None);
     let e = p.run(None, true).unwrap_err().to_string();
     assert!(
         e.contains("diverged") && e.contains("last good checkpoint (epoch 1)"),

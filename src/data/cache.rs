@@ -207,6 +207,25 @@ pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 }
 pub const FNV_START: u64 = 0xcbf29ce484222325;
 
+/// Extend fingerprint `h` with each file's path, length and modification time, so any
+/// change to a source file invalidates its cache.
+pub fn fingerprint_files<'a>(
+    files: impl IntoIterator<Item = &'a PathBuf>,
+    mut h: u64,
+) -> Result<u64, DataError> {
+    for f in files {
+        let md = fs::metadata(f).map_err(|e| DataError::io(f, e))?;
+        h = fnv1a(f.to_string_lossy().as_bytes(), h);
+        h = fnv1a(&md.len().to_le_bytes(), h);
+        if let Ok(t) = md.modified()
+            && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+        {
+            h = fnv1a(&d.as_nanos().to_le_bytes(), h);
+        }
+    }
+    Ok(h)
+}
+
 /// Path of the cache file for a source with this fingerprint.
 pub fn cache_file(dir: &Path, kind: &str, split: &str, fingerprint: u64) -> PathBuf {
     dir.join(format!("{kind}-{split}-{fingerprint:016x}.u8"))

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet, fnv1a};
+use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet};
 use super::{DataError, Split};
 
 pub const SIDE: usize = 32;
@@ -131,12 +131,7 @@ pub fn open(
         ));
     }
     let files: Vec<PathBuf> = variant.files(split).iter().map(|f| root.join(f)).collect();
-    let mut fp = FNV_START;
-    for f in &files {
-        let md = fs::metadata(f).map_err(|e| DataError::io(f, e))?;
-        fp = fnv1a(f.to_string_lossy().as_bytes(), fp);
-        fp = fnv1a(&md.len().to_le_bytes(), fp);
-    }
+    let fp = cache::fingerprint_files(&files, FNV_START)?;
     let kind = match variant {
         Variant::Cifar10 => "cifar10",
         Variant::Cifar100 => "cifar100",

@@ -131,17 +131,7 @@ fn fingerprint(listing: &Listing, opts: &CacheOptions) -> Result<u64, DataError>
     let mut h = fnv1a(root.to_string_lossy().as_bytes(), FNV_START);
     h = fnv1a(&opts.image_size.unwrap_or(0).to_le_bytes(), h);
     h = fnv1a(&[opts.skip_bad as u8], h);
-    for f in &listing.files {
-        let md = fs::metadata(f).map_err(|e| DataError::io(f, e))?;
-        h = fnv1a(f.to_string_lossy().as_bytes(), h);
-        h = fnv1a(&md.len().to_le_bytes(), h);
-        if let Ok(t) = md.modified()
-            && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
-        {
-            h = fnv1a(&d.as_nanos().to_le_bytes(), h);
-        }
-    }
-    Ok(h)
+    cache::fingerprint_files(&listing.files, h)
 }
 
 /// Decode one file to `size × size` RGB: shorter side resized to `size`, centre crop.

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet, fnv1a};
+use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet};
 use super::{DataError, Split};
 
 pub const SIDE: usize = 96;
@@ -69,12 +69,7 @@ pub fn parse_labels(path: &Path, bytes: &[u8], expect: usize) -> Result<Vec<u16>
 pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, DataError> {
     let xs = root.join(format!("{}_X.bin", split.name()));
     let ys = (split != Split::Unlabeled).then(|| root.join(format!("{}_y.bin", split.name())));
-    let mut fp = FNV_START;
-    for f in std::iter::once(&xs).chain(ys.as_ref()) {
-        let md = fs::metadata(f).map_err(|e| DataError::io(f, e))?;
-        fp = fnv1a(f.to_string_lossy().as_bytes(), fp);
-        fp = fnv1a(&md.len().to_le_bytes(), fp);
-    }
+    let fp = cache::fingerprint_files(std::iter::once(&xs).chain(ys.as_ref()), FNV_START)?;
     cache::cached(opts, "stl10", split.name(), fp, || {
         let bytes = fs::read(&xs).map_err(|e| DataError::io(&xs, e))?;
         let mut pixels = Vec::new();
