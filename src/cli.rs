@@ -9,8 +9,12 @@ use crate::data::augment::AugmentConfig;
 use crate::data::{self, CacheOptions};
 use crate::eval::{self, EvalConfig};
 use crate::models::{Arch, BackboneConfig};
+use crate::run::InputTransform;
 use crate::run::{Pretrain, RunConfig, normalize_for, open_split};
-use crate::tasks::{RotationConfig, TaskConfig};
+use crate::tasks::colorization::ColourTarget;
+use crate::tasks::inpainting::MaskKind;
+use crate::tasks::jigsaw::{self, Selection};
+use crate::tasks::{TaskConfig, TaskKind};
 use crate::train::{OptimConfig, OptimKind, Schedule, TrainConfig};
 
 #[derive(Parser, Debug)]
@@ -79,6 +83,19 @@ pub enum Command {
     /// Look at a data set.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Generate a jigsaw permutation set and print its Hamming distances.
+    JigsawPerms {
+        /// Number of permutations.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, value_enum, default_value = "max")]
+        selection: Selection,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also print the permutations.
+        #[arg(long)]
+        list: bool,
+    },
     /// Training and inference images/s per backbone on synthetic 32×32 batches.
     Bench {
         /// Inputs per batch.
@@ -134,9 +151,28 @@ pub struct PretrainArgs {
     /// NIN blocks.
     #[arg(long, default_value_t = 4)]
     pub blocks: usize,
+    /// The pretext task.
+    #[arg(long, value_enum, default_value = "rotation")]
+    pub task: TaskKind,
     /// Rotation angles: 4 (multiples of 90°) or 8 (multiples of 45°).
     #[arg(long, default_value_t = 4)]
     pub angles: usize,
+    /// Jigsaw: size of the permutation set (paper: 1000; default 100).
+    #[arg(long)]
+    pub permutations: Option<usize>,
+    /// Jigsaw: how the greedy algorithm picks permutations.
+    #[arg(long, value_enum)]
+    pub selection: Option<Selection>,
+    /// Inpainting: mask type (default region, the paper's choice for features).
+    #[arg(long, value_enum)]
+    pub mask: Option<MaskKind>,
+    /// Colorization: hue/chroma histograms (default) or a*/b* histograms.
+    #[arg(long, value_enum)]
+    pub colour_target: Option<ColourTarget>,
+    /// Start from this TOML file's `[task]` table instead of the task's defaults (every
+    /// geometry field of a task can be set there; see a run's config.toml).
+    #[arg(long)]
+    pub task_config: Option<PathBuf>,
     #[arg(long, default_value_t = 5)]
     pub epochs: usize,
     /// Source images per batch (rotation feeds 4× as many inputs).
@@ -145,21 +181,26 @@ pub struct PretrainArgs {
     /// Pretrain on a seeded random subset of this many images.
     #[arg(long)]
     pub train_images: Option<usize>,
-    #[arg(long, value_enum, default_value = "sgd")]
-    pub optim: OptimKind,
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f64,
-    /// step (RotNet: ×0.2 at 30/60/80% of the run), cosine or constant.
-    #[arg(long, default_value = "step")]
-    pub schedule: String,
+    /// Optimizer (default: the task's paper; SGD, or Adam for inpainting).
+    #[arg(long, value_enum)]
+    pub optim: Option<OptimKind>,
+    /// Learning rate (default 0.1 with SGD; inpainting's Adam 2e-4).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (default 5e-4; 0 for inpainting).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// step (RotNet: ×0.2 at 30/60/80% of the run), cosine or constant (default step;
+    /// constant for inpainting).
+    #[arg(long)]
+    pub schedule: Option<String>,
     /// Crop side (default: the image side).
     #[arg(long)]
     pub crop: Option<usize>,
-    /// Padding for the random crop (RotNet on CIFAR: 4).
-    #[arg(long, default_value_t = 4)]
-    pub pad: usize,
+    /// Padding for the random crop (RotNet on CIFAR: 4; 0 for inpainting and colorization,
+    /// whose targets would otherwise include the black border).
+    #[arg(long)]
+    pub pad: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop after this many epochs in this call (resume later with --resume).
@@ -232,46 +273,115 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
     let set = open_split(&data_root, split, cache)?;
     let size = set.header.h.min(set.header.w);
     let crop = a.crop.unwrap_or(size);
-    if crop > size + 2 * a.pad {
-        bail!(
-            "--crop {crop} is larger than the {size}px images plus 2×{} padding",
-            a.pad
-        );
+    let task = task_config(a, crop)?;
+    let pixel_task = matches!(
+        task,
+        TaskConfig::Inpainting(_) | TaskConfig::Colorization(_)
+    );
+    let pad = a.pad.unwrap_or(if pixel_task { 0 } else { 4 });
+    if crop > size + 2 * pad {
+        bail!("--crop {crop} is larger than the {size}px images plus 2×{pad} padding");
     }
+    let input = match task {
+        TaskConfig::Colorization(_) => InputTransform::Lightness,
+        _ => InputTransform::Rgb,
+    };
     let mut backbone = BackboneConfig::new(a.backbone, crop);
     if let Some(w) = a.width {
         backbone.width = w;
     }
     backbone.blocks = a.blocks;
-    backbone.in_channels = set.header.c;
+    backbone.in_channels = input.channels(set.header.c);
+    let adam = matches!(task, TaskConfig::Inpainting(_));
     let mut optim = OptimConfig::rotnet();
-    optim.kind = a.optim;
-    optim.lr = a.lr;
-    optim.weight_decay = a.weight_decay;
+    if adam {
+        // Pathak et al.: Adam, lr 2e-4, β1 0.5, no weight decay.
+        optim.kind = OptimKind::Adam;
+        optim.lr = 2e-4;
+        optim.betas = (0.5, 0.999);
+        optim.weight_decay = 0.0;
+    }
+    if let Some(k) = a.optim {
+        optim.kind = k;
+    }
+    if let Some(lr) = a.lr {
+        optim.lr = lr;
+    }
+    if let Some(wd) = a.weight_decay {
+        optim.weight_decay = wd;
+    }
+    let sched = a
+        .schedule
+        .clone()
+        .unwrap_or_else(|| if adam { "constant" } else { "step" }.to_string());
     Ok(RunConfig {
         data: data_root,
         split,
         train_images: a.train_images,
         image_size: size,
-        input: crate::run::InputTransform::Rgb,
+        input,
         backbone,
-        task: TaskConfig::Rotation(RotationConfig { angles: a.angles }),
+        task,
         augment: AugmentConfig {
             crop,
-            pad: a.pad,
+            pad,
             flip: true,
         },
-        normalize: normalize_for(&set),
+        normalize: normalize_for(&set, input),
         train: TrainConfig {
             epochs: a.epochs,
             batch_size: a.batch_size,
             optim,
-            schedule: schedule(&a.schedule)?,
+            schedule: schedule(&sched)?,
             seed: a.seed,
             log_every: 10,
             keep_checkpoints: 2,
         },
     })
+}
+
+/// The task's configuration: its paper defaults at this crop size (or the `[task]` table
+/// of `--task-config`), then the command-line overrides.
+fn task_config(a: &PretrainArgs, crop: usize) -> Result<TaskConfig> {
+    let mut task = match &a.task_config {
+        Some(path) => {
+            #[derive(serde::Deserialize)]
+            struct File {
+                task: TaskConfig,
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            toml::from_str::<File>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not a [task] table: {e}", path.display()))?
+                .task
+        }
+        None => a.task.default_config(crop),
+    };
+    match &mut task {
+        TaskConfig::Rotation(r) => r.angles = a.angles,
+        TaskConfig::Jigsaw(j) => {
+            if let Some(n) = a.permutations {
+                j.permutations = n;
+            }
+            if let Some(s) = a.selection {
+                j.selection = s;
+            }
+            j.validate()?;
+        }
+        TaskConfig::RelativePosition(r) => r.validate()?,
+        TaskConfig::Inpainting(i) => {
+            if let Some(m) = a.mask {
+                i.mask = m;
+            }
+            i.validate(crop)?;
+        }
+        TaskConfig::Colorization(c) => {
+            if let Some(t) = a.colour_target {
+                c.target = t;
+            }
+        }
+    }
+    Ok(task)
 }
 
 pub fn eval_config(
@@ -341,6 +451,27 @@ pub fn main_with(cli: Cli) -> Result<()> {
                     r.train_images_per_s,
                     r.infer_images_per_s
                 );
+            }
+            Ok(())
+        }
+        Command::JigsawPerms {
+            size,
+            selection,
+            seed,
+            list,
+        } => {
+            if !(2..=362_880).contains(&size) {
+                bail!("--size must be between 2 and 9! = 362880, got {size}");
+            }
+            let set = jigsaw::permutation_set(size, selection, seed);
+            let (mean, min, max) = jigsaw::hamming_stats(&set);
+            println!(
+                "{size} permutations ({selection:?} selection, seed {seed}): Hamming distance mean {mean:.3}, min {min}, max {max}"
+            );
+            if list {
+                for p in &set {
+                    println!("{p:?}");
+                }
             }
             Ok(())
         }
@@ -419,10 +550,10 @@ fn pretrain(
     };
     let (rc, outcome) = p.run(cfg, a.resume)?;
     eprintln!(
-        "pretraining: {} epochs done, loss {:.4}, pretext accuracy {:.2}%, {:.1} images/s, {:.0} s in all; run in {}",
+        "pretraining: {} epochs done, loss {:.4}, pretext score {:.4}, {:.1} images/s, {:.0} s in all; run in {}",
         outcome.state.epoch,
         outcome.state.loss,
-        100.0 * outcome.state.accuracy,
+        outcome.state.score,
         outcome.images_per_second,
         outcome.state.train_seconds,
         a.out.display()

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -12,21 +13,23 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentConfig, Normalize};
+use crate::data::loader::SampleMaker;
 use crate::data::{self, CacheOptions, ImageSet, Split};
 use crate::fsutil;
-use crate::models::BackboneConfig;
+use crate::models::context_encoder::ContextEncoder;
 use crate::models::head::ClassifierNet;
-use crate::tasks::{PretextTask, Rotation, TaskConfig};
+use crate::models::hypercolumn::ColorNet;
+use crate::models::tiles::TileNet;
+use crate::models::{Backbone, BackboneConfig};
+use crate::tasks::{
+    Colorization, ColorizationConfig, Inpainting, Jigsaw, PretextTask, RelativePosition, Rotation,
+    TaskConfig,
+};
 use crate::train::TrainConfig;
-use crate::train::trainer::{TrainOutcome, Trainer};
+use crate::train::checkpoint::{self, TrainState};
+use crate::train::trainer::{Learner, TrainOutcome, Trainer};
 
-/// What the network sees: RGB, or lightness only (colorization). Recorded so evaluation
-/// feeds a checkpoint the input it was trained on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputTransform {
-    Rgb,
-}
+pub use crate::data::lab::InputTransform;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -35,6 +38,8 @@ pub struct RunConfig {
     /// Images of the split used for pretraining (`None`: all).
     pub train_images: Option<usize>,
     pub image_size: usize,
+    /// What the backbone sees (RGB, or L* for colorization); evaluation applies the same.
+    #[serde(default)]
     pub input: InputTransform,
     pub backbone: BackboneConfig,
     pub task: TaskConfig,
@@ -60,22 +65,6 @@ impl RunConfig {
     }
     pub fn save(&self, run: &Path) -> Result<()> {
         fsutil::write_bytes(&Self::path(run), toml::to_string_pretty(self)?.as_bytes())
-    }
-    /// Outputs of the pretext head.
-    pub fn task_classes(&self) -> usize {
-        match &self.task {
-            TaskConfig::Rotation(r) => r.angles,
-        }
-    }
-    pub fn build_task(&self) -> Result<Rotation> {
-        match &self.task {
-            TaskConfig::Rotation(r) => Rotation::new(
-                r.clone(),
-                self.augment.clone(),
-                self.normalize.clone(),
-                self.backbone.in_channels,
-            ),
-        }
     }
 }
 
@@ -139,34 +128,232 @@ impl Pretrain<'_> {
             (None, false) => bail!("no configuration given"),
         };
         let set = open_split(&cfg.data, cfg.split, self.cache)?;
-        let task = Arc::new(cfg.build_task()?);
-        check_size(&set, task.min_image_size(), &cfg.data)?;
         let indices = subset_indices(set.len(), cfg.train_images, cfg.train.seed);
-        if !resume || !self.run.join("preview.png").exists() {
-            // Spread over the whole subset so the sheet is not one class of a sorted tree.
-            let step = (indices.len() / 8).max(1);
-            let picks: Vec<usize> = indices.iter().step_by(step).take(8).copied().collect();
-            let preview_set = set.subset(&picks);
-            task.preview(&preview_set, &self.run.join("preview.png"), cfg.train.seed)?;
-        }
         let train_dev = crate::device::training(self.device);
         train_dev.seed(cfg.train.seed);
-        let model = ClassifierNet::new(&cfg.backbone, task.num_classes(), &train_dev);
+        let dev = &train_dev;
+        let b = &cfg.backbone;
+        let c = cfg.input.channels(set.header.c);
+        let outcome = match &cfg.task {
+            TaskConfig::Rotation(r) => {
+                let task = Rotation::new(r.clone(), cfg.augment.clone(), cfg.normalize.clone(), c)?;
+                let model = ClassifierNet::new(b, task.num_classes(), dev);
+                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
+            }
+            TaskConfig::Jigsaw(j) => {
+                let perms = Jigsaw::perms_for_run(j, self.run)?;
+                let task = Jigsaw::new(j.clone(), c, perms)?;
+                let model = tile_net(&cfg, dev)?;
+                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
+            }
+            TaskConfig::RelativePosition(r) => {
+                let task = RelativePosition::new(r.clone(), c)?;
+                let model = tile_net(&cfg, dev)?;
+                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
+            }
+            TaskConfig::Inpainting(i) => {
+                let task =
+                    Inpainting::new(i.clone(), cfg.augment.clone(), cfg.normalize.clone(), c)?;
+                let model = context_encoder(&cfg, dev)?;
+                let (task, model, set, outcome) =
+                    self.train(&cfg, task, model, set, &indices, resume, dev)?;
+                let picks = preview_picks(&indices);
+                let sample = set.subset(&picks);
+                let generator = model.generator.valid();
+                let [cc, h, w] = task.input_shape();
+                let predict = |x: &[f32], n: usize| -> Vec<f32> {
+                    let t = burn::tensor::Tensor::<4>::from_data(
+                        burn::tensor::TensorData::new(x.to_vec(), [n, cc, h, w]),
+                        self.device,
+                    );
+                    generator
+                        .forward(t)
+                        .into_data()
+                        .try_into_vec::<f32>()
+                        .unwrap_or_default()
+                };
+                let rows = task.sample_rows(&sample, cfg.train.seed + 1, Some(&predict))?;
+                crate::preview::save(
+                    &crate::preview::sheet(&rows, (96 / cfg.augment.crop).max(1)),
+                    &self.run.join("inpainting.png"),
+                )?;
+                outcome
+            }
+            TaskConfig::Colorization(k) => {
+                let task =
+                    Colorization::new(k.clone(), cfg.augment.clone(), cfg.normalize.clone())?;
+                let model = color_net(&cfg, dev);
+                let (task, model, set, outcome) =
+                    self.train(&cfg, task, model, set, &indices, resume, dev)?;
+                let sample = set.subset(&preview_picks(&indices));
+                crate::tasks::colorization::colorized_sheet(
+                    &task,
+                    &model.valid(),
+                    &sample,
+                    &self.run.join("colorized.png"),
+                    self.device,
+                )?;
+                outcome
+            }
+        };
+        Ok((cfg, outcome))
+    }
+
+    /// Preview, then train `model` on `task`; gives back what it was handed, trained.
+    #[allow(clippy::too_many_arguments)]
+    fn train<T: PretextTask, M: Learner>(
+        &self,
+        cfg: &RunConfig,
+        task: T,
+        model: M,
+        set: Arc<ImageSet>,
+        indices: &[usize],
+        resume: bool,
+        dev: &Device,
+    ) -> Result<(Arc<T>, M, Arc<ImageSet>, TrainOutcome)> {
+        let task = Arc::new(task);
+        check_size(&set, task.min_image_size(), &cfg.data)?;
+        if !resume || !self.run.join("preview.png").exists() {
+            let preview_set = set.subset(&preview_picks(indices));
+            task.preview(&preview_set, &self.run.join("preview.png"), cfg.train.seed)?;
+        }
         let trainer = Trainer {
             run: self.run,
             cfg: &cfg.train,
-            device: &train_dev,
+            device: dev,
             progress: self.progress,
             stop_after: self.stop_after,
             prefetch: 2,
         };
-        let (_model, outcome) = trainer.fit(model, task, set, &indices, resume)?;
-        Ok((cfg, outcome))
+        let (model, outcome) = trainer.fit(model, task.clone(), set.clone(), indices, resume)?;
+        Ok((task, model, set, outcome))
     }
 }
 
-/// Normalisation statistics of a split (from up to 10k images).
-pub fn normalize_for(set: &ImageSet) -> Normalize {
-    let (mean, std) = set.channel_stats(10_000);
-    Normalize { mean, std }
+/// Eight images spread over the whole subset, so a sheet is not one class of a sorted tree.
+fn preview_picks(indices: &[usize]) -> Vec<usize> {
+    let step = (indices.len() / 8).max(1);
+    indices.iter().step_by(step).take(8).copied().collect()
+}
+
+fn tile_net(cfg: &RunConfig, dev: &Device) -> Result<TileNet> {
+    Ok(match &cfg.task {
+        TaskConfig::Jigsaw(j) => TileNet::new(
+            &cfg.backbone,
+            j.tile,
+            9,
+            j.tile_features,
+            j.hidden,
+            j.permutations,
+            dev,
+        ),
+        TaskConfig::RelativePosition(r) => TileNet::new(
+            &cfg.backbone,
+            r.patch,
+            2,
+            r.patch_features,
+            r.hidden,
+            8,
+            dev,
+        ),
+        other => bail!("{} is not a tile task", other.name()),
+    })
+}
+
+fn context_encoder(cfg: &RunConfig, dev: &Device) -> Result<ContextEncoder> {
+    let TaskConfig::Inpainting(i) = &cfg.task else {
+        bail!("not an inpainting run");
+    };
+    ContextEncoder::new(
+        &cfg.backbone,
+        cfg.augment.crop,
+        i.disc_width,
+        i.lambda_rec,
+        i.lambda_adv,
+        dev,
+    )
+}
+
+fn color_net(cfg: &RunConfig, dev: &Device) -> ColorNet {
+    let k = match &cfg.task {
+        TaskConfig::Colorization(k) => k.clone(),
+        _ => ColorizationConfig::default(),
+    };
+    ColorNet::new(&cfg.backbone, k.hidden, k.bins, k.pixels, dev)
+}
+
+/// The backbone of a run: from its latest checkpoint, or freshly initialised (seeded by
+/// the caller's device seed) with `random_init`. Returns it with the checkpoint's epoch.
+pub fn load_backbone(
+    cfg: &RunConfig,
+    run: &Path,
+    random_init: bool,
+    dev: &Device,
+) -> Result<(Backbone, usize)> {
+    let found = if random_init {
+        None
+    } else {
+        match checkpoint::latest(run)? {
+            Some(found) => Some(found),
+            None => bail!(
+                "{}: no checkpoint yet (train first, or pass --random-init)",
+                run.display()
+            ),
+        }
+    };
+    fn load<M: burn::module::Module>(m: M, found: &Option<(PathBuf, TrainState)>) -> Result<M> {
+        match found {
+            Some((dir, _)) => checkpoint::load_model(m, dir),
+            None => Ok(m),
+        }
+    }
+    let backbone = match &cfg.task {
+        TaskConfig::Rotation(r) => {
+            load(ClassifierNet::new(&cfg.backbone, r.angles, dev), &found)?.backbone
+        }
+        TaskConfig::Jigsaw(_) | TaskConfig::RelativePosition(_) => {
+            load(tile_net(cfg, dev)?, &found)?.backbone
+        }
+        TaskConfig::Inpainting(_) => load(context_encoder(cfg, dev)?, &found)?.generator.backbone,
+        TaskConfig::Colorization(_) => load(color_net(cfg, dev), &found)?.backbone,
+    };
+    Ok((backbone.valid(), found.map_or(0, |(_, s)| s.epoch)))
+}
+
+/// Normalisation statistics of a split as the network sees it (from up to 10k images).
+pub fn normalize_for(set: &ImageSet, input: InputTransform) -> Normalize {
+    match input {
+        InputTransform::Rgb => {
+            let (mean, std) = set.channel_stats(10_000);
+            Normalize { mean, std }
+        }
+        InputTransform::Lightness => {
+            let h = &set.header;
+            let plane = h.h * h.w;
+            let n = set.len().min(10_000);
+            let step = (set.len() / n.max(1)).max(1);
+            let (mut sum, mut sq, mut count) = (0f64, 0f64, 0f64);
+            let mut chw = vec![0f32; h.c * plane];
+            let mut l = vec![0f32; plane];
+            for i in (0..set.len()).step_by(step).take(n) {
+                for (p, px) in set.image(i).chunks_exact(h.c).enumerate() {
+                    for (ch, &v) in px.iter().enumerate() {
+                        chw[ch * plane + p] = v as f32 / 255.0;
+                    }
+                }
+                InputTransform::Lightness.apply(&chw, h.c, &mut l);
+                for &v in &l {
+                    sum += v as f64;
+                    sq += (v as f64) * (v as f64);
+                    count += 1.0;
+                }
+            }
+            let mean = sum / count.max(1.0);
+            let std = (sq / count.max(1.0) - mean * mean).max(1e-8).sqrt();
+            Normalize {
+                mean: vec![mean as f32],
+                std: vec![std as f32],
+            }
+        }
+    }
 }

@@ -10,30 +10,18 @@ use burn::tensor::Device;
 use pretext::cli::{PretrainArgs, eval_config, run_config};
 use pretext::data::CacheOptions;
 use pretext::eval::evaluate_run;
-use pretext::models::Arch;
 use pretext::run::Pretrain;
+use pretext::tasks::TaskKind;
 use pretext::train::OptimKind;
 
 fn args(data: &std::path::Path, out: &std::path::Path) -> PretrainArgs {
     PretrainArgs {
-        data: Some(data.to_path_buf()),
-        out: out.to_path_buf(),
-        resume: false,
-        backbone: Arch::Nin,
-        width: Some(32),
-        blocks: 4,
-        angles: 4,
-        epochs: 4,
-        batch_size: 64,
-        train_images: Some(2000),
-        optim: OptimKind::Sgd,
-        lr: 0.1,
-        weight_decay: 5e-4,
-        schedule: "step".into(),
-        crop: None,
-        pad: 4,
-        seed: 1,
-        stop_after: None,
+        optim: Some(OptimKind::Sgd),
+        lr: Some(0.1),
+        weight_decay: Some(5e-4),
+        schedule: Some("step".into()),
+        pad: Some(4),
+        ..common::pretrain_args(data, out, TaskKind::Rotation)
     }
 }
 
@@ -100,7 +88,7 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
     let cfg = run_config(&a, &cache).unwrap();
     let p = pretrain(&run, &dev, &cache, None);
     let (_, outcome) = p.run(Some(cfg), false).unwrap();
-    let (l, acc) = (&outcome.epoch_losses, &outcome.epoch_accuracies);
+    let (l, acc) = (&outcome.epoch_losses, &outcome.epoch_scores);
     eprintln!(
         "losses {l:?} accuracies {acc:?} at {:.1} images/s",
         outcome.images_per_second

@@ -13,22 +13,34 @@ use rayon::prelude::*;
 
 use super::ImageSet;
 
-/// What a data set image becomes inside a batch: `samples` network inputs of `input_len`
-/// floats each, and one integer target per input.
+/// Where one source image's share of a batch goes.
+pub struct SampleOut<'a> {
+    /// `samples_per_image × c·h·w` network inputs.
+    pub inputs: &'a mut [f32],
+    /// `targets_per_image` integer targets.
+    pub targets: &'a mut [i64],
+    /// `aux_per_image` float targets (reconstruction targets, loss weights).
+    pub aux: &'a mut [f32],
+}
+
+/// What a data set image becomes inside a batch: `samples` network inputs, integer targets
+/// (one per input for rotation, one per image for jigsaw, several per image for sampled
+/// pixels) and optional float targets.
 pub trait SampleMaker: Send + Sync + 'static {
-    /// Inputs produced per source image (4 for rotation).
+    /// Inputs produced per source image (4 for rotation, 9 tiles for jigsaw).
     fn samples_per_image(&self) -> usize;
     /// Shape of one network input, `[c, h, w]`.
     fn input_shape(&self) -> [usize; 3];
-    /// Fill `inputs` (`samples × c·h·w`) and `targets` (`samples`) for image `index`.
-    fn make(
-        &self,
-        set: &ImageSet,
-        index: usize,
-        rng: &mut ChaCha8Rng,
-        inputs: &mut [f32],
-        targets: &mut [i64],
-    );
+    /// Integer targets per source image.
+    fn targets_per_image(&self) -> usize {
+        self.samples_per_image()
+    }
+    /// Float targets per source image.
+    fn aux_per_image(&self) -> usize {
+        0
+    }
+    /// Fill `out` for image `index`.
+    fn make(&self, set: &ImageSet, index: usize, rng: &mut ChaCha8Rng, out: SampleOut<'_>);
 }
 
 /// A batch ready for the network.
@@ -38,6 +50,8 @@ pub struct Batch {
     /// `[samples, c, h, w]`
     pub shape: [usize; 4],
     pub targets: Vec<i64>,
+    /// Float targets, `aux_per_image` per source image.
+    pub aux: Vec<f32>,
     /// Source images in this batch (inputs may be several per image).
     pub images: usize,
     /// Data set indices of the source images.
@@ -98,20 +112,42 @@ pub fn build_batch<M: SampleMaker + ?Sized>(
     let k = maker.samples_per_image();
     let [c, h, w] = maker.input_shape();
     let per = c * h * w;
+    let (nt, na) = (maker.targets_per_image(), maker.aux_per_image());
     let mut inputs = vec![0f32; idx.len() * k * per];
-    let mut targets = vec![0i64; idx.len() * k];
+    let mut targets = vec![0i64; idx.len() * nt];
+    let mut aux = vec![0f32; idx.len() * na];
+    // `max(1)` keeps the chunk iterators the same length when a maker has no targets/aux.
+    let mut spare_t = vec![0i64; if nt == 0 { idx.len() } else { 0 }];
+    let mut spare_a = vec![0f32; if na == 0 { idx.len() } else { 0 }];
+    let t_chunks = if nt == 0 {
+        spare_t.par_chunks_mut(1)
+    } else {
+        targets.par_chunks_mut(nt)
+    };
+    let a_chunks = if na == 0 {
+        spare_a.par_chunks_mut(1)
+    } else {
+        aux.par_chunks_mut(na)
+    };
     inputs
         .par_chunks_mut(k * per)
-        .zip(targets.par_chunks_mut(k))
+        .zip(t_chunks)
+        .zip(a_chunks)
         .enumerate()
-        .for_each(|(j, (inp, tgt))| {
+        .for_each(|(j, ((inp, tgt), ax))| {
             let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, epoch, (first + j) as u64));
-            maker.make(set, idx[j], &mut rng, inp, tgt);
+            let out = SampleOut {
+                inputs: inp,
+                targets: &mut tgt[..nt],
+                aux: &mut ax[..na],
+            };
+            maker.make(set, idx[j], &mut rng, out);
         });
     Batch {
         inputs,
         shape: [idx.len() * k, c, h, w],
         targets,
+        aux,
         images: idx.len(),
         indices: idx.to_vec(),
     }

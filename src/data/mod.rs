@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cifar;
 pub mod fetch;
 pub mod folder;
+pub mod lab;
 pub mod loader;
 pub mod stl10;
 

@@ -9,7 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_into};
-use crate::data::loader::{self, LoaderConfig, SampleMaker};
+use crate::data::lab::InputTransform;
+use crate::data::loader::{self, LoaderConfig, SampleMaker, SampleOut};
 use crate::models::{Backbone, pool_grid};
 
 /// A row-major `n × dim` matrix per tap.
@@ -34,6 +35,8 @@ impl Features {
 /// The evaluation view of an image: the deterministic centre crop, normalised.
 pub struct EvalView {
     pub augment: AugmentConfig,
+    /// What the backbone was trained on (RGB, or L only).
+    pub input: InputTransform,
     pub norm: Normalize,
 }
 
@@ -44,26 +47,22 @@ impl SampleMaker for EvalView {
     fn input_shape(&self) -> [usize; 3] {
         [self.norm.mean.len(), self.augment.crop, self.augment.crop]
     }
-    fn make(
-        &self,
-        set: &ImageSet,
-        index: usize,
-        _rng: &mut ChaCha8Rng,
-        inputs: &mut [f32],
-        targets: &mut [i64],
-    ) {
+    fn make(&self, set: &ImageSet, index: usize, _rng: &mut ChaCha8Rng, out: SampleOut<'_>) {
         let h = &set.header;
         let at = self.augment.centre(h.h, h.w);
+        let s = self.augment.crop;
+        let mut rgb = vec![0.0; h.c * s * s];
         crop_into(
             set.image(index),
             (h.h, h.w, h.c),
-            self.augment.crop,
+            s,
             self.augment.pad,
             at,
-            inputs,
+            &mut rgb,
         );
-        self.norm.apply(inputs);
-        targets[0] = set.label(index).map_or(-1, i64::from);
+        self.input.apply(&rgb, h.c, out.inputs);
+        self.norm.apply(out.inputs);
+        out.targets[0] = set.label(index).map_or(-1, i64::from);
     }
 }
 

@@ -11,15 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
 use crate::data::{CacheOptions, Split};
-use crate::models::head::ClassifierNet;
-use crate::run::{RunConfig, open_split, subset_indices};
-use crate::train::checkpoint;
+use crate::run::{RunConfig, load_backbone, open_split, subset_indices};
 use features::{EvalView, l2_normalize};
 use knn::KnnSetting;
 use linear::ProbeConfig;
@@ -66,20 +63,12 @@ pub fn evaluate_run(
 ) -> Result<(EvalReport, PathBuf)> {
     let rc = RunConfig::load(run)?;
     dev.seed(cfg.seed);
-    let mut model = ClassifierNet::new(&rc.backbone, rc.task_classes(), dev);
-    let (method, epoch) = if random_init {
-        ("random-init".to_string(), 0)
+    let (backbone, epoch) = load_backbone(&rc, run, random_init, dev)?;
+    let method = if random_init {
+        "random-init".to_string()
     } else {
-        let Some((dir, state)) = checkpoint::latest(run)? else {
-            bail!(
-                "{}: no checkpoint yet (train first, or pass --random-init)",
-                run.display()
-            );
-        };
-        model = checkpoint::load_model(model, &dir)?;
-        (rc.task.name().to_string(), state.epoch)
+        rc.task.name().to_string()
     };
-    let backbone = model.valid().backbone;
     let t0 = Instant::now();
     let train = open_split(data, Split::Train, cache)?;
     let test = open_split(data, Split::Test, cache)?;
@@ -90,18 +79,19 @@ pub fn evaluate_run(
                 data.display()
             );
         }
-        if set.header.c != rc.backbone.in_channels
+        if rc.input.channels(set.header.c) != rc.backbone.in_channels
             || set.header.h.min(set.header.w) < rc.augment.crop
         {
             bail!(
-                "{}: {name} images are {}×{}×{}, but the run was trained on {}×{}×{} inputs",
+                "{}: {name} images are {}×{}×{}, but the run was trained on {}×{} images giving {} input channel(s) ({:?})",
                 data.display(),
                 set.header.w,
                 set.header.h,
                 set.header.c,
                 rc.augment.crop,
                 rc.augment.crop,
-                rc.backbone.in_channels
+                rc.backbone.in_channels,
+                rc.input
             );
         }
     }
@@ -122,6 +112,7 @@ pub fn evaluate_run(
             pad: 0,
             flip: false,
         },
+        input: rc.input,
         norm: rc.normalize.clone(),
     });
     let ftr = features::extract(

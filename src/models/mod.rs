@@ -2,10 +2,13 @@
 //! feature map at tap X"; the pretext tasks put their heads on the last tap.
 
 pub mod alexnet;
+pub mod context_encoder;
 pub mod head;
+pub mod hypercolumn;
 pub mod layers;
 pub mod nin;
 pub mod resnet;
+pub mod tiles;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};

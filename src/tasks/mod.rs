@@ -2,7 +2,12 @@
 //! [`SampleMaker`] the loader runs on its worker threads), says how many classes its head
 //! predicts, and draws a preview of what it asks the network to solve.
 
+pub mod colorization;
+pub mod inpainting;
+pub mod jigsaw;
+pub mod relative_position;
 pub mod rotation;
+pub mod tiles;
 
 use std::path::Path;
 
@@ -11,12 +16,16 @@ use serde::{Deserialize, Serialize};
 use crate::data::ImageSet;
 use crate::data::loader::SampleMaker;
 
+pub use colorization::{Colorization, ColorizationConfig};
+pub use inpainting::{Inpainting, InpaintingConfig};
+pub use jigsaw::{Jigsaw, JigsawConfig};
+pub use relative_position::{RelativePosition, RelativePositionConfig};
 pub use rotation::{Rotation, RotationConfig};
 
-/// A pretext task with a classification head over the backbone's last tap.
+/// A pretext task: what it feeds the network, and a picture of it.
 pub trait PretextTask: SampleMaker {
     fn name(&self) -> &'static str;
-    /// Outputs of the task head.
+    /// Outputs of the task head (0 for reconstruction).
     fn num_classes(&self) -> usize;
     /// Smallest source image side the task can use.
     fn min_image_size(&self) -> usize;
@@ -29,12 +38,54 @@ pub trait PretextTask: SampleMaker {
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum TaskConfig {
     Rotation(RotationConfig),
+    Jigsaw(JigsawConfig),
+    RelativePosition(RelativePositionConfig),
+    Inpainting(InpaintingConfig),
+    Colorization(ColorizationConfig),
+}
+
+/// Task names as the command line spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    Rotation,
+    Jigsaw,
+    RelativePosition,
+    Inpainting,
+    Colorization,
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 5] = [
+        TaskKind::Rotation,
+        TaskKind::Jigsaw,
+        TaskKind::RelativePosition,
+        TaskKind::Inpainting,
+        TaskKind::Colorization,
+    ];
+
+    /// The task's paper defaults, scaled to images of `side` pixels.
+    pub fn default_config(self, side: usize) -> TaskConfig {
+        match self {
+            TaskKind::Rotation => TaskConfig::Rotation(RotationConfig::default()),
+            TaskKind::Jigsaw => TaskConfig::Jigsaw(JigsawConfig::for_image(side)),
+            TaskKind::RelativePosition => {
+                TaskConfig::RelativePosition(RelativePositionConfig::for_image(side))
+            }
+            TaskKind::Inpainting => TaskConfig::Inpainting(InpaintingConfig::for_image(side)),
+            TaskKind::Colorization => TaskConfig::Colorization(ColorizationConfig::default()),
+        }
+    }
 }
 
 impl TaskConfig {
     pub fn name(&self) -> &'static str {
         match self {
             TaskConfig::Rotation(_) => "rotation",
+            TaskConfig::Jigsaw(_) => "jigsaw",
+            TaskConfig::RelativePosition(_) => "relative-position",
+            TaskConfig::Inpainting(_) => "inpainting",
+            TaskConfig::Colorization(_) => "colorization",
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::PretextTask;
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_into};
-use crate::data::loader::SampleMaker;
+use crate::data::loader::{SampleMaker, SampleOut};
 use crate::preview::{self, Cell};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,14 +135,8 @@ impl SampleMaker for Rotation {
     fn input_shape(&self) -> [usize; 3] {
         [self.channels, self.augment.crop, self.augment.crop]
     }
-    fn make(
-        &self,
-        set: &ImageSet,
-        index: usize,
-        rng: &mut ChaCha8Rng,
-        inputs: &mut [f32],
-        targets: &mut [i64],
-    ) {
+    fn make(&self, set: &ImageSet, index: usize, rng: &mut ChaCha8Rng, out: SampleOut<'_>) {
+        let (inputs, targets) = (out.inputs, out.targets);
         let h = &set.header;
         let s = self.augment.crop;
         let per = self.channels * s * s;
@@ -188,7 +182,16 @@ impl PretextTask for Rotation {
                 let index = i * set.len() / 8.min(set.len());
                 let mut inputs = vec![0.0; k * per];
                 let mut targets = vec![0; k];
-                self.make(set, index, &mut rng, &mut inputs, &mut targets);
+                self.make(
+                    set,
+                    index,
+                    &mut rng,
+                    SampleOut {
+                        inputs: &mut inputs,
+                        targets: &mut targets,
+                        aux: &mut [],
+                    },
+                );
                 (0..k)
                     .map(|j| {
                         let mut chw = inputs[j * per..(j + 1) * per].to_vec();
@@ -315,8 +318,11 @@ mod tests {
             &set,
             0,
             &mut ChaCha8Rng::seed_from_u64(0),
-            &mut inputs,
-            &mut targets,
+            SampleOut {
+                inputs: &mut inputs,
+                targets: &mut targets,
+                aux: &mut [],
+            },
         );
         assert_eq!(targets, vec![0, 1, 2, 3]);
         let q = |v: &[f32]| {

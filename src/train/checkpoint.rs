@@ -20,9 +20,11 @@ pub struct TrainState {
     pub epoch: usize,
     /// Optimizer steps taken.
     pub step: u64,
-    /// Mean training loss and pretext accuracy over the last epoch.
+    /// Mean training loss and the task's score (accuracy, or an error for regression
+    /// tasks) over the last epoch.
     pub loss: f64,
-    pub accuracy: f64,
+    #[serde(alias = "accuracy")]
+    pub score: f64,
     /// Seconds spent training so far (over all resumed pieces).
     pub train_seconds: f64,
     /// Images (not inputs) seen so far.

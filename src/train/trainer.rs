@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,52 @@ use crate::data::loader::{self, Batch, LoaderConfig, SampleMaker};
 /// A network that maps a batch of inputs to class logits.
 pub trait Classifier: Module {
     fn logits(&self, x: Tensor<4>) -> Tensor<2>;
+}
+
+/// What one training step reports, kept on the device until the next read-back: the loss
+/// and the task's score summed over `count` units (inputs, images or pixels).
+pub struct StepStats {
+    pub loss_sum: Tensor<1>,
+    pub score_sum: Tensor<1>,
+    pub count: u64,
+}
+
+/// A trainable objective: one optimizer step on a batch. Classifiers get this for free
+/// (cross-entropy, accuracy); the context encoder steps its generator and discriminator
+/// with their own losses.
+pub trait Learner: Module + Sized {
+    fn train_step(
+        self,
+        batch: Batch,
+        dev: &Device,
+        optim: &mut ModuleOptimizer,
+        lr: f64,
+    ) -> (Self, StepStats);
+    /// What the score is ("accuracy", "hole MSE", …), for logs and progress bars.
+    fn score_name(&self) -> &'static str {
+        "accuracy"
+    }
+}
+
+/// The classification step: cross-entropy on the logits, accuracy as the score.
+pub fn classifier_step<M: Classifier>(
+    model: M,
+    batch: Batch,
+    dev: &Device,
+    optim: &mut ModuleOptimizer,
+    lr: f64,
+) -> (M, StepStats) {
+    let (x, y) = batch_tensors(batch, dev);
+    let logits = model.logits(x);
+    let [n, _] = logits.dims();
+    let loss = cross_entropy(logits.clone(), y.clone());
+    let stats = StepStats {
+        loss_sum: loss.clone().detach() * n as f32,
+        score_sum: correct(logits.detach(), y).float(),
+        count: n as u64,
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (optim.step(lr, model, grads), stats)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,7 +89,7 @@ pub struct TrainOutcome {
     pub state: TrainState,
     /// Mean loss of each epoch trained in this call, in order.
     pub epoch_losses: Vec<f64>,
-    pub epoch_accuracies: Vec<f64>,
+    pub epoch_scores: Vec<f64>,
     pub images_per_second: f64,
 }
 
@@ -60,8 +106,9 @@ pub fn correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1, Int> {
     logits.argmax(1).reshape([n]).equal(targets).int().sum()
 }
 
+/// Inputs and integer targets of a batch as tensors.
 pub fn batch_tensors(batch: Batch, dev: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-    let n = batch.shape[0];
+    let n = batch.targets.len();
     let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
     let y = Tensor::<1, Int>::from_data(TensorData::new(batch.targets, [n]), dev);
     (x, y)
@@ -80,7 +127,7 @@ pub struct Trainer<'a> {
 impl Trainer<'_> {
     /// Train `model` on `indices` of `set` with batches from `maker`, resuming from the
     /// run's latest checkpoint when `resume` is set.
-    pub fn fit<M: Classifier, S: SampleMaker>(
+    pub fn fit<M: Learner, S: SampleMaker>(
         &self,
         mut model: M,
         maker: Arc<S>,
@@ -129,10 +176,11 @@ impl Trainer<'_> {
         let mut outcome = TrainOutcome {
             state: state.clone(),
             epoch_losses: vec![],
-            epoch_accuracies: vec![],
+            epoch_scores: vec![],
             images_per_second: 0.0,
         };
         let (mut run_images, mut run_seconds) = (0u64, 0f64);
+        let score_name = model.score_name();
         for (done_here, epoch) in (state.epoch..cfg.epochs).enumerate() {
             if self.stop_after.is_some_and(|s| done_here >= s) {
                 break;
@@ -144,9 +192,9 @@ impl Trainer<'_> {
             );
             let rx = loader::epoch(set.clone(), maker.clone(), indices, &lcfg, epoch as u64);
             let t0 = Instant::now();
-            let (mut sum_loss, mut sum_correct, mut sum_inputs) = (0f64, 0u64, 0u64);
+            let (mut sum_loss, mut sum_correct, mut sum_inputs) = (0f64, 0f64, 0u64);
             let mut pending_loss: Vec<Tensor<1>> = Vec::new();
-            let mut pending_correct: Vec<Tensor<1, Int>> = Vec::new();
+            let mut pending_score: Vec<Tensor<1>> = Vec::new();
             let mut pending_inputs = 0u64;
             let mut epoch_images = 0u64;
             let mut lr = 0.0;
@@ -157,24 +205,20 @@ impl Trainer<'_> {
                     cfg.epochs as f64,
                 );
                 epoch_images += batch.images as u64;
-                let inputs = batch.shape[0] as u64;
-                let (x, y) = batch_tensors(batch, self.device);
-                let logits = model.logits(x);
-                let loss = cross_entropy(logits.clone(), y.clone());
-                pending_correct.push(correct(logits.detach(), y));
-                pending_loss.push(loss.clone().detach() * inputs as f32);
-                pending_inputs += inputs;
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(lr, model, grads);
+                let stats;
+                (model, stats) = model.train_step(batch, self.device, &mut optim, lr);
+                pending_loss.push(stats.loss_sum);
+                pending_score.push(stats.score_sum);
+                pending_inputs += stats.count;
                 state.step += 1;
                 if (b + 1) % cfg.log_every.max(1) == 0 || b + 1 == nb {
                     // One read-back per interval: on a GPU every read is a sync.
                     let l: f64 = Tensor::cat(std::mem::take(&mut pending_loss), 0)
                         .sum()
                         .into_scalar::<f32>() as f64;
-                    let c: i64 = Tensor::cat(std::mem::take(&mut pending_correct), 0)
+                    let c: f64 = Tensor::cat(std::mem::take(&mut pending_score), 0)
                         .sum()
-                        .into_scalar::<i64>();
+                        .into_scalar::<f32>() as f64;
                     if !l.is_finite() {
                         let kept = match checkpoint::latest(self.run)? {
                             Some((d, s)) => format!(
@@ -192,23 +236,24 @@ impl Trainer<'_> {
                         );
                     }
                     sum_loss += l;
-                    sum_correct += c as u64;
+                    sum_correct += c;
                     sum_inputs += pending_inputs;
                     let dt = t0.elapsed().as_secs_f64();
                     let ips = epoch_images as f64 / dt.max(1e-9);
                     let rec = serde_json::json!({
                         "kind": "step", "epoch": epoch + 1, "step": state.step, "lr": lr,
-                        "loss": l / pending_inputs as f64, "accuracy": c as f64 / pending_inputs as f64,
+                        "loss": l / pending_inputs as f64, "score": c / pending_inputs as f64,
+                        "score_name": score_name,
                         "images_per_second": ips,
                     });
                     writeln!(log, "{rec}")?;
                     pending_inputs = 0;
                     bar.set_message(format!(
-                        "epoch {}/{} loss {:.4} acc {:.1}% {:.0} img/s",
+                        "epoch {}/{} loss {:.4} {score_name} {:.4} {:.0} img/s",
                         epoch + 1,
                         cfg.epochs,
                         sum_loss / sum_inputs as f64,
-                        100.0 * sum_correct as f64 / sum_inputs as f64,
+                        sum_correct / sum_inputs as f64,
                         ips
                     ));
                 }
@@ -218,7 +263,7 @@ impl Trainer<'_> {
             let dt = t0.elapsed().as_secs_f64();
             state.epoch = epoch + 1;
             state.loss = sum_loss / sum_inputs.max(1) as f64;
-            state.accuracy = sum_correct as f64 / sum_inputs.max(1) as f64;
+            state.score = sum_correct / sum_inputs.max(1) as f64;
             state.train_seconds += dt;
             state.images_seen += epoch_images;
             run_images += epoch_images;
@@ -226,7 +271,8 @@ impl Trainer<'_> {
             let ips = epoch_images as f64 / dt.max(1e-9);
             let rec = serde_json::json!({
                 "kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": lr,
-                "loss": state.loss, "accuracy": state.accuracy, "seconds": dt,
+                "loss": state.loss, "score": state.score, "score_name": score_name,
+                "seconds": dt,
                 "images_per_second": ips,
             });
             writeln!(log, "{rec}")?;
@@ -234,17 +280,12 @@ impl Trainer<'_> {
             checkpoint::save(self.run, &model, &optim, &state, cfg.keep_checkpoints)?;
             if self.progress {
                 eprintln!(
-                    "epoch {}/{}: loss {:.4}, pretext accuracy {:.2}%, {:.1} images/s, {:.0} s",
-                    state.epoch,
-                    cfg.epochs,
-                    state.loss,
-                    100.0 * state.accuracy,
-                    ips,
-                    dt
+                    "epoch {}/{}: loss {:.4}, pretext {score_name} {:.4}, {:.1} images/s, {:.0} s",
+                    state.epoch, cfg.epochs, state.loss, state.score, ips, dt
                 );
             }
             outcome.epoch_losses.push(state.loss);
-            outcome.epoch_accuracies.push(state.accuracy);
+            outcome.epoch_scores.push(state.score);
         }
         outcome.state = state;
         outcome.images_per_second = run_images as f64 / run_seconds.max(1e-9);

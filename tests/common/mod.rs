@@ -47,3 +47,38 @@ pub fn cache_opts(dir: &Path) -> pretext::data::CacheOptions {
         progress: false,
     }
 }
+
+/// Pretraining flags for a small NIN-32 run of `task` on 2,000 images (tests override).
+#[allow(dead_code)]
+pub fn pretrain_args(
+    data: &Path,
+    out: &Path,
+    task: pretext::tasks::TaskKind,
+) -> pretext::cli::PretrainArgs {
+    pretext::cli::PretrainArgs {
+        data: Some(data.to_path_buf()),
+        out: out.to_path_buf(),
+        resume: false,
+        backbone: pretext::models::Arch::Nin,
+        width: Some(32),
+        blocks: 4,
+        task,
+        angles: 4,
+        permutations: None,
+        selection: None,
+        mask: None,
+        colour_target: None,
+        task_config: None,
+        epochs: 4,
+        batch_size: 64,
+        train_images: Some(2000),
+        optim: None,
+        lr: None,
+        weight_decay: None,
+        schedule: None,
+        crop: None,
+        pad: None,
+        seed: 1,
+        stop_after: None,
+    }
+}

@@ -1,0 +1,239 @@
+//! End to end on a slice of the real CIFAR-10, one test per pretext task beyond rotation:
+//! the loss falls, the task's score beats its trivial baseline by a clear margin, the run
+//! writes its previews, and its checkpoint evaluates (with the input transform it was
+//! trained on).
+
+mod common;
+
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use pretext::cli::{PretrainArgs, eval_config, run_config};
+use pretext::data::loader::{SampleMaker, SampleOut};
+use pretext::data::{ImageSet, Split};
+use pretext::eval::evaluate_run;
+use pretext::run::{Pretrain, RunConfig, open_split, subset_indices};
+use pretext::tasks::{TaskConfig, TaskKind};
+use pretext::train::trainer::TrainOutcome;
+
+struct Ran {
+    cfg: RunConfig,
+    outcome: TrainOutcome,
+    run: std::path::PathBuf,
+    data: std::path::PathBuf,
+    cache: pretext::data::CacheOptions,
+    _tmp: tempfile::TempDir,
+}
+
+fn pretrain(task: TaskKind, tweak: impl FnOnce(&mut PretrainArgs)) -> Ran {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::cifar_root();
+    let cache = common::cache_opts(&tmp.path().join("cache"));
+    let run = tmp.path().join("run");
+    let mut a = common::pretrain_args(&data, &run, task);
+    tweak(&mut a);
+    let cfg = run_config(&a, &cache).unwrap();
+    let dev = Device::flex();
+    let p = Pretrain {
+        run: &run,
+        device: &dev,
+        progress: false,
+        stop_after: None,
+        cache: &cache,
+    };
+    let (cfg, outcome) = p.run(Some(cfg), false).unwrap();
+    eprintln!(
+        "{task:?}: losses {:?} scores {:?} at {:.1} images/s",
+        outcome.epoch_losses, outcome.epoch_scores, outcome.images_per_second
+    );
+    assert!(run.join("preview.png").exists());
+    Ran {
+        cfg,
+        outcome,
+        run,
+        data,
+        cache,
+        _tmp: tmp,
+    }
+}
+
+/// The training images of a run, for computing baselines with the task's own samples.
+fn training_images(r: &Ran) -> (std::sync::Arc<ImageSet>, Vec<usize>) {
+    let set = open_split(&r.data, Split::Train, &r.cache).unwrap();
+    let idx = subset_indices(set.len(), r.cfg.train_images, r.cfg.train.seed);
+    (set, idx)
+}
+
+/// A small evaluation of the run's checkpoint: every tap gets a row and the best linear
+/// probe beats chance (10%).
+fn evaluates(r: &Ran) {
+    let ecfg = eval_config(Some(1000), Some(500), 5, 0.01, 9216, 0);
+    let dev = Device::flex();
+    let (report, _) = evaluate_run(&r.run, &r.data, false, &ecfg, &r.cache, &dev, false).unwrap();
+    eprintln!("{}", report.markdown());
+    assert_eq!(report.rows.len(), 4);
+    let best = report.best_layer().unwrap();
+    assert!(best.linear.top1 > 0.15, "{}", best.linear.top1);
+}
+
+#[test]
+fn jigsaw_learns_to_name_permutations() {
+    let r = pretrain(TaskKind::Jigsaw, |a| {
+        a.epochs = 8;
+        a.lr = Some(0.03);
+        a.schedule = Some("constant".into());
+    });
+    let (l, s) = (&r.outcome.epoch_losses, &r.outcome.epoch_scores);
+    // 100 permutations: chance is 1% and ln(100) = 4.61.
+    assert!(l[7] < l[0] - 0.3, "loss must fall: {l:?}");
+    assert!(s[7] > 0.04, "accuracy must reach 4× chance: {s:?}");
+    let perms: Vec<[u8; 9]> =
+        serde_json::from_str(&std::fs::read_to_string(r.run.join("permutations.json")).unwrap())
+            .unwrap();
+    assert_eq!(perms.len(), 100);
+    evaluates(&r);
+}
+
+#[test]
+fn relative_position_learns_the_eight_neighbours() {
+    let r = pretrain(TaskKind::RelativePosition, |a| {
+        a.train_images = Some(10_000);
+        a.epochs = 6;
+        a.batch_size = 128;
+        a.lr = Some(0.03);
+        a.schedule = Some("constant".into());
+    });
+    let (l, s) = (&r.outcome.epoch_losses, &r.outcome.epoch_scores);
+    // 8 classes: chance is 12.5%, ln 8 = 2.08.
+    assert!(l[5] < l[0] - 0.05, "loss must fall: {l:?}");
+    assert!(s[5] > 0.18, "accuracy must clearly beat 12.5%: {s:?}");
+    evaluates(&r);
+}
+
+#[test]
+fn context_encoder_fills_holes_better_than_the_mean() {
+    let r = pretrain(TaskKind::Inpainting, |a| {
+        a.train_images = Some(1500);
+        a.epochs = 3;
+        a.batch_size = 32;
+    });
+    let TaskConfig::Inpainting(icfg) = &r.cfg.task else {
+        panic!("not inpainting")
+    };
+    // Baseline: the hole left at its fill (the data set mean, 0 after normalisation), so
+    // its error is the mean square of the normalised target over the hole.
+    let task = pretext::tasks::Inpainting::new(
+        icfg.clone(),
+        r.cfg.augment.clone(),
+        r.cfg.normalize.clone(),
+        3,
+    )
+    .unwrap();
+    let (set, idx) = training_images(&r);
+    let (mut sq, mut n) = (0f64, 0f64);
+    let img = 3 * 32 * 32;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for &i in &idx {
+        let mut x = vec![0.0; img];
+        let mut aux = vec![0.0; task.aux_per_image()];
+        task.make(
+            &set,
+            i,
+            &mut rng,
+            SampleOut {
+                inputs: &mut x,
+                targets: &mut [],
+                aux: &mut aux,
+            },
+        );
+        let hole = &aux[img + 1024..];
+        for ch in 0..3 {
+            for p in 0..1024 {
+                if hole[p] > 0.5 {
+                    sq += (aux[ch * 1024 + p] as f64).powi(2);
+                    n += 1.0;
+                }
+            }
+        }
+    }
+    let baseline = sq / n;
+    let (l, s) = (&r.outcome.epoch_losses, &r.outcome.epoch_scores);
+    eprintln!("mean-fill hole MSE {baseline:.4}");
+    assert!(l[2] < l[0], "loss must fall: {l:?}");
+    assert!(
+        s[2] < 0.9 * baseline,
+        "hole MSE {s:?} must beat the mean fill {baseline:.4} by 10%"
+    );
+    assert!(r.run.join("inpainting.png").exists());
+    evaluates(&r);
+}
+
+#[test]
+fn colorization_beats_the_colour_prior_and_evaluates_on_lightness() {
+    let r = pretrain(TaskKind::Colorization, |_| {});
+    let TaskConfig::Colorization(ccfg) = &r.cfg.task else {
+        panic!("not colorization")
+    };
+    assert_eq!(r.cfg.input, pretext::run::InputTransform::Lightness);
+    assert_eq!(r.cfg.backbone.in_channels, 1);
+    let task = pretext::tasks::Colorization::new(
+        ccfg.clone(),
+        r.cfg.augment.clone(),
+        r.cfg.normalize.clone(),
+    )
+    .unwrap();
+    // Baselines from the task's own targets: always the most frequent bins (accuracy), and
+    // the best constant histograms (loss: weighted entropy of the first head + entropy of
+    // the second).
+    let (set, idx) = training_images(&r);
+    let k = ccfg.bins;
+    let p = ccfg.pixels;
+    let (mut ca, mut cb, mut wa) = (vec![0f64; k], vec![0f64; k], vec![0f64; k]);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for &i in &idx {
+        let mut x = vec![0.0; 32 * 32];
+        let mut t = vec![0i64; 3 * p];
+        let mut w = vec![0f32; p];
+        task.make(
+            &set,
+            i,
+            &mut rng,
+            SampleOut {
+                inputs: &mut x,
+                targets: &mut t,
+                aux: &mut w,
+            },
+        );
+        for j in 0..p {
+            ca[t[p + j] as usize] += 1.0;
+            cb[t[2 * p + j] as usize] += 1.0;
+            wa[t[p + j] as usize] += w[j] as f64;
+        }
+    }
+    let total: f64 = cb.iter().sum();
+    let max = |c: &[f64]| c.iter().copied().fold(0.0, f64::max);
+    let prior_acc = (max(&ca) + max(&cb)) / (2.0 * total);
+    let entropy = |c: &[f64]| {
+        let s: f64 = c.iter().sum();
+        -c.iter()
+            .filter(|&&v| v > 0.0)
+            .map(|&v| v / s * (v / s).ln())
+            .sum::<f64>()
+    };
+    let wsum: f64 = wa.iter().sum();
+    let prior_loss = wsum / total * entropy(&wa) + entropy(&cb);
+    let (l, s) = (&r.outcome.epoch_losses, &r.outcome.epoch_scores);
+    eprintln!("prior: accuracy {prior_acc:.4}, loss {prior_loss:.4}");
+    assert!(l[3] < l[0], "loss must fall: {l:?}");
+    assert!(
+        l[3] < prior_loss - 0.1,
+        "loss {l:?} must beat the best constant histograms ({prior_loss:.4})"
+    );
+    assert!(
+        s[3] > prior_acc + 0.01,
+        "bin accuracy {s:?} must beat always-the-commonest-bin ({prior_acc:.4})"
+    );
+    assert!(r.run.join("colorized.png").exists());
+    evaluates(&r);
+}
