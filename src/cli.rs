@@ -366,14 +366,12 @@ fn task_config(a: &PretrainArgs, crop: usize) -> Result<TaskConfig> {
             if let Some(s) = a.selection {
                 j.selection = s;
             }
-            j.validate()?;
         }
-        TaskConfig::RelativePosition(r) => r.validate()?,
+        TaskConfig::RelativePosition(_) => {}
         TaskConfig::Inpainting(i) => {
             if let Some(m) = a.mask {
                 i.mask = m;
             }
-            i.validate(crop)?;
         }
         TaskConfig::Colorization(c) => {
             if let Some(t) = a.colour_target {

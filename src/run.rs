@@ -86,7 +86,8 @@ pub fn check_size(set: &ImageSet, need: usize, data: &Path) -> Result<()> {
     let h = &set.header;
     if h.h.min(h.w) < need {
         bail!(
-            "{}: images are {}×{}, but the task needs at least {need}×{need} (lower --crop, or use larger images)",
+            "{}: images are {}×{}, but the task's geometry needs at least {need}×{need} \
+             (shrink the task's cells/patches/gap in --task-config, lower --crop, or use larger images)",
             data.display(),
             h.w,
             h.h
@@ -120,14 +121,20 @@ impl Pretrain<'_> {
                         self.run.display()
                     );
                 }
-                std::fs::create_dir_all(self.run)
-                    .with_context(|| format!("creating {}", self.run.display()))?;
-                c.save(self.run)?;
                 c
             }
             (None, false) => bail!("no configuration given"),
         };
         let set = open_split(&cfg.data, cfg.split, self.cache)?;
+        // Geometry is checked before the run directory exists, so a rejected configuration
+        // leaves nothing behind to --resume.
+        cfg.task.validate(&cfg.augment)?;
+        check_size(&set, cfg.task.min_image_size(&cfg.augment), &cfg.data)?;
+        if !resume {
+            std::fs::create_dir_all(self.run)
+                .with_context(|| format!("creating {}", self.run.display()))?;
+            cfg.save(self.run)?;
+        }
         let indices = subset_indices(set.len(), cfg.train_images, cfg.train.seed);
         let train_dev = crate::device::training(self.device);
         train_dev.seed(cfg.train.seed);
@@ -212,7 +219,6 @@ impl Pretrain<'_> {
         dev: &Device,
     ) -> Result<(Arc<T>, M, Arc<ImageSet>, TrainOutcome)> {
         let task = Arc::new(task);
-        check_size(&set, task.min_image_size(), &cfg.data)?;
         if !resume || !self.run.join("preview.png").exists() {
             let preview_set = set.subset(&preview_picks(indices));
             task.preview(&preview_set, &self.run.join("preview.png"), cfg.train.seed)?;

@@ -134,3 +134,57 @@ fn cli_reports_a_missing_folder_without_panicking() {
     assert!(err.starts_with("error: /no/such/folder"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Run the CLI to start a pretraining run on `data` with a `[task]` table; returns stderr,
+/// after checking it failed cleanly and left no run behind.
+fn rejected_task(data: &Path, task_toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("task.toml");
+    fs::write(&cfg, task_toml).unwrap();
+    let out_dir = dir.path().join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["pretrain", "-q", "--no-cache", "--epochs", "1", "--data"])
+        .arg(data)
+        .arg("--task-config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out_dir.exists(), "a rejected run must leave no directory");
+    err
+}
+
+const JIGSAW: &str = "[task]\nname = \"jigsaw\"\npermutations = 10\nselection = \"max\"\n\
+    permutation_seed = 0\ngreyscale = 0.3\nchannel_jitter = 1\ntile_features = 8\nhidden = 8\n";
+const RELPOS: &str = "[task]\nname = \"relative-position\"\ncolour = \"drop\"\ndown_up = 0.3\n\
+    down_side = 2\npatch_features = 8\nhidden = 8\njitter = 1\n";
+
+#[test]
+fn task_geometry_that_cannot_work_is_rejected_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        write_png(&dir.path().join(format!("{i}.png")), 24, 24);
+    }
+    // Tiles larger than their cells.
+    let e = rejected_task(dir.path(), &format!("{JIGSAW}cell = 6\ntile = 7\n"));
+    assert!(
+        e.contains("tile (7 px) is larger than its grid cell (6 px)"),
+        "{e}"
+    );
+    // A grid of 10-px cells needs 30-px images.
+    let e = rejected_task(dir.path(), &format!("{JIGSAW}cell = 10\ntile = 8\n"));
+    assert!(e.contains("24×24") && e.contains("at least 30×30"), "{e}");
+    // A gap no wider than the jitter would let patches touch.
+    let e = rejected_task(dir.path(), &format!("{RELPOS}patch = 4\ngap = 2\n"));
+    assert!(
+        e.contains("gap (2 px) must exceed twice the jitter (1 px)"),
+        "{e}"
+    );
+    // Patches and gaps larger than the image: 3·8 + 2·10 + 2·1 = 46.
+    let e = rejected_task(dir.path(), &format!("{RELPOS}patch = 8\ngap = 10\n"));
+    assert!(e.contains("at least 46×46"), "{e}");
+}

@@ -74,6 +74,25 @@ impl AugmentConfig {
     }
 }
 
+/// Crop image `index` of `set` at `at` into a CHW f32 buffer in [0, 1] (see [`crop_into`]).
+pub fn crop_image(
+    set: &crate::data::ImageSet,
+    index: usize,
+    cfg: &AugmentConfig,
+    at: Placement,
+    out: &mut [f32],
+) {
+    let h = &set.header;
+    crop_into(
+        set.image(index),
+        (h.h, h.w, h.c),
+        cfg.crop,
+        cfg.pad,
+        at,
+        out,
+    );
+}
+
 /// Crop (and maybe mirror) an HWC u8 image into a CHW f32 buffer of `crop × crop` in [0, 1];
 /// pixels that fall in the padding are 0 (black), as torchvision pads.
 pub fn crop_into(

@@ -107,6 +107,22 @@ impl ImageSet {
             cache_path: None,
         }
     }
+    /// An in-memory, unlabelled set of `n` HWC images (for tests and synthetic data).
+    pub fn unlabelled(h: usize, w: usize, c: usize, pixels: Vec<u8>) -> Self {
+        let n = pixels.len() / (h * w * c).max(1);
+        let header = Header {
+            n,
+            h,
+            w,
+            c,
+            labels: None,
+            classes: vec![],
+            sources: (0..n).map(|i| format!("image-{i}")).collect(),
+            skipped: vec![],
+            fingerprint: 0,
+        };
+        Self::from_parts(header, pixels)
+    }
     pub fn len(&self) -> usize {
         self.header.n
     }

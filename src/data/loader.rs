@@ -43,6 +43,32 @@ pub trait SampleMaker: Send + Sync + 'static {
     fn make(&self, set: &ImageSet, index: usize, rng: &mut ChaCha8Rng, out: SampleOut<'_>);
 }
 
+/// One image's sample in fresh buffers: (inputs, targets, aux). For previews and tests.
+pub fn make_one<M: SampleMaker + ?Sized>(
+    maker: &M,
+    set: &ImageSet,
+    index: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<f32>, Vec<i64>, Vec<f32>) {
+    let [c, h, w] = maker.input_shape();
+    let mut inputs = vec![0.0; maker.samples_per_image() * c * h * w];
+    let mut targets = vec![0; maker.targets_per_image()];
+    let mut aux = vec![0.0; maker.aux_per_image()];
+    let out = SampleOut {
+        inputs: &mut inputs,
+        targets: &mut targets,
+        aux: &mut aux,
+    };
+    maker.make(set, index, rng, out);
+    (inputs, targets, aux)
+}
+
+/// Up to 8 image indices spread evenly over `set`, for preview sheets.
+pub fn preview_indices(set: &ImageSet) -> Vec<usize> {
+    let n = set.len().min(8);
+    (0..n).map(|i| i * set.len() / n).collect()
+}
+
 /// A batch ready for the network.
 #[derive(Clone, Debug)]
 pub struct Batch {

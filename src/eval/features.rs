@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::ImageSet;
-use crate::data::augment::{AugmentConfig, Normalize, crop_into};
+use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::InputTransform;
 use crate::data::loader::{self, LoaderConfig, SampleMaker, SampleOut};
 use crate::models::{Backbone, pool_grid};
@@ -52,14 +52,7 @@ impl SampleMaker for EvalView {
         let at = self.augment.centre(h.h, h.w);
         let s = self.augment.crop;
         let mut rgb = vec![0.0; h.c * s * s];
-        crop_into(
-            set.image(index),
-            (h.h, h.w, h.c),
-            s,
-            self.augment.pad,
-            at,
-            &mut rgb,
-        );
+        crop_image(set, index, &self.augment, at, &mut rgb);
         self.input.apply(&rgb, h.c, out.inputs);
         self.norm.apply(out.inputs);
         out.targets[0] = set.label(index).map_or(-1, i64::from);

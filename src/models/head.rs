@@ -31,15 +31,3 @@ impl Classifier for ClassifierNet {
         self.head.forward(global_avg(self.backbone.forward(x)))
     }
 }
-
-impl crate::train::trainer::Learner for ClassifierNet {
-    fn train_step(
-        self,
-        batch: crate::data::loader::Batch,
-        dev: &Device,
-        optim: &mut burn::optim::ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, crate::train::trainer::StepStats) {
-        crate::train::trainer::classifier_step(self, batch, dev, optim, lr)
-    }
-}

@@ -9,9 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::{Backbone, BackboneConfig};
-use crate::data::loader::Batch;
-use crate::train::trainer::{Classifier, Learner, StepStats, classifier_step};
-use burn::optim::ModuleOptimizer;
+use crate::train::trainer::Classifier;
 
 #[derive(Module, Debug)]
 pub struct TileNet {
@@ -65,18 +63,6 @@ impl Classifier for TileNet {
         let n = nt / self.tiles;
         let joined = f.reshape([n, self.tiles * d]);
         self.head.forward(relu(self.fc7.forward(joined)))
-    }
-}
-
-impl Learner for TileNet {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats) {
-        classifier_step(self, batch, dev, optim, lr)
     }
 }
 

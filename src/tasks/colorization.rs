@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::PretextTask;
 use crate::data::ImageSet;
-use crate::data::augment::{AugmentConfig, Normalize, crop_into};
+use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::{InputTransform, lab_to_srgb, srgb_to_lab};
-use crate::data::loader::{SampleMaker, SampleOut};
+use crate::data::loader::{SampleMaker, SampleOut, preview_indices};
 use crate::models::hypercolumn::ColorNet;
 use crate::preview::{self, Cell};
 use burn::tensor::activation::softmax;
@@ -128,14 +128,7 @@ impl Colorization {
         let s = self.augment.crop;
         let mut rgb = vec![0.0; h.c * s * s];
         let at = self.augment.sample(h.h, h.w, rng);
-        crop_into(
-            set.image(index),
-            (h.h, h.w, h.c),
-            s,
-            self.augment.pad,
-            at,
-            &mut rgb,
-        );
+        crop_image(set, index, &self.augment, at, &mut rgb);
         rgb
     }
 
@@ -185,20 +178,14 @@ impl PretextTask for Colorization {
     fn num_classes(&self) -> usize {
         2 * self.cfg.bins
     }
-    fn min_image_size(&self) -> usize {
-        self.augment
-            .crop
-            .saturating_sub(2 * self.augment.pad)
-            .max(1)
-    }
     /// Rows: the L* input, the true colour, and the colour its target bins can express.
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let s = self.augment.crop;
         let plane = s * s;
-        let rows: Vec<Vec<Cell>> = (0..8.min(set.len()))
-            .map(|i| {
-                let index = i * set.len() / 8.min(set.len());
+        let rows: Vec<Vec<Cell>> = preview_indices(set)
+            .into_iter()
+            .map(|index| {
                 let rgb = self.crop(set, index, &mut rng);
                 let mut l = vec![0.0; plane];
                 InputTransform::Lightness.apply(&rgb, set.header.c, &mut l);
@@ -245,14 +232,7 @@ pub fn colorized_sheet(
     for i in 0..n {
         let mut rgb = vec![0.0; h.c * plane];
         let at = task.augment.centre(h.h, h.w);
-        crop_into(
-            set.image(i),
-            (h.h, h.w, h.c),
-            s,
-            task.augment.pad,
-            at,
-            &mut rgb,
-        );
+        crop_image(set, i, &task.augment, at, &mut rgb);
         InputTransform::Lightness.apply(&rgb, h.c, &mut x[i * plane..(i + 1) * plane]);
         rgbs.push(rgb);
     }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::PretextTask;
 use crate::data::ImageSet;
-use crate::data::augment::{AugmentConfig, Normalize, crop_into};
-use crate::data::loader::{SampleMaker, SampleOut};
+use crate::data::augment::{AugmentConfig, Normalize, crop_image};
+use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
 use crate::models::context_encoder::aux_len;
 use crate::preview::{self, Cell};
 
@@ -237,14 +237,7 @@ impl SampleMaker for Inpainting {
         let img = self.channels * plane;
         let at = self.augment.sample(h.h, h.w, rng);
         let (target, rest) = out.aux.split_at_mut(img);
-        crop_into(
-            set.image(index),
-            (h.h, h.w, h.c),
-            s,
-            self.augment.pad,
-            at,
-            target,
-        );
+        crop_image(set, index, &self.augment, at, target);
         self.norm.apply(target);
         let mask = draw_mask(&self.cfg, s, rng);
         out.inputs.copy_from_slice(target);
@@ -270,12 +263,6 @@ impl PretextTask for Inpainting {
     fn num_classes(&self) -> usize {
         0
     }
-    fn min_image_size(&self) -> usize {
-        self.augment
-            .crop
-            .saturating_sub(2 * self.augment.pad)
-            .max(1)
-    }
     /// Rows: the masked input, the L2 weight map (hole grey, band white), the original.
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         let rows = self.sample_rows(set, seed, None)?;
@@ -299,21 +286,14 @@ impl Inpainting {
         let s = self.augment.crop;
         let (c, plane) = (self.channels, s * s);
         let img = c * plane;
-        let n = 8.min(set.len());
-        let mut inputs = vec![0.0; n * img];
-        let mut aux = vec![0.0; n * self.aux_per_image()];
-        for i in 0..n {
-            let index = i * set.len() / n;
-            self.make(
-                set,
-                index,
-                &mut rng,
-                SampleOut {
-                    inputs: &mut inputs[i * img..(i + 1) * img],
-                    targets: &mut [],
-                    aux: &mut aux[i * self.aux_per_image()..(i + 1) * self.aux_per_image()],
-                },
-            );
+        let picks = preview_indices(set);
+        let n = picks.len();
+        let mut inputs = Vec::with_capacity(n * img);
+        let mut aux = Vec::with_capacity(n * self.aux_per_image());
+        for index in picks {
+            let (x, _, a) = make_one(self, set, index, &mut rng);
+            inputs.extend(x);
+            aux.extend(a);
         }
         let preds = predict.map(|f| f(&inputs, n));
         let show = |mut v: Vec<f32>| {
@@ -424,19 +404,8 @@ mod tests {
 
     #[test]
     fn the_hole_is_filled_with_the_mean() {
-        let header = crate::data::cache::Header {
-            n: 1,
-            h: 32,
-            w: 32,
-            c: 3,
-            labels: None,
-            classes: vec![],
-            sources: vec!["t".into()],
-            skipped: vec![],
-            fingerprint: 0,
-        };
         let px: Vec<u8> = (0..32 * 32 * 3).map(|i| (i * 13 % 256) as u8).collect();
-        let set = ImageSet::from_parts(header, px);
+        let set = ImageSet::unlabelled(32, 32, 3, px);
         let task = Inpainting::new(
             cfg(MaskKind::Central),
             AugmentConfig {

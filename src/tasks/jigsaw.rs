@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{PretextTask, tiles};
 use crate::data::ImageSet;
-use crate::data::loader::{SampleMaker, SampleOut};
+use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
 use crate::preview::{self, Cell};
 
 /// How the greedy algorithm picks the next permutation from the candidates' mean Hamming
@@ -305,28 +305,14 @@ impl PretextTask for Jigsaw {
     fn num_classes(&self) -> usize {
         self.perms.len()
     }
-    fn min_image_size(&self) -> usize {
-        3 * self.cfg.cell
-    }
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (t, c) = (self.cfg.tile, self.channels);
         let per = c * t * t;
-        let rows: Vec<Vec<Cell>> = (0..8.min(set.len()))
-            .map(|i| {
-                let index = i * set.len() / 8.min(set.len());
-                let mut inputs = vec![0.0; 9 * per];
-                let mut targets = [0i64];
-                self.make(
-                    set,
-                    index,
-                    &mut rng,
-                    SampleOut {
-                        inputs: &mut inputs,
-                        targets: &mut targets,
-                        aux: &mut [],
-                    },
-                );
+        let rows: Vec<Vec<Cell>> = preview_indices(set)
+            .into_iter()
+            .map(|index| {
+                let (inputs, targets, _) = make_one(self, set, index, &mut rng);
                 let perm = self.perms[targets[0] as usize];
                 // Each input slot, captioned with the cell its tile came from; the last
                 // cell of the row names the permutation's index.
@@ -403,19 +389,8 @@ mod tests {
     }
 
     fn ramp_set(side: usize, c: usize) -> ImageSet {
-        let header = crate::data::cache::Header {
-            n: 1,
-            h: side,
-            w: side,
-            c,
-            labels: None,
-            classes: vec![],
-            sources: vec!["t".into()],
-            skipped: vec![],
-            fingerprint: 0,
-        };
         let px: Vec<u8> = (0..side * side * c).map(|i| (i * 7 % 251) as u8).collect();
-        ImageSet::from_parts(header, px)
+        ImageSet::unlabelled(side, side, c, px)
     }
 
     #[test]

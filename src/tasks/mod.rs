@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
+use crate::data::augment::AugmentConfig;
 use crate::data::loader::SampleMaker;
 
 pub use colorization::{Colorization, ColorizationConfig};
@@ -27,8 +28,6 @@ pub trait PretextTask: SampleMaker {
     fn name(&self) -> &'static str;
     /// Outputs of the task head (0 for reconstruction).
     fn num_classes(&self) -> usize;
-    /// Smallest source image side the task can use.
-    fn min_image_size(&self) -> usize;
     /// Write a PNG showing a few images as the network receives them, with their targets.
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()>;
 }
@@ -79,6 +78,39 @@ impl TaskKind {
 }
 
 impl TaskConfig {
+    /// Reject inconsistent geometry, before anything is trained or written.
+    pub fn validate(&self, augment: &AugmentConfig) -> anyhow::Result<()> {
+        match self {
+            TaskConfig::Rotation(r) => anyhow::ensure!(
+                r.angles == 4 || r.angles == 8,
+                "rotation angles must be 4 (multiples of 90°) or 8 (multiples of 45°), got {}",
+                r.angles
+            ),
+            TaskConfig::Jigsaw(j) => j.validate()?,
+            TaskConfig::RelativePosition(r) => r.validate()?,
+            TaskConfig::Inpainting(i) => i.validate(augment.crop)?,
+            TaskConfig::Colorization(c) => anyhow::ensure!(
+                c.bins >= 2 && c.pixels >= 1 && c.pixels <= augment.crop * augment.crop,
+                "colorization needs ≥ 2 bins and 1..={} sampled pixels per {}×{} crop (got {} bins, {} pixels)",
+                augment.crop * augment.crop,
+                augment.crop,
+                augment.crop,
+                c.bins,
+                c.pixels
+            ),
+        }
+        Ok(())
+    }
+
+    /// Smallest source image side the task can use with these augmentations.
+    pub fn min_image_size(&self, augment: &AugmentConfig) -> usize {
+        match self {
+            TaskConfig::Jigsaw(j) => 3 * j.cell,
+            TaskConfig::RelativePosition(r) => r.span(),
+            _ => augment.crop.saturating_sub(2 * augment.pad).max(1),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             TaskConfig::Rotation(_) => "rotation",

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{PretextTask, tiles};
 use crate::data::ImageSet;
-use crate::data::loader::{SampleMaker, SampleOut};
+use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
 use crate::preview::{self, Cell};
 
 /// Grid offsets (row, column) of the 8 labels, reading order around the centre:
@@ -45,7 +45,8 @@ pub struct RelativePositionConfig {
     /// Patch side (paper: 96 on 150k–450k-pixel images; default: a quarter of the image
     /// side, 8 px on CIFAR).
     pub patch: usize,
-    /// Gap between neighbouring patches (paper: 48 = patch/2; shrunk until the grid fits).
+    /// Gap between neighbouring patches (paper: 48 = patch/2; shrunk until the grid fits,
+    /// but kept above twice the jitter so jittered patches never touch).
     pub gap: usize,
     /// Random shift of each patch, up to ± this many pixels per axis (paper: 7 of 96).
     pub jitter: usize,
@@ -64,11 +65,15 @@ pub struct RelativePositionConfig {
 impl RelativePositionConfig {
     /// The paper's settings scaled to images of `side` pixels.
     pub fn for_image(side: usize) -> Self {
-        let patch = (side / 4).max(1);
+        let mut patch = (side / 4).max(1);
         let jitter = ((patch as f64 * 7.0 / 96.0).round() as usize).max(1);
-        let mut gap = patch / 2;
-        while gap > 0 && 3 * patch + 2 * gap + 2 * jitter > side {
-            gap -= 1;
+        let mut gap = (patch / 2).max(2 * jitter + 1);
+        while patch > 1 && 3 * patch + 2 * gap + 2 * jitter > side {
+            if gap > 2 * jitter + 1 {
+                gap -= 1;
+            } else {
+                patch -= 1;
+            }
         }
         Self {
             patch,
@@ -90,7 +95,14 @@ impl RelativePositionConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.patch >= 1, "relative-position patch must be ≥ 1 px");
         anyhow::ensure!(
-            self.jitter <= self.gap.max(self.jitter) && self.down_side <= self.patch,
+            self.gap > 2 * self.jitter,
+            "relative-position gap ({} px) must exceed twice the jitter ({} px), or jittered \
+             patches could touch and share a border",
+            self.gap,
+            self.jitter
+        );
+        anyhow::ensure!(
+            self.down_side <= self.patch,
             "relative-position down_side ({}) is larger than the patch ({})",
             self.down_side,
             self.patch
@@ -201,9 +213,6 @@ impl PretextTask for RelativePosition {
     fn num_classes(&self) -> usize {
         8
     }
-    fn min_image_size(&self) -> usize {
-        self.cfg.span()
-    }
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         // Each row: the image with the pair's cells marked, then the two patches as the
         // network sees them, captioned with the label.
@@ -211,21 +220,10 @@ impl PretextTask for RelativePosition {
         let (p, c) = (self.cfg.patch, self.channels);
         let per = c * p * p;
         let h = &set.header;
-        let rows: Vec<Vec<Cell>> = (0..8.min(set.len()))
-            .map(|i| {
-                let index = i * set.len() / 8.min(set.len());
-                let mut inputs = vec![0.0; 2 * per];
-                let mut targets = [0i64];
-                self.make(
-                    set,
-                    index,
-                    &mut rng,
-                    SampleOut {
-                        inputs: &mut inputs,
-                        targets: &mut targets,
-                        aux: &mut [],
-                    },
-                );
+        let rows: Vec<Vec<Cell>> = preview_indices(set)
+            .into_iter()
+            .map(|index| {
+                let (inputs, targets, _) = make_one(self, set, index, &mut rng);
                 let label = targets[0] as usize;
                 let mut img = vec![0.0; h.c * h.h * h.w];
                 tiles::cut(
@@ -336,19 +334,8 @@ mod tests {
         let mut cfg = RelativePositionConfig::for_image(32);
         cfg.down_up = 0.0;
         let task = RelativePosition::new(cfg, 3).unwrap();
-        let header = crate::data::cache::Header {
-            n: 1,
-            h: 32,
-            w: 32,
-            c: 3,
-            labels: None,
-            classes: vec![],
-            sources: vec!["t".into()],
-            skipped: vec![],
-            fingerprint: 0,
-        };
         let px: Vec<u8> = (0..32 * 32 * 3).map(|i| (i * 13 % 256) as u8).collect();
-        let set = ImageSet::from_parts(header, px);
+        let set = ImageSet::unlabelled(32, 32, 3, px);
         let p = task.patch(&set, 0, 10, 10, &mut ChaCha8Rng::seed_from_u64(0));
         let spread = |pl: &[f32]| {
             let m = pl.iter().sum::<f32>() / pl.len() as f32;

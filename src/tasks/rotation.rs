@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::PretextTask;
 use crate::data::ImageSet;
-use crate::data::augment::{AugmentConfig, Normalize, crop_into};
-use crate::data::loader::{SampleMaker, SampleOut};
+use crate::data::augment::{AugmentConfig, Normalize, crop_image};
+use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
 use crate::preview::{self, Cell};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,14 +142,7 @@ impl SampleMaker for Rotation {
         let per = self.channels * s * s;
         let mut crop = vec![0.0; per];
         let at = self.augment.sample(h.h, h.w, rng);
-        crop_into(
-            set.image(index),
-            (h.h, h.w, h.c),
-            s,
-            self.augment.pad,
-            at,
-            &mut crop,
-        );
+        crop_image(set, index, &self.augment, at, &mut crop);
         for k in 0..self.cfg.angles {
             let mut r = self.rotate(&crop, k);
             self.norm.apply(&mut r);
@@ -166,32 +159,15 @@ impl PretextTask for Rotation {
     fn num_classes(&self) -> usize {
         self.cfg.angles
     }
-    fn min_image_size(&self) -> usize {
-        self.augment
-            .crop
-            .saturating_sub(2 * self.augment.pad)
-            .max(1)
-    }
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         let s = self.augment.crop;
         let per = self.channels * s * s;
         let k = self.cfg.angles;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let rows: Vec<Vec<Cell>> = (0..8.min(set.len()))
-            .map(|i| {
-                let index = i * set.len() / 8.min(set.len());
-                let mut inputs = vec![0.0; k * per];
-                let mut targets = vec![0; k];
-                self.make(
-                    set,
-                    index,
-                    &mut rng,
-                    SampleOut {
-                        inputs: &mut inputs,
-                        targets: &mut targets,
-                        aux: &mut [],
-                    },
-                );
+        let rows: Vec<Vec<Cell>> = preview_indices(set)
+            .into_iter()
+            .map(|index| {
+                let (inputs, targets, _) = make_one(self, set, index, &mut rng);
                 (0..k)
                     .map(|j| {
                         let mut chw = inputs[j * per..(j + 1) * per].to_vec();
@@ -286,18 +262,7 @@ mod tests {
 
     #[test]
     fn a_sample_holds_every_rotation_of_one_crop() {
-        let header = crate::data::cache::Header {
-            n: 1,
-            h: 2,
-            w: 2,
-            c: 1,
-            labels: None,
-            classes: vec![],
-            sources: vec!["t".into()],
-            skipped: vec![],
-            fingerprint: 0,
-        };
-        let set = ImageSet::from_parts(header, vec![0, 255, 51, 102]);
+        let set = ImageSet::unlabelled(2, 2, 1, vec![0, 255, 51, 102]);
         let task = Rotation::new(
             RotationConfig::default(),
             AugmentConfig {

@@ -48,8 +48,20 @@ pub trait Learner: Module + Sized {
     }
 }
 
-/// The classification step: cross-entropy on the logits, accuracy as the score.
-pub fn classifier_step<M: Classifier>(
+/// Every classifier trains the same way: cross-entropy on the logits, accuracy as the score.
+impl<M: Classifier> Learner for M {
+    fn train_step(
+        self,
+        batch: Batch,
+        dev: &Device,
+        optim: &mut ModuleOptimizer,
+        lr: f64,
+    ) -> (Self, StepStats) {
+        classifier_step(self, batch, dev, optim, lr)
+    }
+}
+
+fn classifier_step<M: Classifier>(
     model: M,
     batch: Batch,
     dev: &Device,
