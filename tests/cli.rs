@@ -40,3 +40,47 @@ fn data_inspect_reports_splits_counts_and_classes() {
     let caches = std::fs::read_dir(tmp.path()).unwrap().count();
     assert_eq!(caches, 2, "one cache file per split");
 }
+
+#[test]
+fn jigsaw_perms_prints_the_statistics_of_the_set_it_lists() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["jigsaw-perms", "--size", "12", "--seed", "3", "--list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let head = lines.next().unwrap();
+    let perms: Vec<Vec<u8>> = lines
+        .map(|l| serde_json::from_str(l).expect("a permutation per line"))
+        .collect();
+    assert_eq!(perms.len(), 12);
+    // Recompute the statistics from the listed set by hand.
+    let (mut sum, mut min, mut max, mut pairs) = (0usize, 9usize, 0usize, 0usize);
+    for i in 0..perms.len() {
+        assert_eq!(
+            {
+                let mut p = perms[i].clone();
+                p.sort();
+                p
+            },
+            (0..9).collect::<Vec<u8>>(),
+            "each line is a permutation of 0..9"
+        );
+        for j in i + 1..perms.len() {
+            let d = perms[i]
+                .iter()
+                .zip(&perms[j])
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(d > 0, "duplicate permutations");
+            sum += d;
+            min = min.min(d);
+            max = max.max(d);
+            pairs += 1;
+        }
+    }
+    let mean = sum as f64 / pairs as f64;
+    let want = format!("mean {mean:.3}, min {min}, max {max}");
+    assert!(head.contains(&want), "{head} vs {want}");
+}
