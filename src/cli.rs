@@ -78,8 +78,14 @@ pub enum Command {
     Run(RunArgs),
     /// Pretrain a backbone with a pretext task.
     Pretrain(PretrainArgs),
+    /// Train the same backbone with labels: the supervised baseline (or, with
+    /// --label-fraction and --init-from, few-label fine-tuning of a pretrained run).
+    TrainSupervised(PretrainArgs),
     /// Evaluate a run's frozen features: kNN and a linear probe per layer.
     Eval(EvalArgs),
+    /// Few-label fine-tuning of a run: balanced 1/5/10% subsets, several seeds, beside the
+    /// same network trained from random init on the same images; test top-1/top-5.
+    Finetune(FinetuneArgs),
     /// Look at a data set.
     #[command(subcommand)]
     Data(DataCommand),
@@ -169,6 +175,16 @@ pub struct PretrainArgs {
     /// Colorization: hue/chroma histograms (default) or a*/b* histograms.
     #[arg(long, value_enum)]
     pub colour_target: Option<ColourTarget>,
+    /// Supervised: train on this fraction of each class (balanced subset; 0.01 = 1%).
+    #[arg(long)]
+    pub label_fraction: Option<f64>,
+    /// Supervised: seed of the balanced subset.
+    #[arg(long, default_value_t = 0)]
+    pub subset_seed: u64,
+    /// Supervised: initialise the backbone from this run's checkpoint (fine-tuning; its
+    /// backbone, input transform and normalisation are reused).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Start from this TOML file's `[task]` table instead of the task's defaults (every
     /// geometry field of a task can be set there; see a run's config.toml).
     #[arg(long)]
@@ -237,6 +253,28 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct FinetuneArgs {
+    /// The run whose checkpoint is fine-tuned.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Labelled data with train and test splits (default: the run's data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Label fractions per class.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.1])]
+    pub fractions: Vec<f64>,
+    /// Seeds (one balanced subset and one fine-tuning per seed).
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
+    pub seeds: Vec<u64>,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     #[command(flatten)]
     pub pretrain: PretrainArgs,
@@ -269,11 +307,37 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
     };
     // Absolute, so the run can be resumed or evaluated from any working directory.
     let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
-    let split = data::pretrain_split(&data_root)?;
+    let supervised = a.task == TaskKind::Supervised;
+    // Labels live in the train split (STL-10's unlabeled split has none).
+    let split = if supervised {
+        data::Split::Train
+    } else {
+        data::pretrain_split(&data_root)?
+    };
     let set = open_split(&data_root, split, cache)?;
     let size = set.header.h.min(set.header.w);
     let crop = a.crop.unwrap_or(size);
-    let task = task_config(a, crop)?;
+    let mut task = task_config(a, crop)?;
+    // Fine-tuning starts from another run: its network, input and normalisation.
+    let from = match &task {
+        TaskConfig::Supervised(s) => s
+            .init_from
+            .as_ref()
+            .map(|p| RunConfig::load(p))
+            .transpose()?,
+        _ => None,
+    };
+    if let TaskConfig::Supervised(s) = &mut task {
+        s.classes = set.num_classes();
+        if !set.is_labelled() {
+            bail!(
+                "{}: supervised training needs labels (class folders), and the {} split has none",
+                data_root.display(),
+                split.name()
+            );
+        }
+    }
+    let crop = from.as_ref().map_or(crop, |f| f.augment.crop);
     let pixel_task = matches!(
         task,
         TaskConfig::Inpainting(_) | TaskConfig::Colorization(_)
@@ -282,8 +346,9 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
     if crop > size + 2 * pad {
         bail!("--crop {crop} is larger than the {size}px images plus 2×{pad} padding");
     }
-    let input = match task {
-        TaskConfig::Colorization(_) => InputTransform::Lightness,
+    let input = match (&task, &from) {
+        (_, Some(f)) => f.input,
+        (TaskConfig::Colorization(_), _) => InputTransform::Lightness,
         _ => InputTransform::Rgb,
     };
     let mut backbone = BackboneConfig::new(a.backbone, crop);
@@ -292,6 +357,9 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
     }
     backbone.blocks = a.blocks;
     backbone.in_channels = input.channels(set.header.c);
+    if let Some(f) = &from {
+        backbone = f.backbone.clone();
+    }
     let adam = matches!(task, TaskConfig::Inpainting(_));
     let mut optim = OptimConfig::rotnet();
     if adam {
@@ -327,7 +395,9 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
             pad,
             flip: true,
         },
-        normalize: normalize_for(&set, input),
+        normalize: from
+            .as_ref()
+            .map_or_else(|| normalize_for(&set, input), |f| f.normalize.clone()),
         train: TrainConfig {
             epochs: a.epochs,
             batch_size: a.batch_size,
@@ -377,6 +447,14 @@ fn task_config(a: &PretrainArgs, crop: usize) -> Result<TaskConfig> {
             if let Some(t) = a.colour_target {
                 c.target = t;
             }
+        }
+        TaskConfig::Supervised(s) => {
+            s.label_fraction = a.label_fraction;
+            s.subset_seed = a.subset_seed;
+            s.init_from = a
+                .init_from
+                .as_ref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
         }
     }
     Ok(task)
@@ -477,6 +555,29 @@ pub fn main_with(cli: Cli) -> Result<()> {
             let dev = crate::device::parse(&cli.common.device)?;
             pretrain(&a, &cache, &dev, progress).map(|_| ())
         }
+        Command::Finetune(a) => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            let rc = RunConfig::load(&a.run)?;
+            let data = a.data.clone().unwrap_or(rc.data);
+            let mut cfg = crate::eval::finetune::FinetuneConfig {
+                fractions: a.fractions.clone(),
+                seeds: a.seeds.clone(),
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                ..Default::default()
+            };
+            cfg.optim.lr = a.lr;
+            let (report, out) =
+                crate::eval::finetune::finetune_run(&a.run, &data, &cfg, &cache, &dev, progress)?;
+            println!("{}", report.markdown());
+            println!("written to {}/finetune.{{md,csv,json}}", out.display());
+            Ok(())
+        }
+        Command::TrainSupervised(mut a) => {
+            a.task = TaskKind::Supervised;
+            let dev = crate::device::parse(&cli.common.device)?;
+            pretrain(&a, &cache, &dev, progress).map(|_| ())
+        }
         Command::Eval(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&a.run)?;
@@ -548,7 +649,7 @@ fn pretrain(
     };
     let (rc, outcome) = p.run(cfg, a.resume)?;
     eprintln!(
-        "pretraining: {} epochs done, loss {:.4}, pretext score {:.4}, {:.1} images/s, {:.0} s in all; run in {}",
+        "training: {} epochs done, loss {:.4}, task score {:.4}, {:.1} images/s, {:.0} s in all; run in {}",
         outcome.state.epoch,
         outcome.state.loss,
         outcome.state.score,

@@ -21,9 +21,10 @@ use crate::models::head::ClassifierNet;
 use crate::models::hypercolumn::ColorNet;
 use crate::models::tiles::TileNet;
 use crate::models::{Backbone, BackboneConfig};
+use crate::tasks::supervised::balanced_subset;
 use crate::tasks::{
     Colorization, ColorizationConfig, Inpainting, Jigsaw, PretextTask, RelativePosition, Rotation,
-    TaskConfig,
+    Supervised, TaskConfig,
 };
 use crate::train::TrainConfig;
 use crate::train::checkpoint::{self, TrainState};
@@ -130,12 +131,26 @@ impl Pretrain<'_> {
         // leaves nothing behind to --resume.
         cfg.task.validate(&cfg.augment)?;
         check_size(&set, cfg.task.min_image_size(&cfg.augment), &cfg.data)?;
+        let indices = match &cfg.task {
+            TaskConfig::Supervised(sc) => {
+                let Some(labels) = set.header.labels.as_deref() else {
+                    bail!(
+                        "{}: supervised training needs labels (class folders), and this split has none",
+                        cfg.data.display()
+                    );
+                };
+                match sc.label_fraction {
+                    Some(f) => balanced_subset(labels, sc.classes, f, sc.subset_seed)?,
+                    None => subset_indices(set.len(), cfg.train_images, cfg.train.seed),
+                }
+            }
+            _ => subset_indices(set.len(), cfg.train_images, cfg.train.seed),
+        };
         if !resume {
             std::fs::create_dir_all(self.run)
                 .with_context(|| format!("creating {}", self.run.display()))?;
             cfg.save(self.run)?;
         }
-        let indices = subset_indices(set.len(), cfg.train_images, cfg.train.seed);
         let train_dev = crate::device::training(self.device);
         train_dev.seed(cfg.train.seed);
         let dev = &train_dev;
@@ -185,6 +200,33 @@ impl Pretrain<'_> {
                     &self.run.join("inpainting.png"),
                 )?;
                 outcome
+            }
+            TaskConfig::Supervised(sc) => {
+                let task = Supervised {
+                    cfg: sc.clone(),
+                    augment: cfg.augment.clone(),
+                    norm: cfg.normalize.clone(),
+                    input: cfg.input,
+                    image_channels: set.header.c,
+                };
+                let mut model = ClassifierNet::new(b, sc.classes, dev);
+                if let Some(from) = &sc.init_from {
+                    let other = RunConfig::load(from)?;
+                    if other.backbone != cfg.backbone || other.input != cfg.input {
+                        bail!(
+                            "{} was trained with another backbone or input ({:?} {:?}) than this run ({:?} {:?})",
+                            from.display(),
+                            other.backbone,
+                            other.input,
+                            cfg.backbone,
+                            cfg.input
+                        );
+                    }
+                    if !resume {
+                        model.backbone = load_backbone(&other, from, false, dev)?.0;
+                    }
+                }
+                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
             }
             TaskConfig::Colorization(k) => {
                 let task =
@@ -288,8 +330,9 @@ fn color_net(cfg: &RunConfig, dev: &Device) -> ColorNet {
     ColorNet::new(&cfg.backbone, k.hidden, k.bins, k.pixels, dev)
 }
 
-/// The backbone of a run: from its latest checkpoint, or freshly initialised (seeded by
-/// the caller's device seed) with `random_init`. Returns it with the checkpoint's epoch.
+/// The backbone of a run, on `dev` as it is (call `.valid()` for inference): from its latest
+/// checkpoint, or freshly initialised (seeded by the caller's device seed) with
+/// `random_init`. Returns it with the checkpoint's epoch.
 pub fn load_backbone(
     cfg: &RunConfig,
     run: &Path,
@@ -322,8 +365,11 @@ pub fn load_backbone(
         }
         TaskConfig::Inpainting(_) => load(context_encoder(cfg, dev)?, &found)?.generator.backbone,
         TaskConfig::Colorization(_) => load(color_net(cfg, dev), &found)?.backbone,
+        TaskConfig::Supervised(s) => {
+            load(ClassifierNet::new(&cfg.backbone, s.classes, dev), &found)?.backbone
+        }
     };
-    Ok((backbone.valid(), found.map_or(0, |(_, s)| s.epoch)))
+    Ok((backbone, found.map_or(0, |(_, s)| s.epoch)))
 }
 
 /// Normalisation statistics of a split as the network sees it (from up to 10k images).

@@ -123,6 +123,19 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
         report.rows.iter().any(|r| r.knn[0].top1 > 0.2),
         "kNN must beat chance"
     );
+    // k-means on every layer, scored against the labels.
+    for r in &report.rows {
+        let c = r.cluster.as_ref().expect("clustering scores");
+        assert!(
+            c.nmi > 0.0 && c.nmi <= 1.0 && c.purity >= 0.1 && c.ari < 1.0,
+            "{c:?}"
+        );
+    }
+    assert!(
+        std::fs::read_to_string(out.join("eval.csv"))
+            .unwrap()
+            .contains(",kmeans,10,")
+    );
     for f in ["eval.md", "eval.csv", "eval.json"] {
         assert!(out.join(f).exists(), "{f}");
     }

@@ -237,3 +237,63 @@ fn colorization_beats_the_colour_prior_and_evaluates_on_lightness() {
     assert!(r.run.join("colorized.png").exists());
     evaluates(&r);
 }
+
+#[test]
+fn supervised_baseline_learns_and_few_label_finetuning_starts_from_it() {
+    let r = pretrain(TaskKind::Supervised, |a| {
+        a.width = Some(16);
+        a.train_images = Some(2000);
+        a.epochs = 3;
+    });
+    let (l, s) = (&r.outcome.epoch_losses, &r.outcome.epoch_scores);
+    assert!(l[2] < l[0], "loss must fall: {l:?}");
+    assert!(
+        s[2] > 0.2,
+        "10 classes: accuracy must beat 10% clearly: {s:?}"
+    );
+    // The same network evaluates like any run (the supervised row of the tables).
+    evaluates(&r);
+
+    let cfg = pretext::eval::finetune::FinetuneConfig {
+        fractions: vec![0.01],
+        seeds: vec![0, 1],
+        epochs: 3,
+        test_images: Some(2000),
+        ..Default::default()
+    };
+    let dev = Device::flex();
+    let (report, out) =
+        pretext::eval::finetune::finetune_run(&r.run, &r.data, &cfg, &r.cache, &dev, false)
+            .unwrap();
+    eprintln!("{}", report.markdown());
+    assert_eq!(report.rows.len(), 4);
+    // 1% of CIFAR-10's 5,000 images per class: exactly 50 per class.
+    assert!(report.rows.iter().all(|row| row.train_images == 500));
+    let mean = |init: &str| {
+        let v: Vec<f64> = report
+            .rows
+            .iter()
+            .filter(|r| r.init == init)
+            .map(|r| r.top1)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(
+        mean("pretrained") > mean("random-init") + 0.02,
+        "starting from the trained network must help on 500 labels: {} vs {}",
+        mean("pretrained"),
+        mean("random-init")
+    );
+    assert!(out.join("finetune.md").exists());
+    let back = pretext::eval::finetune::FinetuneReport::read(&out).unwrap();
+    assert_eq!(back, report);
+    // A fraction that leaves a class empty is refused with the class named.
+    let bad = pretext::eval::finetune::FinetuneConfig {
+        fractions: vec![0.00005],
+        ..cfg
+    };
+    let e = pretext::eval::finetune::finetune_run(&r.run, &r.data, &bad, &r.cache, &dev, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("leaves class 0"), "{e}");
+}

@@ -1,6 +1,8 @@
 //! Measuring frozen features: kNN and per-tap linear probes, written as a table.
 
+pub mod cluster;
 pub mod features;
+pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
@@ -11,12 +13,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
 use crate::data::{CacheOptions, Split};
 use crate::run::{RunConfig, load_backbone, open_split, subset_indices};
+use cluster::KMeansConfig;
 use features::{EvalView, l2_normalize};
 use knn::KnnSetting;
 use linear::ProbeConfig;
@@ -34,6 +38,9 @@ pub struct EvalConfig {
     pub test_images: Option<usize>,
     pub batch_size: usize,
     pub seed: u64,
+    /// k-means on the test features of every layer (k = classes).
+    #[serde(default)]
+    pub kmeans: KMeansConfig,
 }
 
 impl Default for EvalConfig {
@@ -46,6 +53,7 @@ impl Default for EvalConfig {
             test_images: None,
             batch_size: 256,
             seed: 0,
+            kmeans: KMeansConfig::default(),
         }
     }
 }
@@ -64,6 +72,7 @@ pub fn evaluate_run(
     let rc = RunConfig::load(run)?;
     dev.seed(cfg.seed);
     let (backbone, epoch) = load_backbone(&rc, run, random_init, dev)?;
+    let backbone = backbone.valid();
     let method = if random_init {
         "random-init".to_string()
     } else {
@@ -149,12 +158,14 @@ pub fn evaluate_run(
             &cfg.knn,
             dev,
         );
+        let cluster = cluster::evaluate(&b, d, &fte.labels, classes, &cfg.kmeans, dev);
         rows.push(LayerRow {
             layer: ftr.taps[t].clone(),
             dim: d,
             pool_grid: ftr.grids[t],
             linear: probe,
             knn,
+            cluster: Some(cluster),
         });
     }
     let report = EvalReport {

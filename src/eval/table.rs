@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::EvalConfig;
+use super::cluster::ClusterScores;
 use super::knn::KnnResult;
 use super::linear::ProbeResult;
 use crate::fsutil;
@@ -22,6 +23,9 @@ pub struct LayerRow {
     pub pool_grid: usize,
     pub linear: ProbeResult,
     pub knn: Vec<KnnResult>,
+    /// k-means (k = classes) on the test split's L2-normalised features.
+    #[serde(default)]
+    pub cluster: Option<ClusterScores>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +77,11 @@ impl EvalReport {
             let _ = write!(head, " kNN k={} T={} top-1 |", k.k, k.t);
             rule.push_str("---|");
         }
+        let clustered = self.rows.iter().any(|r| r.cluster.is_some());
+        if clustered {
+            head.push_str(" k-means NMI | ARI | purity |");
+            rule.push_str("---|---|---|");
+        }
         let _ = writeln!(s, "{head}\n{rule}");
         for r in &self.rows {
             let _ = write!(
@@ -88,6 +97,20 @@ impl EvalReport {
             for k in &r.knn {
                 let _ = write!(s, " {:.2} |", 100.0 * k.top1);
             }
+            if clustered {
+                match &r.cluster {
+                    Some(c) => {
+                        let _ = write!(
+                            s,
+                            " {:.4} | {:.4} | {:.2} |",
+                            c.nmi,
+                            c.ari,
+                            100.0 * c.purity
+                        );
+                    }
+                    None => s.push_str(" – | – | – |"),
+                }
+            }
             s.push('\n');
         }
         s
@@ -95,12 +118,12 @@ impl EvalReport {
 
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs\n",
+            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs,nmi,ari,purity\n",
         );
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "{},{},{},{},linear,,,{:.4},{:.4},{},{},{}",
+                "{},{},{},{},linear,,,{:.4},{:.4},{},{},{},,,",
                 self.method,
                 r.layer,
                 r.dim,
@@ -114,7 +137,7 @@ impl EvalReport {
             for k in &r.knn {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},knn,{},{},{:.4},{:.4},{},{},",
+                    "{},{},{},{},knn,{},{},{:.4},{:.4},{},{},,,,",
                     self.method,
                     r.layer,
                     r.dim,
@@ -125,6 +148,21 @@ impl EvalReport {
                     k.top5,
                     self.train_images,
                     self.test_images
+                );
+            }
+            if let Some(c) = &r.cluster {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},kmeans,{},,,,,{},,{:.4},{:.4},{:.4}",
+                    self.method,
+                    r.layer,
+                    r.dim,
+                    r.pool_grid,
+                    c.k,
+                    self.test_images,
+                    c.nmi,
+                    c.ari,
+                    c.purity
                 );
             }
         }

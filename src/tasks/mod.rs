@@ -7,6 +7,7 @@ pub mod inpainting;
 pub mod jigsaw;
 pub mod relative_position;
 pub mod rotation;
+pub mod supervised;
 pub mod tiles;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ pub use inpainting::{Inpainting, InpaintingConfig};
 pub use jigsaw::{Jigsaw, JigsawConfig};
 pub use relative_position::{RelativePosition, RelativePositionConfig};
 pub use rotation::{Rotation, RotationConfig};
+pub use supervised::{Supervised, SupervisedConfig};
 
 /// A pretext task: what it feeds the network, and a picture of it.
 pub trait PretextTask: SampleMaker {
@@ -41,6 +43,8 @@ pub enum TaskConfig {
     RelativePosition(RelativePositionConfig),
     Inpainting(InpaintingConfig),
     Colorization(ColorizationConfig),
+    /// The supervised baseline (labels as targets); not a pretext task, trained the same way.
+    Supervised(SupervisedConfig),
 }
 
 /// Task names as the command line spells them.
@@ -52,10 +56,13 @@ pub enum TaskKind {
     RelativePosition,
     Inpainting,
     Colorization,
+    /// Labels as targets: the supervised baseline (`pretext train-supervised`).
+    Supervised,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 5] = [
+    /// The pretext tasks (the supervised baseline is not one).
+    pub const PRETEXT: [TaskKind; 5] = [
         TaskKind::Rotation,
         TaskKind::Jigsaw,
         TaskKind::RelativePosition,
@@ -73,6 +80,13 @@ impl TaskKind {
             }
             TaskKind::Inpainting => TaskConfig::Inpainting(InpaintingConfig::for_image(side)),
             TaskKind::Colorization => TaskConfig::Colorization(ColorizationConfig::default()),
+            // The class count comes from the data when the run is configured.
+            TaskKind::Supervised => TaskConfig::Supervised(SupervisedConfig {
+                classes: 0,
+                label_fraction: None,
+                subset_seed: 0,
+                init_from: None,
+            }),
         }
     }
 }
@@ -98,6 +112,10 @@ impl TaskConfig {
                 c.bins,
                 c.pixels
             ),
+            TaskConfig::Supervised(s) => anyhow::ensure!(
+                s.classes >= 2,
+                "supervised training needs a labelled split with at least 2 classes"
+            ),
         }
         Ok(())
     }
@@ -118,6 +136,7 @@ impl TaskConfig {
             TaskConfig::RelativePosition(_) => "relative-position",
             TaskConfig::Inpainting(_) => "inpainting",
             TaskConfig::Colorization(_) => "colorization",
+            TaskConfig::Supervised(_) => "supervised",
         }
     }
 }

@@ -1,0 +1,352 @@
+//! Clustering quality of embeddings: seeded k-means (k-means++ seeding, several restarts,
+//! the lowest inertia kept) with k = number of classes, scored against the labels by NMI
+//! (arithmetic-mean normalisation, scikit-learn's default), ARI and purity.
+//!
+//! Distances come from matrix products on the device, like kNN's: ‖x − c‖² = ‖x‖² − 2x·c +
+//! ‖c‖², one `n × k` product per Lloyd step. The centre update runs on the host.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KMeansConfig {
+    /// Independent k-means++ starts; the lowest inertia wins.
+    pub restarts: usize,
+    /// Lloyd iterations at most per start.
+    pub max_iters: usize,
+    /// Stop when the inertia improves by less than this fraction.
+    pub tol: f64,
+    pub seed: u64,
+}
+
+impl Default for KMeansConfig {
+    fn default() -> Self {
+        Self {
+            restarts: 5,
+            max_iters: 100,
+            tol: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+/// A clustering: the cluster of every row and the sum of squared distances to the centres.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KMeans {
+    pub assign: Vec<usize>,
+    pub inertia: f64,
+    pub iterations: usize,
+}
+
+/// Squared distances of every row of `x` (`n × d`, with squared norms `xn`) to `centres`,
+/// minimised over centres: (index, distance) per row.
+fn nearest(
+    x: &Tensor<2>,
+    xn: &Tensor<1>,
+    centres: &[f32],
+    k: usize,
+    dev: &Device,
+) -> (Vec<usize>, Vec<f32>) {
+    let [n, d] = x.dims();
+    let c = Tensor::<2>::from_data(TensorData::new(centres.to_vec(), [k, d]), dev);
+    let cn = c.clone().powi_scalar(2).sum_dim(1).reshape([1, k]);
+    let dist = x.clone().matmul(c.transpose()) * -2.0 + cn + xn.clone().reshape([n, 1]);
+    let idx: Tensor<2, Int> = dist.clone().argmin(1);
+    let best = dist.min_dim(1);
+    let idx: Vec<i64> = idx
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("i64");
+    let best: Vec<f32> = best.into_data().try_into_vec::<f32>().expect("f32");
+    (
+        idx.into_iter().map(|i| i as usize).collect(),
+        best.into_iter().map(|v| v.max(0.0)).collect(),
+    )
+}
+
+/// k-means++ seeding: each next centre drawn with probability ∝ squared distance to the
+/// nearest centre chosen so far.
+fn seed_centres(
+    data: &[f32],
+    d: usize,
+    k: usize,
+    x: &Tensor<2>,
+    xn: &Tensor<1>,
+    rng: &mut ChaCha8Rng,
+    dev: &Device,
+) -> Vec<f32> {
+    let n = data.len() / d;
+    let mut centres = Vec::with_capacity(k * d);
+    let first = rng.random_range(0..n);
+    centres.extend_from_slice(&data[first * d..(first + 1) * d]);
+    let (_, mut best) = nearest(x, xn, &centres, 1, dev);
+    for _ in 1..k {
+        let total: f64 = best.iter().map(|&v| v as f64).sum();
+        let pick = if total <= 0.0 {
+            rng.random_range(0..n)
+        } else {
+            let mut r = rng.random::<f64>() * total;
+            let mut chosen = n - 1;
+            for (i, &v) in best.iter().enumerate() {
+                r -= v as f64;
+                if r <= 0.0 {
+                    chosen = i;
+                    break;
+                }
+            }
+            chosen
+        };
+        let c = &data[pick * d..(pick + 1) * d];
+        centres.extend_from_slice(c);
+        let (_, to_new) = nearest(x, xn, c, 1, dev);
+        for (b, t) in best.iter_mut().zip(to_new) {
+            *b = b.min(t);
+        }
+    }
+    centres
+}
+
+/// Cluster the rows of `data` (`n × d`, row-major) into `k` groups.
+pub fn kmeans(data: &[f32], d: usize, k: usize, cfg: &KMeansConfig, dev: &Device) -> KMeans {
+    let n = data.len() / d;
+    assert!(
+        k >= 1 && k <= n,
+        "k-means needs 1 ≤ k ≤ n (k = {k}, n = {n})"
+    );
+    let x = Tensor::<2>::from_data(TensorData::new(data.to_vec(), [n, d]), dev);
+    let xn = x.clone().powi_scalar(2).sum_dim(1).reshape([n]);
+    let mut best: Option<KMeans> = None;
+    for restart in 0..cfg.restarts.max(1) {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (restart as u64).wrapping_mul(0x9E37));
+        let mut centres = seed_centres(data, d, k, &x, &xn, &mut rng, dev);
+        let mut prev = f64::INFINITY;
+        let mut result = KMeans {
+            assign: vec![],
+            inertia: f64::INFINITY,
+            iterations: 0,
+        };
+        for it in 0..cfg.max_iters.max(1) {
+            let (assign, dist) = nearest(&x, &xn, &centres, k, dev);
+            let inertia: f64 = dist.iter().map(|&v| v as f64).sum();
+            result = KMeans {
+                assign: assign.clone(),
+                inertia,
+                iterations: it + 1,
+            };
+            if prev - inertia <= cfg.tol * prev.abs().max(1e-12) {
+                break;
+            }
+            prev = inertia;
+            // New centres: the means of their members (one k × n by n × d product on the
+            // device); an emptied cluster takes the point farthest from its centre (as
+            // scikit-learn relocates empty clusters).
+            let mut counts = vec![0usize; k];
+            let mut onehot = vec![0f32; k * n];
+            for (i, &a) in assign.iter().enumerate() {
+                counts[a] += 1;
+                onehot[a * n + i] = 1.0;
+            }
+            let sums: Vec<f32> = Tensor::<2>::from_data(TensorData::new(onehot, [k, n]), dev)
+                .matmul(x.clone())
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            let mut far: Vec<usize> = (0..n).collect();
+            far.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]).then(a.cmp(&b)));
+            let mut next_far = far.into_iter();
+            for c in 0..k {
+                let dst = &mut centres[c * d..(c + 1) * d];
+                if counts[c] == 0 {
+                    let p = next_far.next().unwrap_or(0);
+                    dst.copy_from_slice(&data[p * d..(p + 1) * d]);
+                } else {
+                    let inv = 1.0 / counts[c] as f32;
+                    for (o, s) in dst.iter_mut().zip(&sums[c * d..(c + 1) * d]) {
+                        *o = s * inv;
+                    }
+                }
+            }
+        }
+        if best.as_ref().is_none_or(|b| result.inertia < b.inertia) {
+            best = Some(result);
+        }
+    }
+    best.expect("at least one start")
+}
+
+/// Rows: clusters, columns: classes.
+pub fn contingency(assign: &[usize], labels: &[u16], k: usize, classes: usize) -> Vec<Vec<u64>> {
+    let mut t = vec![vec![0u64; classes]; k];
+    for (&a, &l) in assign.iter().zip(labels) {
+        t[a][l as usize] += 1;
+    }
+    t
+}
+
+fn entropy(counts: impl Iterator<Item = u64>, n: f64) -> f64 {
+    counts
+        .filter(|&c| c > 0)
+        .map(|c| {
+            let p = c as f64 / n;
+            -p * p.ln()
+        })
+        .sum()
+}
+
+/// Normalised mutual information, MI / mean(H(clusters), H(classes)).
+pub fn nmi(t: &[Vec<u64>]) -> f64 {
+    let n: f64 = t.iter().flatten().sum::<u64>() as f64;
+    let rows: Vec<u64> = t.iter().map(|r| r.iter().sum()).collect();
+    let cols: Vec<u64> = (0..t.first().map_or(0, Vec::len))
+        .map(|j| t.iter().map(|r| r[j]).sum())
+        .collect();
+    let (hu, hv) = (
+        entropy(rows.iter().copied(), n),
+        entropy(cols.iter().copied(), n),
+    );
+    let mut mi = 0.0;
+    for (i, r) in t.iter().enumerate() {
+        for (j, &c) in r.iter().enumerate() {
+            if c > 0 {
+                let c = c as f64;
+                mi += c / n * (n * c / (rows[i] as f64 * cols[j] as f64)).ln();
+            }
+        }
+    }
+    let norm = (hu + hv) / 2.0;
+    if norm <= 0.0 {
+        // Both sides a single group: identical partitions.
+        return 1.0;
+    }
+    (mi / norm).max(0.0)
+}
+
+fn pairs(c: u64) -> f64 {
+    let c = c as f64;
+    c * (c - 1.0) / 2.0
+}
+
+/// Adjusted Rand index (Hubert & Arabie 1985).
+pub fn ari(t: &[Vec<u64>]) -> f64 {
+    let n: u64 = t.iter().flatten().sum();
+    let index: f64 = t.iter().flatten().map(|&c| pairs(c)).sum();
+    let a: f64 = t.iter().map(|r| pairs(r.iter().sum())).sum();
+    let b: f64 = (0..t.first().map_or(0, Vec::len))
+        .map(|j| pairs(t.iter().map(|r| r[j]).sum()))
+        .sum();
+    let expected = a * b / pairs(n).max(1.0);
+    let max = (a + b) / 2.0;
+    if (max - expected).abs() < 1e-12 {
+        return 1.0;
+    }
+    (index - expected) / (max - expected)
+}
+
+/// Fraction of points whose cluster's majority class is their own.
+pub fn purity(t: &[Vec<u64>]) -> f64 {
+    let n: u64 = t.iter().flatten().sum();
+    let hit: u64 = t.iter().map(|r| r.iter().copied().max().unwrap_or(0)).sum();
+    hit as f64 / n.max(1) as f64
+}
+
+/// Clustering scores of one layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterScores {
+    pub k: usize,
+    pub nmi: f64,
+    pub ari: f64,
+    pub purity: f64,
+    pub inertia: f64,
+}
+
+/// k-means with k = `classes` on L2-normalised rows, scored against `labels`.
+pub fn evaluate(
+    data: &[f32],
+    d: usize,
+    labels: &[u16],
+    classes: usize,
+    cfg: &KMeansConfig,
+    dev: &Device,
+) -> ClusterScores {
+    let km = kmeans(data, d, classes, cfg, dev);
+    let t = contingency(&km.assign, labels, classes, classes);
+    ClusterScores {
+        k: classes,
+        nmi: nmi(&t),
+        ari: ari(&t),
+        purity: purity(&t),
+        inertia: km.inertia,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(assign: &[usize], labels: &[u16]) -> Vec<Vec<u64>> {
+        let k = assign.iter().max().unwrap() + 1;
+        let c = *labels.iter().max().unwrap() as usize + 1;
+        contingency(assign, labels, k, c)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn a_perfect_clustering_scores_one_whatever_the_names() {
+        let t = table(&[1, 1, 0, 0, 2], &[0, 0, 1, 1, 2]);
+        assert!(close(nmi(&t), 1.0) && close(ari(&t), 1.0) && close(purity(&t), 1.0));
+    }
+
+    #[test]
+    fn an_independent_clustering_scores_zero_nmi_and_negative_ari() {
+        // Table [[1, 1], [1, 1]]: MI = 0. ARI: index 0, a = b = 2, expected 4/6,
+        // max 2 → (0 − 2/3) / (2 − 2/3) = −1/2. Purity 2/4.
+        let t = table(&[0, 0, 1, 1], &[0, 1, 0, 1]);
+        assert!(close(nmi(&t), 0.0));
+        assert!(close(ari(&t), -0.5));
+        assert!(close(purity(&t), 0.5));
+    }
+
+    #[test]
+    fn a_worked_example_by_hand() {
+        // Classes [0 0 0 1 1 1], clusters [0 0 1 1 2 2]: table [[2,0],[1,1],[0,2]].
+        // MI = (2/6)ln2 + (2/6)ln2 = (2/3)ln2; H(classes) = ln2, H(clusters) = ln3;
+        // NMI = (2/3)ln2 / ((ln2 + ln3)/2) = 0.5158037429793889.
+        // ARI: index = 1 + 1 = 2; a = 1+1+1 = 3; b = 3+3 = 6; expected = 18/15 = 1.2;
+        // max = 4.5 → (2 − 1.2)/(4.5 − 1.2) = 0.24242424…; purity (2+1+2)/6.
+        let t = table(&[0, 0, 1, 1, 2, 2], &[0, 0, 0, 1, 1, 1]);
+        let want_nmi = (2.0 / 3.0) * 2f64.ln() / ((2f64.ln() + 3f64.ln()) / 2.0);
+        assert!(close(nmi(&t), want_nmi));
+        assert!((nmi(&t) - 0.5158037429793889).abs() < 1e-12);
+        assert!(close(ari(&t), 0.8 / 3.3));
+        assert!(close(purity(&t), 5.0 / 6.0));
+    }
+
+    #[test]
+    fn kmeans_separates_well_separated_blobs_and_is_seeded() {
+        // Three tight blobs in 2-D, 20 points each.
+        let centres = [(0.0f32, 0.0f32), (10.0, 0.0), (0.0, 10.0)];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut data = vec![];
+        let mut labels = vec![];
+        for (c, &(x, y)) in centres.iter().enumerate() {
+            for _ in 0..20 {
+                data.push(x + rng.random::<f32>() * 0.5);
+                data.push(y + rng.random::<f32>() * 0.5);
+                labels.push(c as u16);
+            }
+        }
+        let dev = Device::flex();
+        let cfg = KMeansConfig::default();
+        let km = kmeans(&data, 2, 3, &cfg, &dev);
+        let t = contingency(&km.assign, &labels, 3, 3);
+        assert!(close(nmi(&t), 1.0) && close(purity(&t), 1.0), "{t:?}");
+        assert_eq!(kmeans(&data, 2, 3, &cfg, &dev), km);
+    }
+}

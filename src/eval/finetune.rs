@@ -1,0 +1,373 @@
+//! Few-label fine-tuning: for each label fraction (balanced per class) and seed, the whole
+//! network is fine-tuned from the run's checkpoint with a new linear head, and — on the very
+//! same images — trained from random init; both are scored top-1/top-5 on the test split.
+//! Every fine-tuning is a supervised run of its own under `RUN/finetune/`, so an
+//! interrupted protocol resumes where it stopped.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::features::EvalView;
+use super::metrics::top_k_accuracy;
+use crate::data::augment::AugmentConfig;
+use crate::data::loader::{self, LoaderConfig};
+use crate::data::{CacheOptions, ImageSet, Split};
+use crate::fsutil;
+use crate::models::head::ClassifierNet;
+use crate::run::{Pretrain, RunConfig, open_split, subset_indices};
+use crate::tasks::{SupervisedConfig, TaskConfig};
+use crate::train::checkpoint;
+use crate::train::trainer::Classifier;
+use crate::train::{OptimConfig, Schedule, TrainConfig};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    /// Fractions of each class's labelled images (1%, 5%, 10% by default).
+    pub fractions: Vec<f64>,
+    pub seeds: Vec<u64>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    /// Test images (a seeded subset; `None`: all).
+    #[serde(default)]
+    pub test_images: Option<usize>,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        let mut optim = OptimConfig::rotnet();
+        optim.lr = 0.01;
+        Self {
+            fractions: vec![0.01, 0.05, 0.1],
+            seeds: vec![0, 1, 2],
+            epochs: 30,
+            batch_size: 64,
+            optim,
+            schedule: Schedule::Cosine {
+                min_factor: 0.0,
+                warmup: 0.0,
+            },
+            test_images: None,
+        }
+    }
+}
+
+/// One fine-tuning: its subset, start and test accuracy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneRow {
+    pub fraction: f64,
+    pub seed: u64,
+    /// `pretrained` (from the run's checkpoint) or `random-init`.
+    pub init: String,
+    pub train_images: usize,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneReport {
+    pub method: String,
+    pub run: String,
+    pub test_images: usize,
+    pub protocol: FinetuneConfig,
+    pub rows: Vec<FinetuneRow>,
+}
+
+/// Mean and (sample) standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+impl FinetuneReport {
+    /// Mean ± std of top-1 per (fraction, init), in the order met.
+    pub fn summary(&self) -> Vec<(f64, String, usize, (f64, f64), (f64, f64))> {
+        let mut keys: Vec<(f64, String)> = vec![];
+        for r in &self.rows {
+            if !keys.iter().any(|(f, i)| *f == r.fraction && *i == r.init) {
+                keys.push((r.fraction, r.init.clone()));
+            }
+        }
+        keys.into_iter()
+            .map(|(f, init)| {
+                let rows: Vec<&FinetuneRow> = self
+                    .rows
+                    .iter()
+                    .filter(|r| r.fraction == f && r.init == init)
+                    .collect();
+                let t1: Vec<f64> = rows.iter().map(|r| r.top1).collect();
+                let t5: Vec<f64> = rows.iter().map(|r| r.top5).collect();
+                (f, init, rows.len(), mean_std(&t1), mean_std(&t5))
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## Few-label fine-tuning — {} ({})\n\nWhole network fine-tuned with a new linear head on a balanced per-class subset, beside the same network trained from random init on the same images; {} epochs, {:?} lr {}, batch {}; test on {} images. Mean ± std over seeds, accuracies in %.\n",
+            self.method,
+            self.run,
+            self.protocol.epochs,
+            self.protocol.optim.kind,
+            self.protocol.optim.lr,
+            self.protocol.batch_size,
+            self.test_images
+        );
+        let _ = writeln!(
+            s,
+            "| labels | init | seeds | top-1 | top-5 |\n|---|---|---|---|---|"
+        );
+        for (f, init, n, (m1, s1), (m5, s5)) in self.summary() {
+            let _ = writeln!(
+                s,
+                "| {:.0}% | {init} | {n} | {:.2} ± {:.2} | {:.2} ± {:.2} |",
+                100.0 * f,
+                100.0 * m1,
+                100.0 * s1,
+                100.0 * m5,
+                100.0 * s5
+            );
+        }
+        s
+    }
+
+    pub fn csv(&self) -> String {
+        let mut s =
+            String::from("method,fraction,seed,init,train_images,test_images,epochs,top1,top5\n");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{:.4},{:.4}",
+                self.method,
+                r.fraction,
+                r.seed,
+                r.init,
+                r.train_images,
+                self.test_images,
+                self.protocol.epochs,
+                r.top1,
+                r.top5
+            );
+        }
+        s
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fsutil::write_bytes(&dir.join("finetune.md"), self.markdown().as_bytes())?;
+        fsutil::write_bytes(&dir.join("finetune.csv"), self.csv().as_bytes())?;
+        fsutil::write_bytes(
+            &dir.join("finetune.json"),
+            &serde_json::to_vec_pretty(self)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            dir.join("finetune.json"),
+        )?)?)
+    }
+}
+
+/// Test top-1/top-5 of a trained classifier run on `test`.
+pub fn classify(
+    run: &Path,
+    rc: &RunConfig,
+    test: Arc<ImageSet>,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let TaskConfig::Supervised(sc) = &rc.task else {
+        bail!("{} is not a supervised run", run.display());
+    };
+    let Some((dir, _)) = checkpoint::latest(run)? else {
+        bail!("{}: no checkpoint", run.display());
+    };
+    let model =
+        checkpoint::load_model(ClassifierNet::new(&rc.backbone, sc.classes, dev), &dir)?.valid();
+    let view = Arc::new(EvalView {
+        augment: AugmentConfig {
+            crop: rc.augment.crop,
+            pad: 0,
+            flip: false,
+        },
+        input: rc.input,
+        norm: rc.normalize.clone(),
+    });
+    let cfg = LoaderConfig {
+        batch_size: 256,
+        shuffle: false,
+        drop_last: false,
+        seed: 0,
+        prefetch: 2,
+    };
+    let indices: Vec<usize> = (0..test.len()).collect();
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for batch in loader::epoch(test, view, &indices, &cfg, 0).iter() {
+        labels.extend(batch.targets.iter().map(|&t| t.max(0) as u16));
+        let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
+        scores.extend(
+            model
+                .logits(x)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32"),
+        );
+    }
+    Ok((
+        top_k_accuracy(&scores, sc.classes, &labels, 1),
+        top_k_accuracy(&scores, sc.classes, &labels, 5),
+    ))
+}
+
+/// Run the few-label protocol for `run` on the labelled splits of `data`.
+pub fn finetune_run(
+    run: &Path,
+    data: &Path,
+    cfg: &FinetuneConfig,
+    cache: &CacheOptions,
+    dev: &Device,
+    progress: bool,
+) -> Result<(FinetuneReport, PathBuf)> {
+    let rc = RunConfig::load(run)?;
+    let run = std::fs::canonicalize(run).unwrap_or_else(|_| run.to_path_buf());
+    if checkpoint::latest(&run)?.is_none() {
+        bail!(
+            "{}: no checkpoint to fine-tune (train first)",
+            run.display()
+        );
+    }
+    let train = open_split(data, Split::Train, cache)?;
+    let test = open_split(data, Split::Test, cache)?;
+    let test = Arc::new(test.subset(&subset_indices(test.len(), cfg.test_images, 1)));
+    if !train.is_labelled() || !test.is_labelled() {
+        bail!(
+            "{}: few-label fine-tuning needs labelled train and test splits",
+            data.display()
+        );
+    }
+    let classes = train.num_classes();
+    let mut rows = Vec::new();
+    for &fraction in &cfg.fractions {
+        for &seed in &cfg.seeds {
+            for pretrained in [true, false] {
+                let init = if pretrained {
+                    "pretrained"
+                } else {
+                    "random-init"
+                };
+                let dir = run
+                    .join("finetune")
+                    .join(format!("{:.0}pct-seed{seed}-{init}", 100.0 * fraction));
+                let sub = RunConfig {
+                    data: data.to_path_buf(),
+                    split: Split::Train,
+                    train_images: None,
+                    task: TaskConfig::Supervised(SupervisedConfig {
+                        classes,
+                        label_fraction: Some(fraction),
+                        subset_seed: seed,
+                        init_from: pretrained.then(|| run.clone()),
+                    }),
+                    augment: AugmentConfig {
+                        pad: if rc.augment.pad > 0 {
+                            rc.augment.pad
+                        } else {
+                            4
+                        },
+                        ..rc.augment.clone()
+                    },
+                    train: TrainConfig {
+                        epochs: cfg.epochs,
+                        batch_size: cfg.batch_size,
+                        optim: cfg.optim.clone(),
+                        schedule: cfg.schedule.clone(),
+                        seed,
+                        log_every: 10,
+                        keep_checkpoints: 1,
+                    },
+                    ..rc.clone()
+                };
+                let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
+                if !done {
+                    if progress {
+                        eprintln!(
+                            "fine-tuning {:.0}% seed {seed} from {init}",
+                            100.0 * fraction
+                        );
+                    }
+                    let resume = RunConfig::path(&dir).exists();
+                    Pretrain {
+                        run: &dir,
+                        device: dev,
+                        progress,
+                        stop_after: None,
+                        cache,
+                    }
+                    .run((!resume).then_some(sub), resume)?;
+                }
+                let sub = RunConfig::load(&dir)?;
+                let n = match &sub.task {
+                    TaskConfig::Supervised(s) => crate::tasks::supervised::balanced_subset(
+                        train.header.labels.as_deref().unwrap_or(&[]),
+                        classes,
+                        s.label_fraction.unwrap_or(1.0),
+                        s.subset_seed,
+                    )?
+                    .len(),
+                    _ => 0,
+                };
+                let (top1, top5) = classify(&dir, &sub, test.clone(), dev)?;
+                rows.push(FinetuneRow {
+                    fraction,
+                    seed,
+                    init: init.to_string(),
+                    train_images: n,
+                    top1,
+                    top5,
+                });
+            }
+        }
+    }
+    let report = FinetuneReport {
+        method: rc.task.name().to_string(),
+        run: run.display().to_string(),
+        test_images: test.len(),
+        protocol: cfg.clone(),
+        rows,
+    };
+    let out = run.join("finetune");
+    report.write(&out)?;
+    Ok((report, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std_by_hand() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m, 2.5);
+        // Sample variance: (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3.
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_std(&[0.7]), (0.7, 0.0));
+    }
+}

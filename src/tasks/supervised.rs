@@ -1,0 +1,156 @@
+//! The supervised baseline as a task: the image's class is the target. With a label
+//! fraction it trains on a balanced per-class subset (the few-label protocol), and with
+//! `init_from` it starts from another run's backbone (fine-tuning a pretrained network).
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::PretextTask;
+use crate::data::ImageSet;
+use crate::data::augment::{AugmentConfig, Normalize, crop_image};
+use crate::data::lab::InputTransform;
+use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::preview::{self, Cell};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SupervisedConfig {
+    pub classes: usize,
+    /// Train on this fraction of each class (a balanced subset), e.g. 0.01 for 1%.
+    #[serde(default)]
+    pub label_fraction: Option<f64>,
+    /// Seed of the balanced subset.
+    #[serde(default)]
+    pub subset_seed: u64,
+    /// A run directory whose backbone initialises this one (fine-tuning); a new linear head
+    /// is trained on top.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+}
+
+/// A balanced subset: `round(fraction × count)` images of every class (seeded), sorted.
+/// Fails when a class would get none.
+pub fn balanced_subset(
+    labels: &[u16],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> anyhow::Result<Vec<usize>> {
+    anyhow::ensure!(
+        fraction > 0.0 && fraction <= 1.0,
+        "the label fraction must be in (0, 1], got {fraction}"
+    );
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for (c, mut members) in by_class.into_iter().enumerate() {
+        let take = (fraction * members.len() as f64).round() as usize;
+        anyhow::ensure!(
+            take > 0,
+            "a label fraction of {fraction} leaves class {c} ({} images) with none; raise the fraction",
+            members.len()
+        );
+        members.shuffle(&mut rng);
+        out.extend_from_slice(&members[..take]);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub struct Supervised {
+    pub cfg: SupervisedConfig,
+    pub augment: AugmentConfig,
+    pub norm: Normalize,
+    pub input: InputTransform,
+    /// Channels of the source images.
+    pub image_channels: usize,
+}
+
+impl SampleMaker for Supervised {
+    fn samples_per_image(&self) -> usize {
+        1
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        let s = self.augment.crop;
+        [self.input.channels(self.image_channels), s, s]
+    }
+    fn make(&self, set: &ImageSet, index: usize, rng: &mut ChaCha8Rng, out: SampleOut<'_>) {
+        let h = &set.header;
+        let s = self.augment.crop;
+        let mut rgb = vec![0.0; h.c * s * s];
+        let at = self.augment.sample(h.h, h.w, rng);
+        crop_image(set, index, &self.augment, at, &mut rgb);
+        self.input.apply(&rgb, h.c, out.inputs);
+        self.norm.apply(out.inputs);
+        // Runs check for labels before training; -1 would fail loudly in the loss.
+        out.targets[0] = set.label(index).map_or(-1, i64::from);
+    }
+}
+
+impl PretextTask for Supervised {
+    fn name(&self) -> &'static str {
+        "supervised"
+    }
+    fn num_classes(&self) -> usize {
+        self.cfg.classes
+    }
+    fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let [c, h, w] = self.input_shape();
+        let row: Vec<Cell> = preview_indices(set)
+            .into_iter()
+            .map(|index| {
+                let (mut x, t, _) = make_one(self, set, index, &mut rng);
+                self.norm.undo(&mut x);
+                Cell {
+                    chw: x,
+                    c,
+                    h,
+                    w,
+                    caption: format!("{}", t[0]),
+                }
+            })
+            .collect();
+        preview::save(&preview::sheet(&[row], (96 / h).max(1)), path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_subsets_have_exact_counts_and_repeat_for_a_seed() {
+        // 3 classes with 100, 50 and 20 images.
+        let labels: Vec<u16> = (0..170)
+            .map(|i| {
+                if i < 100 {
+                    0
+                } else if i < 150 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let s = balanced_subset(&labels, 3, 0.1, 7).unwrap();
+        let count = |c: u16| s.iter().filter(|&&i| labels[i] == c).count();
+        assert_eq!((count(0), count(1), count(2)), (10, 5, 2));
+        assert_eq!(balanced_subset(&labels, 3, 0.1, 7).unwrap(), s);
+        assert_ne!(balanced_subset(&labels, 3, 0.1, 8).unwrap(), s);
+        let mut uniq = s.clone();
+        uniq.dedup();
+        assert_eq!(uniq.len(), s.len());
+        // 1% leaves the 20-image class empty: an error naming the class.
+        let e = balanced_subset(&labels, 3, 0.01, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("class 2 (20 images) with none"), "{e}");
+    }
+}
