@@ -80,6 +80,16 @@ pub struct FinetuneReport {
     pub rows: Vec<FinetuneRow>,
 }
 
+/// One line of the few-label table: (mean, std) of the seeds' accuracies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryRow {
+    pub fraction: f64,
+    pub init: String,
+    pub seeds: usize,
+    pub top1: (f64, f64),
+    pub top5: (f64, f64),
+}
+
 /// Mean and (sample) standard deviation.
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -96,8 +106,8 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 impl FinetuneReport {
-    /// Mean ± std of top-1 per (fraction, init), in the order met.
-    pub fn summary(&self) -> Vec<(f64, String, usize, (f64, f64), (f64, f64))> {
+    /// Mean ± std of top-1 and top-5 per (fraction, init), in the order met.
+    pub fn summary(&self) -> Vec<SummaryRow> {
         let mut keys: Vec<(f64, String)> = vec![];
         for r in &self.rows {
             if !keys.iter().any(|(f, i)| *f == r.fraction && *i == r.init) {
@@ -113,7 +123,13 @@ impl FinetuneReport {
                     .collect();
                 let t1: Vec<f64> = rows.iter().map(|r| r.top1).collect();
                 let t5: Vec<f64> = rows.iter().map(|r| r.top5).collect();
-                (f, init, rows.len(), mean_std(&t1), mean_std(&t5))
+                SummaryRow {
+                    fraction: f,
+                    init,
+                    seeds: rows.len(),
+                    top1: mean_std(&t1),
+                    top5: mean_std(&t5),
+                }
             })
             .collect()
     }
@@ -135,7 +151,14 @@ impl FinetuneReport {
             s,
             "| labels | init | seeds | top-1 | top-5 |\n|---|---|---|---|---|"
         );
-        for (f, init, n, (m1, s1), (m5, s5)) in self.summary() {
+        for SummaryRow {
+            fraction: f,
+            init,
+            seeds: n,
+            top1: (m1, s1),
+            top5: (m5, s5),
+        } in self.summary()
+        {
             let _ = writeln!(
                 s,
                 "| {:.0}% | {init} | {n} | {:.2} ± {:.2} | {:.2} ± {:.2} |",
