@@ -86,6 +86,16 @@ pub enum Command {
     /// Few-label fine-tuning of a run: balanced 1/5/10% subsets, several seeds, beside the
     /// same network trained from random init on the same images; test top-1/top-5.
     Finetune(FinetuneArgs),
+    /// Gather runs' evaluations into one comparison: methods × layers tables, the
+    /// accuracy-by-layer plot (PNG, SVG), the few-label table (Markdown, CSV, JSON, HTML).
+    Report {
+        /// Run directories (their eval/, eval-random-init/ and finetune/ results).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// Look at a data set.
     #[command(subcommand)]
     Data(DataCommand),
@@ -554,6 +564,16 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
             pretrain(&a, &cache, &dev, progress).map(|_| ())
+        }
+        Command::Report { runs, out } => {
+            let c = crate::eval::report::gather(&runs)?;
+            c.write(&out)?;
+            println!("{}", c.markdown());
+            println!(
+                "written to {}/report.{{md,csv,json,html}} and accuracy-by-layer.{{png,svg}}",
+                out.display()
+            );
+            Ok(())
         }
         Command::Finetune(a) => {
             let dev = crate::device::parse(&cli.common.device)?;

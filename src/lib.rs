@@ -8,6 +8,7 @@ pub mod device;
 pub mod eval;
 pub mod fsutil;
 pub mod models;
+pub mod plot;
 pub mod preview;
 pub mod progress;
 pub mod run;

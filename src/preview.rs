@@ -5,9 +5,10 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-/// 3×5 bitmaps for the characters captions use (digits, minus, degree sign, space).
-fn glyph(ch: char) -> [u8; 5] {
-    match ch {
+/// 3×5 bitmaps for captions and plot labels: digits, letters (upper case; lower case is
+/// drawn as upper), and a little punctuation.
+pub fn glyph(ch: char) -> [u8; 5] {
+    match ch.to_ascii_uppercase() {
         '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
         '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
         '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
@@ -18,10 +19,70 @@ fn glyph(ch: char) -> [u8; 5] {
         '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
         '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
         '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
+        'B' => [0b110, 0b101, 0b110, 0b101, 0b110],
+        'C' => [0b011, 0b100, 0b100, 0b100, 0b011],
+        'D' => [0b110, 0b101, 0b101, 0b101, 0b110],
+        'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
+        'F' => [0b111, 0b100, 0b110, 0b100, 0b100],
+        'G' => [0b011, 0b100, 0b101, 0b101, 0b011],
+        'H' => [0b101, 0b101, 0b111, 0b101, 0b101],
+        'I' => [0b111, 0b010, 0b010, 0b010, 0b111],
+        'J' => [0b001, 0b001, 0b001, 0b101, 0b010],
+        'K' => [0b101, 0b101, 0b110, 0b101, 0b101],
+        'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
+        'M' => [0b101, 0b111, 0b111, 0b101, 0b101],
+        'N' => [0b110, 0b101, 0b101, 0b101, 0b101],
+        'O' => [0b010, 0b101, 0b101, 0b101, 0b010],
+        'P' => [0b110, 0b101, 0b110, 0b100, 0b100],
+        'Q' => [0b010, 0b101, 0b101, 0b110, 0b011],
+        'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
+        'S' => [0b011, 0b100, 0b010, 0b001, 0b110],
+        'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
+        'U' => [0b101, 0b101, 0b101, 0b101, 0b111],
+        'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
+        'W' => [0b101, 0b101, 0b111, 0b111, 0b101],
+        'X' => [0b101, 0b101, 0b010, 0b101, 0b101],
+        'Y' => [0b101, 0b101, 0b010, 0b010, 0b010],
+        'Z' => [0b111, 0b001, 0b010, 0b100, 0b111],
         '-' => [0, 0, 0b111, 0, 0],
         '.' => [0, 0, 0, 0, 0b010],
+        ':' => [0, 0b010, 0, 0b010, 0],
+        '%' => [0b101, 0b001, 0b010, 0b100, 0b101],
+        '/' => [0b001, 0b001, 0b010, 0b100, 0b100],
+        '(' => [0b001, 0b010, 0b010, 0b010, 0b001],
+        ')' => [0b100, 0b010, 0b010, 0b010, 0b100],
+        '=' => [0, 0b111, 0, 0b111, 0],
         '°' => [0b010, 0b101, 0b010, 0, 0],
         _ => [0; 5],
+    }
+}
+
+/// Draw `text` with its top-left at (`x`, `y`), each glyph pixel `scale`×`scale`, 4·scale
+/// apart; pixels outside the image are skipped.
+pub fn draw_text(
+    img: &mut RgbImage,
+    x: usize,
+    y: usize,
+    text: &str,
+    scale: usize,
+    colour: Rgb<u8>,
+) {
+    for (i, ch) in text.chars().enumerate() {
+        for (gy, bits) in glyph(ch).iter().enumerate() {
+            for gx in 0..3 {
+                if bits >> (2 - gx) & 1 == 1 {
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let (px, py) = (x + (i * 4 + gx) * scale + dx, y + gy * scale + dy);
+                            if px < img.width() as usize && py < img.height() as usize {
+                                img.put_pixel(px as u32, py as u32, colour);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -74,23 +135,7 @@ pub fn sheet(rows: &[Vec<Cell>], scale: usize) -> RgbImage {
                 }
             }
             let ty = y0 + cell.h * scale + 3;
-            for (i, ch) in cell.caption.chars().enumerate() {
-                let g = glyph(ch);
-                for (gy, bits) in g.iter().enumerate() {
-                    for gx in 0..3 {
-                        if bits >> (2 - gx) & 1 == 1 {
-                            for dy in 0..2 {
-                                for dx in 0..2 {
-                                    let (px, py) = (x0 + i * 8 + gx * 2 + dx, ty + gy * 2 + dy);
-                                    if px < img.width() as usize && py < img.height() as usize {
-                                        img.put_pixel(px as u32, py as u32, Rgb([240, 240, 240]));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            draw_text(&mut img, x0, ty, &cell.caption, 2, Rgb([240, 240, 240]));
         }
     }
     img

@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
+pub mod report;
 pub mod table;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,369 @@
+//! `pretext report`: the evaluations of several runs gathered into the comparison the field
+//! reads — methods × layers (linear top-1/top-5, kNN, clustering), the accuracy-by-layer
+//! plot, and the few-label table — as Markdown, CSV, JSON and one self-contained HTML page.
+//! Runs measured under different protocols are refused rather than put side by side.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::EvalReport;
+use super::finetune::{FinetuneReport, SummaryRow};
+use crate::fsutil;
+use crate::plot::{LineChart, Series};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub evals: Vec<EvalReport>,
+    pub finetunes: Vec<FinetuneReport>,
+}
+
+/// What must match for two evaluations to share a table.
+fn protocol_of(r: &EvalReport) -> String {
+    format!(
+        "data {}, {} train / {} test images, {} classes, probe {:?}, kNN {:?}, pooled to ~{} dims, k-means {:?}",
+        r.data,
+        r.train_images,
+        r.test_images,
+        r.classes,
+        r.protocol.probe,
+        r.protocol.knn,
+        r.protocol.probe_dim,
+        r.protocol.kmeans
+    )
+}
+
+/// Read `RUN/eval`, `RUN/eval-random-init` (the random-init row once) and `RUN/finetune`
+/// of every run.
+pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
+    let mut evals: Vec<EvalReport> = vec![];
+    let mut finetunes = vec![];
+    for run in runs {
+        let mut found = false;
+        for sub in ["eval", "eval-random-init"] {
+            let dir = run.join(sub);
+            if dir.join("eval.json").exists() {
+                let r = EvalReport::read(&dir)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("eval.json").display()))?;
+                found = true;
+                if !evals
+                    .iter()
+                    .any(|e| e.method == r.method && r.method == "random-init")
+                {
+                    evals.push(r);
+                }
+            }
+        }
+        let ft = run.join("finetune");
+        if ft.join("finetune.json").exists() {
+            finetunes.push(FinetuneReport::read(&ft)?);
+            found = true;
+        }
+        if !found {
+            bail!(
+                "{}: no evaluation found (run `pretext eval --run {0}` or `pretext finetune --run {0}` first)",
+                run.display()
+            );
+        }
+    }
+    if let Some(first) = evals.first() {
+        let want = protocol_of(first);
+        for r in &evals[1..] {
+            let got = protocol_of(r);
+            if got != want {
+                bail!(
+                    "{} ({}) was evaluated under another protocol than {} ({}):\n  {got}\nvs\n  {want}\nre-run `pretext eval` with the same settings",
+                    r.run,
+                    r.method,
+                    first.run,
+                    first.method
+                );
+            }
+        }
+    }
+    Ok(Comparison { evals, finetunes })
+}
+
+impl Comparison {
+    /// Layer names in order of first appearance.
+    pub fn layers(&self) -> Vec<String> {
+        let mut out: Vec<String> = vec![];
+        for r in &self.evals {
+            for row in &r.rows {
+                if !out.contains(&row.layer) {
+                    out.push(row.layer.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Linear top-1 by layer, one line per method.
+    pub fn chart(&self) -> LineChart {
+        let layers = self.layers();
+        LineChart {
+            title: "Linear probe top-1 by layer".into(),
+            series: self
+                .evals
+                .iter()
+                .map(|r| Series {
+                    name: r.method.clone(),
+                    values: layers
+                        .iter()
+                        .map(|l| r.rows.iter().find(|x| &x.layer == l).map(|x| x.linear.top1))
+                        .collect(),
+                })
+                .collect(),
+            x_labels: layers,
+        }
+    }
+
+    fn table(&self, title: &str, cell: impl Fn(&EvalReport, &str) -> Option<String>) -> String {
+        let layers = self.layers();
+        let mut s = format!("### {title}\n\n| method |");
+        for l in &layers {
+            let _ = write!(s, " {l} |");
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|".repeat(layers.len()));
+        s.push('\n');
+        for r in &self.evals {
+            let _ = write!(s, "| {} |", r.method);
+            for l in &layers {
+                let _ = write!(s, " {} |", cell(r, l).unwrap_or_else(|| "–".into()));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("# Comparison\n\n");
+        if let Some(first) = self.evals.first() {
+            let p = &first.protocol;
+            let _ = writeln!(
+                s,
+                "Frozen features of each method's backbone ({:?} width {}), {} labelled train / {} test images of {} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardised, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T). k-means: k = {} on the test features, best of {} k-means++ starts. Accuracies in %; **bold**: the method's best layer.\n",
+                first.backbone.arch,
+                first.backbone.width,
+                first.train_images,
+                first.test_images,
+                first.data,
+                first.classes,
+                p.probe_dim,
+                p.probe.epochs,
+                p.probe.optim.kind,
+                p.probe.optim.lr,
+                first.classes,
+                p.kmeans.restarts
+            );
+            s += &self.table("Linear probe top-1 (top-5)", |r, l| {
+                let best = r.best_layer().map(|b| b.layer.as_str());
+                r.rows.iter().find(|x| x.layer == l).map(|x| {
+                    let v = format!(
+                        "{:.2} ({:.2})",
+                        100.0 * x.linear.top1,
+                        100.0 * x.linear.top5
+                    );
+                    if best == Some(l) {
+                        format!("**{v}**")
+                    } else {
+                        v
+                    }
+                })
+            });
+            for (k, setting) in first.rows[0].knn.iter().enumerate() {
+                s.push('\n');
+                s += &self.table(
+                    &format!("kNN top-1, k = {}, T = {}", setting.k, setting.t),
+                    |r, l| {
+                        r.rows
+                            .iter()
+                            .find(|x| x.layer == l)
+                            .and_then(|x| x.knn.get(k))
+                            .map(|x| format!("{:.2}", 100.0 * x.top1))
+                    },
+                );
+            }
+            if self
+                .evals
+                .iter()
+                .any(|r| r.rows.iter().any(|x| x.cluster.is_some()))
+            {
+                s.push('\n');
+                s += &self.table("k-means NMI / ARI / purity (%)", |r, l| {
+                    r.rows
+                        .iter()
+                        .find(|x| x.layer == l)
+                        .and_then(|x| x.cluster.as_ref())
+                        .map(|c| format!("{:.3} / {:.3} / {:.1}", c.nmi, c.ari, 100.0 * c.purity))
+                });
+            }
+        }
+        if !self.finetunes.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n### Few-label fine-tuning (test top-1 %, mean ± std over seeds)\n\n| method | labels | seeds | fine-tuned from the method | same network from random init |\n|---|---|---|---|---|"
+            );
+            for f in &self.finetunes {
+                let rows = f.summary();
+                let get = |frac: f64, init: &str| -> Option<&SummaryRow> {
+                    rows.iter().find(|r| r.fraction == frac && r.init == init)
+                };
+                for &frac in &f.protocol.fractions {
+                    let fmt = |r: Option<&SummaryRow>| {
+                        r.map_or("–".into(), |r| {
+                            format!("{:.2} ± {:.2}", 100.0 * r.top1.0, 100.0 * r.top1.1)
+                        })
+                    };
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.0}% | {} | {} | {} |",
+                        f.method,
+                        100.0 * frac,
+                        f.protocol.seeds.len(),
+                        fmt(get(frac, "pretrained")),
+                        fmt(get(frac, "random-init"))
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    /// Long format: one line per (method, layer, protocol, metric).
+    pub fn csv(&self) -> String {
+        let mut s =
+            String::from("method,layer,protocol,setting,metric,value,train_images,test_images\n");
+        for r in &self.evals {
+            let (tr, te) = (r.train_images, r.test_images);
+            for x in &r.rows {
+                let setting = format!("probe {} epochs", r.protocol.probe.epochs);
+                for (m, v) in [("top1", x.linear.top1), ("top5", x.linear.top5)] {
+                    let _ = writeln!(
+                        s,
+                        "{},{},linear,{setting},{m},{v:.4},{tr},{te}",
+                        r.method, x.layer
+                    );
+                }
+                for k in &x.knn {
+                    for (m, v) in [("top1", k.top1), ("top5", k.top5)] {
+                        let _ = writeln!(
+                            s,
+                            "{},{},knn,k={} T={},{m},{v:.4},{tr},{te}",
+                            r.method, x.layer, k.k, k.t
+                        );
+                    }
+                }
+                if let Some(c) = &x.cluster {
+                    for (m, v) in [("nmi", c.nmi), ("ari", c.ari), ("purity", c.purity)] {
+                        let _ = writeln!(
+                            s,
+                            "{},{},kmeans,k={},{m},{v:.4},,{te}",
+                            r.method, x.layer, c.k
+                        );
+                    }
+                }
+            }
+        }
+        for f in &self.finetunes {
+            for r in &f.rows {
+                let _ = writeln!(
+                    s,
+                    "{},all,finetune,{:.0}% seed {} {} {} epochs,top1,{:.4},{},{}",
+                    f.method,
+                    100.0 * r.fraction,
+                    r.seed,
+                    r.init,
+                    f.protocol.epochs,
+                    r.top1,
+                    r.train_images,
+                    f.test_images
+                );
+            }
+        }
+        s
+    }
+
+    /// One page: the Markdown tables as HTML and the plot inline.
+    pub fn html(&self) -> String {
+        let mut body = String::new();
+        let mut in_table = false;
+        for line in self.markdown().lines() {
+            if let Some(cells) = line.strip_prefix('|') {
+                if line.starts_with("|---") {
+                    continue;
+                }
+                let tag = if in_table { "td" } else { "th" };
+                if !in_table {
+                    body.push_str("<table>\n");
+                    in_table = true;
+                }
+                body.push_str("<tr>");
+                for c in cells.trim_end_matches('|').split('|') {
+                    let c = html_escape(c.trim());
+                    let c = match c.strip_prefix("**").and_then(|c| c.strip_suffix("**")) {
+                        Some(b) => format!("<b>{b}</b>"),
+                        None => c,
+                    };
+                    let _ = write!(body, "<{tag}>{c}</{tag}>");
+                }
+                body.push_str("</tr>\n");
+                continue;
+            }
+            if in_table {
+                body.push_str("</table>\n");
+                in_table = false;
+            }
+            if let Some(h) = line.strip_prefix("### ") {
+                let _ = writeln!(body, "<h3>{}</h3>", html_escape(h));
+            } else if let Some(h) = line.strip_prefix("# ") {
+                let _ = writeln!(body, "<h1>{}</h1>", html_escape(h));
+                if !self.evals.is_empty() {
+                    body.push_str(&self.chart().svg());
+                }
+            } else if !line.is_empty() {
+                let _ = writeln!(
+                    body,
+                    "<p>{}</p>",
+                    html_escape(line).replace("**bold**", "<b>bold</b>")
+                );
+            }
+        }
+        if in_table {
+            body.push_str("</table>\n");
+        }
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pretext comparison</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n{body}</body></html>\n"
+        )
+    }
+
+    /// Write report.{md,csv,json,html} and accuracy-by-layer.{png,svg} into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        fsutil::write_bytes(&dir.join("report.md"), self.markdown().as_bytes())?;
+        fsutil::write_bytes(&dir.join("report.csv"), self.csv().as_bytes())?;
+        fsutil::write_bytes(&dir.join("report.json"), &serde_json::to_vec_pretty(self)?)?;
+        fsutil::write_bytes(&dir.join("report.html"), self.html().as_bytes())?;
+        if !self.evals.is_empty() {
+            let chart = self.chart();
+            fsutil::write_bytes(&dir.join("accuracy-by-layer.svg"), chart.svg().as_bytes())?;
+            crate::preview::save(&chart.png(), &dir.join("accuracy-by-layer.png"))?;
+        }
+        Ok(())
+    }
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            dir.join("report.json"),
+        )?)?)
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,134 @@
+//! `pretext report` over hand-made evaluations: every file is written, the JSON reads back
+//! equal, the plot has one line per method, and mismatched protocols are refused.
+
+use std::path::Path;
+
+use pretext::eval::cluster::ClusterScores;
+use pretext::eval::knn::KnnResult;
+use pretext::eval::linear::ProbeResult;
+use pretext::eval::report::{Comparison, gather};
+use pretext::eval::{EvalConfig, EvalReport, LayerRow};
+use pretext::models::{Arch, BackboneConfig};
+
+fn eval(method: &str, tops: &[f64]) -> EvalReport {
+    EvalReport {
+        method: method.into(),
+        run: format!("runs/{method}"),
+        backbone: BackboneConfig::new(Arch::Nin, 32),
+        checkpoint_epoch: 3,
+        data: "cifar10".into(),
+        train_images: 1000,
+        test_images: 500,
+        classes: 10,
+        protocol: EvalConfig::default(),
+        seconds: 1.0,
+        rows: tops
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| LayerRow {
+                layer: format!("block{}", i + 1),
+                dim: 2048,
+                pool_grid: 8,
+                linear: ProbeResult {
+                    top1: t,
+                    top5: t + 0.3,
+                    train_top1: t + 0.1,
+                },
+                knn: vec![KnnResult {
+                    k: 20,
+                    t: 0.07,
+                    top1: t - 0.05,
+                    top5: t + 0.2,
+                }],
+                cluster: Some(ClusterScores {
+                    k: 10,
+                    nmi: t / 4.0,
+                    ari: t / 8.0,
+                    purity: t / 2.0,
+                    inertia: 1.0,
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn put(run: &Path, sub: &str, r: &EvalReport) {
+    r.write(&run.join(sub)).unwrap();
+}
+
+#[test]
+fn a_report_writes_every_file_and_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("rot"), tmp.path().join("jig"));
+    put(&a, "eval", &eval("rotation", &[0.48, 0.49, 0.42, 0.37]));
+    put(
+        &a,
+        "eval-random-init",
+        &eval("random-init", &[0.45, 0.44, 0.40, 0.38]),
+    );
+    put(&b, "eval", &eval("jigsaw", &[0.46, 0.47, 0.41, 0.35]));
+    // The random-init row of a second run is not repeated.
+    put(
+        &b,
+        "eval-random-init",
+        &eval("random-init", &[0.45, 0.44, 0.40, 0.38]),
+    );
+    let c = gather(&[a.clone(), b.clone()]).unwrap();
+    let methods: Vec<&str> = c.evals.iter().map(|e| e.method.as_str()).collect();
+    assert_eq!(methods, ["rotation", "random-init", "jigsaw"]);
+    let out = tmp.path().join("report");
+    c.write(&out).unwrap();
+    for f in [
+        "report.md",
+        "report.csv",
+        "report.json",
+        "report.html",
+        "accuracy-by-layer.svg",
+        "accuracy-by-layer.png",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    assert_eq!(Comparison::read(&out).unwrap(), c);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // Rotation's best layer is block2, in bold, with its top-5.
+    assert!(md.contains("**49.00 (79.00)**"), "{md}");
+    assert!(md.contains("kNN top-1, k = 20, T = 0.07"));
+    assert!(md.contains("0.120 / 0.060 / 24.0"), "{md}");
+    let svg = std::fs::read_to_string(out.join("accuracy-by-layer.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline class=\"series\"").count(), 3);
+    let png = image::open(out.join("accuracy-by-layer.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (760, 440));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("<table>") && html.contains("<b>49.00 (79.00)</b>")
+    );
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert!(
+        csv.contains("rotation,block2,linear,probe 30 epochs,top1,0.4900,1000,500"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("jigsaw,block1,kmeans,k=10,nmi,0.1150,,500"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn runs_under_different_protocols_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    put(&a, "eval", &eval("rotation", &[0.5]));
+    let mut other = eval("jigsaw", &[0.5]);
+    other.protocol.probe.epochs = 5;
+    put(&b, "eval", &other);
+    let e = gather(&[a, b]).unwrap_err().to_string();
+    assert!(
+        e.contains("another protocol") && e.contains("epochs: 5"),
+        "{e}"
+    );
+    // A run without any evaluation is named.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = gather(&[empty]).unwrap_err().to_string();
+    assert!(e.contains("no evaluation found"), "{e}");
+}
