@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every pretext task on CIFAR-10 at one small CPU budget (NIN width 32, 10,000 training
-# images, about 10–13 minutes of pretraining per task on 2 cores: epochs differ because
+# images, a comparable few minutes of pretraining per task on 2 cores: epochs differ because
 # the tasks' costs per image differ by 30×), each evaluated by kNN and
 # per-layer linear probes on 10,000 labelled train / 10,000 test images, beside the same
 # NIN at random init. Usage: scripts/tasks-study.sh CIFAR10_DIR OUT_DIR
@@ -26,8 +26,8 @@ run() { # name, epochs, extra flags…
 sgd=(--lr 0.03 --schedule cosine)
 run rotation 2 --task rotation "${sgd[@]}"
 run jigsaw 12 --task jigsaw "${sgd[@]}"
-run relative-position 50 --task relative-position "${sgd[@]}"
-run inpainting 3 --task inpainting
-run colorization 6 --task colorization "${sgd[@]}"
+run relative-position 30 --task relative-position "${sgd[@]}"
+run inpainting 2 --task inpainting
+run colorization 4 --task colorization "${sgd[@]}"
 [ -f "$out/rotation/eval-random-init/eval.json" ] ||
   "$bin" eval --run "$out/rotation" --random-init "${eval_args[@]}" > "$out/random-init.eval.txt"
