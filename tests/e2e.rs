@@ -139,8 +139,12 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
     for f in ["eval.md", "eval.csv", "eval.json"] {
         assert!(out.join(f).exists(), "{f}");
     }
+    // The JSON carries the table: read back, it renders the same tables. (Floats are compared
+    // through their printed form: serde_json's default parser may differ in the last bit.)
     let back = pretext::eval::EvalReport::read(&out).unwrap();
-    assert_eq!(back, report);
+    assert_eq!(back.markdown(), report.markdown());
+    assert_eq!(back.csv(), report.csv());
+    assert_eq!(back.rows.len(), report.rows.len());
 
     let (random, _) = evaluate_run(&run, &data, true, &ecfg, &cache, &dev, false).unwrap();
     eprintln!("{}", random.markdown());
