@@ -145,7 +145,7 @@ impl Comparison {
             let p = &first.protocol;
             let _ = writeln!(
                 s,
-                "Frozen features of each method's backbone ({:?} width {}), {} labelled train / {} test images of {} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardised, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T). k-means: k = {} on the test features, best of {} k-means++ starts. Accuracies in %; **bold**: the method's best layer.\n",
+                "Frozen features of each method's backbone ({:?} width {}), {} labelled train / {} test images of {} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardised, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
                 first.backbone.arch,
                 first.backbone.width,
                 first.train_images,
@@ -156,8 +156,18 @@ impl Comparison {
                 p.probe.epochs,
                 p.probe.optim.kind,
                 p.probe.optim.lr,
-                first.classes,
-                p.kmeans.restarts
+                if self
+                    .evals
+                    .iter()
+                    .any(|r| r.rows.iter().any(|x| x.cluster.is_some()))
+                {
+                    format!(
+                        " k-means: k = {} on the test features, best of {} k-means++ starts.",
+                        first.classes, p.kmeans.restarts
+                    )
+                } else {
+                    String::new()
+                }
             );
             s += &self.table("Linear probe top-1 (top-5)", |r, l| {
                 let best = r.best_layer().map(|b| b.layer.as_str());
