@@ -40,6 +40,22 @@ pub struct EvalView {
     pub norm: Normalize,
 }
 
+impl EvalView {
+    /// The view a run's checkpoint is evaluated with: its crop, input transform and
+    /// normalisation, no padding or flip.
+    pub fn for_run(rc: &crate::run::RunConfig) -> Self {
+        Self {
+            augment: AugmentConfig {
+                crop: rc.augment.crop,
+                pad: 0,
+                flip: false,
+            },
+            input: rc.input,
+            norm: rc.normalize.clone(),
+        }
+    }
+}
+
 impl SampleMaker for EvalView {
     fn samples_per_image(&self) -> usize {
         1

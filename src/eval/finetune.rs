@@ -225,15 +225,7 @@ pub fn classify(
     };
     let model =
         checkpoint::load_model(ClassifierNet::new(&rc.backbone, sc.classes, dev), &dir)?.valid();
-    let view = Arc::new(EvalView {
-        augment: AugmentConfig {
-            crop: rc.augment.crop,
-            pad: 0,
-            flip: false,
-        },
-        input: rc.input,
-        norm: rc.normalize.clone(),
-    });
+    let view = Arc::new(EvalView::for_run(rc));
     let cfg = LoaderConfig {
         batch_size: 256,
         shuffle: false,

@@ -18,7 +18,6 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::AugmentConfig;
 use crate::data::{CacheOptions, Split};
 use crate::run::{RunConfig, load_backbone, open_split, subset_indices};
 use cluster::KMeansConfig;
@@ -116,15 +115,7 @@ pub fn evaluate_run(
     let te_idx = subset_indices(test.len(), cfg.test_images, cfg.seed + 1);
     let train = Arc::new(train.subset(&tr_idx));
     let test = Arc::new(test.subset(&te_idx));
-    let view = Arc::new(EvalView {
-        augment: AugmentConfig {
-            crop: rc.augment.crop,
-            pad: 0,
-            flip: false,
-        },
-        input: rc.input,
-        norm: rc.normalize.clone(),
-    });
+    let view = Arc::new(EvalView::for_run(&rc));
     let ftr = features::extract(
         &backbone,
         train.clone(),
