@@ -81,7 +81,7 @@ pub enum Command {
     /// Train the same backbone with labels: the supervised baseline (or, with
     /// --label-fraction and --init-from, few-label fine-tuning of a pretrained run).
     TrainSupervised(PretrainArgs),
-    /// Evaluate a run's frozen features: kNN and a linear probe per layer.
+    /// Evaluate a run's frozen features: kNN, a linear probe and k-means per layer.
     Eval(EvalArgs),
     /// Few-label fine-tuning of a run: balanced 1/5/10% subsets, several seeds, beside the
     /// same network trained from random init on the same images; test top-1/top-5.
