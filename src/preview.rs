@@ -95,6 +95,19 @@ pub struct Cell {
     pub caption: String,
 }
 
+impl Cell {
+    /// A square `side × side` image without a caption.
+    pub fn plain(chw: Vec<f32>, c: usize, side: usize) -> Self {
+        Self {
+            chw,
+            c,
+            h: side,
+            w: side,
+            caption: String::new(),
+        }
+    }
+}
+
 /// Lay `rows` of cells out on a dark background, each image scaled by `scale`, captions under.
 pub fn sheet(rows: &[Vec<Cell>], scale: usize) -> RgbImage {
     let pad = 4;

@@ -139,26 +139,16 @@ pub fn build_batch<M: SampleMaker + ?Sized>(
     let [c, h, w] = maker.input_shape();
     let per = c * h * w;
     let (nt, na) = (maker.targets_per_image(), maker.aux_per_image());
+    // Chunks of at least one element keep the three iterators in step when a maker has
+    // no targets or aux; the padding is cut off afterwards.
+    let (ct, ca) = (nt.max(1), na.max(1));
     let mut inputs = vec![0f32; idx.len() * k * per];
-    let mut targets = vec![0i64; idx.len() * nt];
-    let mut aux = vec![0f32; idx.len() * na];
-    // `max(1)` keeps the chunk iterators the same length when a maker has no targets/aux.
-    let mut spare_t = vec![0i64; if nt == 0 { idx.len() } else { 0 }];
-    let mut spare_a = vec![0f32; if na == 0 { idx.len() } else { 0 }];
-    let t_chunks = if nt == 0 {
-        spare_t.par_chunks_mut(1)
-    } else {
-        targets.par_chunks_mut(nt)
-    };
-    let a_chunks = if na == 0 {
-        spare_a.par_chunks_mut(1)
-    } else {
-        aux.par_chunks_mut(na)
-    };
+    let mut targets = vec![0i64; idx.len() * ct];
+    let mut aux = vec![0f32; idx.len() * ca];
     inputs
         .par_chunks_mut(k * per)
-        .zip(t_chunks)
-        .zip(a_chunks)
+        .zip(targets.par_chunks_mut(ct))
+        .zip(aux.par_chunks_mut(ca))
         .enumerate()
         .for_each(|(j, ((inp, tgt), ax))| {
             let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, epoch, (first + j) as u64));
@@ -169,6 +159,8 @@ pub fn build_batch<M: SampleMaker + ?Sized>(
             };
             maker.make(set, idx[j], &mut rng, out);
         });
+    targets.truncate(idx.len() * nt);
+    aux.truncate(idx.len() * na);
     Batch {
         inputs,
         shape: [idx.len() * k, c, h, w],

@@ -76,10 +76,11 @@ impl ColorNet {
         }
     }
 
-    /// Hypercolumns of the pixels at `positions` (`pixels` per image, row-major in the
-    /// input) → `[n·pixels, 2·bins]` logits.
+    /// Hypercolumns of the pixels at `positions` (the same number per image, image-major,
+    /// row-major in the input) → one row of `2·bins` logits per position.
     pub fn forward(&self, x: Tensor<4>, positions: &[i64]) -> Tensor<2> {
-        let [_, _, side, _] = x.dims();
+        let [n, _, side, _] = x.dims();
+        let per_image = positions.len() / n.max(1);
         let dev = x.device();
         let m = positions.len();
         let cols: Vec<Tensor<2>> = self
@@ -88,7 +89,7 @@ impl ColorNet {
             .into_iter()
             .map(|map| {
                 let [n, c, h, w] = map.dims();
-                let (idx, wts) = bilinear_plan(positions, self.pixels, side, h, w);
+                let (idx, wts) = bilinear_plan(positions, per_image, side, h, w);
                 let flat = map.permute([0, 2, 3, 1]).reshape([n * h * w, c]);
                 let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [4 * m]), &dev);
                 let wts = Tensor::<2>::from_data(TensorData::new(wts, [4 * m, 1]), &dev);

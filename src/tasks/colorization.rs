@@ -198,14 +198,11 @@ impl PretextTask for Colorization {
                         binned[ch * plane + p] = c[ch] as f32;
                     }
                 }
-                let cell = |chw: Vec<f32>, c: usize| Cell {
-                    chw,
-                    c,
-                    h: s,
-                    w: s,
-                    caption: String::new(),
-                };
-                vec![cell(l, 1), cell(rgb, set.header.c), cell(binned, 3)]
+                vec![
+                    Cell::plain(l, 1, s),
+                    Cell::plain(rgb, set.header.c, s),
+                    Cell::plain(binned, 3, s),
+                ]
             })
             .collect();
         preview::save(&preview::sheet(&rows, (96 / s).max(1)), path)
@@ -239,12 +236,7 @@ pub fn colorized_sheet(
     let lights = x.clone();
     task.norm.apply(&mut x);
     let positions: Vec<i64> = (0..n).flat_map(|_| 0..plane as i64).collect();
-    // ColorNet samples `pixels` per image; here every pixel of each image.
-    let net_all = ColorNet {
-        pixels: plane,
-        ..net.clone()
-    };
-    let logits = net_all.forward(
+    let logits = net.forward(
         Tensor::<4>::from_data(TensorData::new(x, [n, 1, s, s]), dev),
         &positions,
     );
@@ -283,17 +275,10 @@ pub fn colorized_sheet(
                     pred[ch * plane + p] = c[ch] as f32;
                 }
             }
-            let cell = |chw: Vec<f32>, c: usize| Cell {
-                chw,
-                c,
-                h: s,
-                w: s,
-                caption: String::new(),
-            };
             vec![
-                cell(lights[i * plane..(i + 1) * plane].to_vec(), 1),
-                cell(pred, 3),
-                cell(std::mem::take(&mut rgbs[i]), h.c),
+                Cell::plain(lights[i * plane..(i + 1) * plane].to_vec(), 1, s),
+                Cell::plain(pred, 3, s),
+                Cell::plain(std::mem::take(&mut rgbs[i]), h.c, s),
             ]
         })
         .collect();

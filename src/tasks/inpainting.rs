@@ -303,13 +303,7 @@ impl Inpainting {
         Ok((0..n)
             .map(|i| {
                 let a = &aux[i * self.aux_per_image()..(i + 1) * self.aux_per_image()];
-                let cell = |chw: Vec<f32>, c: usize| Cell {
-                    chw,
-                    c,
-                    h: s,
-                    w: s,
-                    caption: String::new(),
-                };
+                let cell = |chw: Vec<f32>, c: usize| Cell::plain(chw, c, s);
                 let mut row = vec![cell(show(inputs[i * img..(i + 1) * img].to_vec()), c)];
                 if let Some(p) = &preds {
                     // Prediction pasted into the hole, context kept.
