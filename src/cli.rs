@@ -96,6 +96,48 @@ pub enum Command {
         #[arg(long, default_value = "report")]
         out: PathBuf,
     },
+    /// The whole comparison in one command: each pretext task and the supervised baseline
+    /// pretrained at the same time budget, evaluated beside random init, fine-tuned on few
+    /// labels, and reported. Run it again to continue an interrupted study.
+    Study(StudyArgs),
+    /// Write a data set's embeddings at one layer of a run (safetensors + file list).
+    Embed {
+        /// The run whose checkpoint embeds.
+        #[arg(long)]
+        run: PathBuf,
+        /// Data (default: the run's).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Split to embed: train, test or unlabeled.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Layer (default: the run's best linear-probe layer if it was evaluated, else the last).
+        #[arg(long)]
+        layer: Option<String>,
+        /// Values per image: the layer's map is average-pooled to the square grid closest to this.
+        #[arg(long, default_value_t = 2048)]
+        dim: usize,
+        /// Embed a seeded subset of this many images (default all).
+        #[arg(long)]
+        images: Option<usize>,
+        /// Output file (the file list goes beside it as NAME.files.txt).
+        #[arg(long, default_value = "embeddings.safetensors")]
+        out: PathBuf,
+    },
+    /// Nearest images to a query in an embedding file, as a contact sheet PNG.
+    Search {
+        /// Embedding file written by `pretext embed`.
+        #[arg(long)]
+        index: PathBuf,
+        /// The query image.
+        #[arg(long)]
+        query: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        /// Contact sheet: the query, then the neighbours with similarity and class.
+        #[arg(long, default_value = "search.png")]
+        out: PathBuf,
+    },
     /// Look at a data set.
     #[command(subcommand)]
     Data(DataCommand),
@@ -282,6 +324,132 @@ pub struct FinetuneArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StudyArgs {
+    /// Labelled data with train and test splits (image folder or a binary release).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Study folder (one run directory per method, the report, study.md).
+    #[arg(long, default_value = "study")]
+    pub out: PathBuf,
+    /// Continue the study in --out with its saved settings.
+    #[arg(long)]
+    pub resume: bool,
+    /// Pretext tasks, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub tasks: Vec<String>,
+    /// Pretraining wall-clock time per method: 90s, 10m, 1.5h.
+    #[arg(long, default_value = "10m")]
+    pub budget: String,
+    /// Most epochs a budget may buy.
+    #[arg(long, default_value_t = 200)]
+    pub max_epochs: usize,
+    /// Leave out the supervised baseline.
+    #[arg(long)]
+    pub no_supervised: bool,
+    #[arg(long, value_enum, default_value = "nin")]
+    pub backbone: Arch,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub blocks: usize,
+    /// Pretraining images (seeded subset; default all).
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// SGD learning rate (cosine) for every method but inpainting (its paper's Adam).
+    #[arg(long, default_value_t = 0.03)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Labelled training images for kNN and the probes (default all).
+    #[arg(long)]
+    pub eval_train_images: Option<usize>,
+    /// Test images for every protocol (default all).
+    #[arg(long)]
+    pub eval_test_images: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub probe_epochs: usize,
+    /// Tasks fine-tuned on few labels: comma-separated, `all` (default) or `none`.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub finetune: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.1])]
+    pub fractions: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
+    pub seeds: Vec<u64>,
+    #[arg(long, default_value_t = 30)]
+    pub finetune_epochs: usize,
+}
+
+/// `all`, `none` or comma-separated task names.
+fn task_list(names: &[String]) -> Result<Vec<TaskKind>> {
+    use clap::ValueEnum;
+    let mut out = Vec::new();
+    for n in names {
+        match n.trim() {
+            "all" => out.extend(TaskKind::PRETEXT),
+            "none" | "" => {}
+            other => out.push(TaskKind::from_str(other, true).map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown task {other:?}; expected all, none or some of rotation, jigsaw, relative-position, inpainting, colorization"
+                )
+            })?),
+        }
+    }
+    let mut seen = Vec::new();
+    out.retain(|t| {
+        let new = !seen.contains(t);
+        seen.push(*t);
+        new
+    });
+    Ok(out)
+}
+
+pub fn study_config(a: &StudyArgs) -> Result<crate::study::StudyConfig> {
+    let Some(data) = a.data.clone() else {
+        bail!("--data is required to start a study (or pass --resume to continue one)");
+    };
+    let data = std::fs::canonicalize(&data).unwrap_or(data);
+    let tasks = task_list(&a.tasks)?;
+    let mut finetune_tasks = task_list(&a.finetune)?;
+    if a.finetune.iter().any(|f| f.trim() == "all") {
+        finetune_tasks.retain(|t| tasks.contains(t));
+    }
+    let mut finetune = crate::eval::finetune::FinetuneConfig {
+        fractions: a.fractions.clone(),
+        seeds: a.seeds.clone(),
+        epochs: a.finetune_epochs,
+        test_images: a.eval_test_images,
+        ..Default::default()
+    };
+    finetune.optim.lr = 0.01;
+    Ok(crate::study::StudyConfig {
+        data,
+        tasks,
+        supervised: !a.no_supervised,
+        budget_seconds: crate::study::parse_budget(&a.budget)?,
+        max_epochs: a.max_epochs,
+        backbone: a.backbone,
+        width: a.width,
+        blocks: a.blocks,
+        train_images: a.train_images,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        eval: eval_config(
+            a.eval_train_images,
+            a.eval_test_images,
+            a.probe_epochs,
+            0.01,
+            9216,
+            a.seed,
+        ),
+        finetune,
+        finetune_tasks,
+    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -561,6 +729,92 @@ pub fn main_with(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Embed {
+            run,
+            data,
+            split,
+            layer,
+            dim,
+            images,
+            out,
+        } => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            let rc = RunConfig::load(&run)?;
+            let data = data.unwrap_or(rc.data);
+            let split = match split.as_str() {
+                "train" => data::Split::Train,
+                "test" => data::Split::Test,
+                "unlabeled" => data::Split::Unlabeled,
+                other => bail!("unknown split {other:?}; expected train, test or unlabeled"),
+            };
+            let req = crate::embed::EmbedRequest {
+                run: &run,
+                data: &data,
+                split,
+                layer: layer.as_deref(),
+                target_dim: dim,
+                images,
+                out: &out,
+            };
+            let info = crate::embed::embed(&req, &cache, &dev, progress)?;
+            println!(
+                "{} ({} at {}, pooled {}×{}) written to {} with its file list {}",
+                info.method,
+                info.run.display(),
+                info.layer,
+                info.pool_grid,
+                info.pool_grid,
+                out.display(),
+                crate::embed::file_list_path(&out).display()
+            );
+            Ok(())
+        }
+        Command::Search {
+            index,
+            query,
+            k,
+            out,
+        } => {
+            if k == 0 {
+                bail!("--k must be at least 1");
+            }
+            let dev = crate::device::parse(&cli.common.device)?;
+            let hits = crate::embed::search(&index, &query, k, &out, &cache, &dev)?;
+            println!("| rank | similarity | class | image |\n|---|---|---|---|");
+            for (r, h) in hits.iter().enumerate() {
+                println!(
+                    "| {} | {:.4} | {} | {} |",
+                    r + 1,
+                    h.similarity,
+                    h.class.as_deref().unwrap_or("–"),
+                    h.source
+                );
+            }
+            println!("contact sheet: {}", out.display());
+            Ok(())
+        }
+        Command::Study(a) => {
+            let dev = crate::device::parse(&cli.common.device)?;
+            let cfg = if a.resume {
+                crate::study::Study::load_config(&a.out)?
+            } else {
+                study_config(&a)?
+            };
+            let study = crate::study::Study {
+                out: &a.out,
+                cfg,
+                cache: &cache,
+                device: &dev,
+                progress,
+            };
+            let c = study.run()?;
+            println!("{}", c.markdown());
+            println!(
+                "study written to {0}/study.md, report in {0}/report/",
+                a.out.display()
+            );
+            Ok(())
+        }
         Command::Pretrain(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
             pretrain(&a, &cache, &dev, progress).map(|_| ())
@@ -587,8 +841,9 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             cfg.optim.lr = a.lr;
-            let (report, out) =
-                crate::eval::finetune::finetune_run(&a.run, &data, &cfg, &cache, &dev, progress)?;
+            let (report, out) = crate::eval::finetune::finetune_run(
+                &a.run, &data, &cfg, None, &cache, &dev, progress,
+            )?;
             println!("{}", report.markdown());
             println!("written to {}/finetune.{{md,csv,json}}", out.display());
             Ok(())
@@ -666,6 +921,7 @@ fn pretrain(
         progress,
         stop_after: a.stop_after,
         cache,
+        time_steps: None,
     };
     let (rc, outcome) = p.run(cfg, a.resume)?;
     eprintln!(

@@ -108,10 +108,18 @@ impl Cell {
     }
 }
 
-/// Lay `rows` of cells out on a dark background, each image scaled by `scale`, captions under.
+/// Lay `rows` of cells out on a dark background, each image scaled by `scale`, captions
+/// (one or more lines) under.
 pub fn sheet(rows: &[Vec<Cell>], scale: usize) -> RgbImage {
     let pad = 4;
-    let text_h = 5 * 2 + 4;
+    let lines = rows
+        .iter()
+        .flatten()
+        .map(|c| c.caption.lines().count())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let text_h = (5 * 2 + 4) * lines;
     let cell_w = rows
         .iter()
         .flatten()
@@ -147,8 +155,10 @@ pub fn sheet(rows: &[Vec<Cell>], scale: usize) -> RgbImage {
                     img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb([px(0), px(1), px(2)]));
                 }
             }
-            let ty = y0 + cell.h * scale + 3;
-            draw_text(&mut img, x0, ty, &cell.caption, 2, Rgb([240, 240, 240]));
+            for (i, line) in cell.caption.lines().enumerate() {
+                let ty = y0 + cell.h * scale + 3 + i * (5 * 2 + 4);
+                draw_text(&mut img, x0, ty, line, 2, Rgb([240, 240, 240]));
+            }
         }
     }
     img

@@ -97,6 +97,35 @@ pub fn check_size(set: &ImageSet, need: usize, data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Check that images of `set` are what run `rc` was trained on (side and channels), so its
+/// features are not measured on silently rescaled or re-cropped inputs; `what` names the
+/// images in the message.
+pub fn check_fits(rc: &RunConfig, set: &ImageSet, data: &Path, what: &str) -> Result<()> {
+    let h = &set.header;
+    if rc.input.channels(h.c) != rc.backbone.in_channels || h.h.min(h.w) != rc.image_size {
+        bail!(
+            "{}: {what} images are {}×{} with {} channel(s), but the run was trained on {}×{} images with {} input channel(s) ({:?} input){}",
+            data.display(),
+            h.w,
+            h.h,
+            h.c,
+            rc.image_size,
+            rc.image_size,
+            rc.backbone.in_channels,
+            rc.input,
+            if h.h.min(h.w) != rc.image_size {
+                format!(
+                    "; an image folder can be brought to that size with --image-size {}",
+                    rc.image_size
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Open a data set split the way runs do.
 pub fn open_split(root: &Path, split: Split, opts: &CacheOptions) -> Result<Arc<ImageSet>> {
     Ok(Arc::new(data::open(root, split, opts)?))
@@ -108,6 +137,9 @@ pub struct Pretrain<'a> {
     pub progress: bool,
     pub stop_after: Option<usize>,
     pub cache: &'a CacheOptions,
+    /// Timing only (see [`Trainer::time_steps`]): the outcome's images/s is the point;
+    /// no checkpoint or after-training picture is written.
+    pub time_steps: Option<usize>,
 }
 
 impl Pretrain<'_> {
@@ -179,6 +211,9 @@ impl Pretrain<'_> {
                 let model = context_encoder(&cfg, dev)?;
                 let (task, model, set, outcome) =
                     self.train(&cfg, task, model, set, &indices, resume, dev)?;
+                if self.time_steps.is_some() {
+                    return Ok((cfg, outcome));
+                }
                 let picks = preview_picks(&indices);
                 let sample = set.subset(&picks);
                 let generator = model.generator.valid();
@@ -234,6 +269,9 @@ impl Pretrain<'_> {
                 let model = color_net(&cfg, dev);
                 let (task, model, set, outcome) =
                     self.train(&cfg, task, model, set, &indices, resume, dev)?;
+                if self.time_steps.is_some() {
+                    return Ok((cfg, outcome));
+                }
                 let sample = set.subset(&preview_picks(&indices));
                 crate::tasks::colorization::colorized_sheet(
                     &task,
@@ -272,6 +310,7 @@ impl Pretrain<'_> {
             progress: self.progress,
             stop_after: self.stop_after,
             prefetch: 2,
+            time_steps: self.time_steps,
         };
         let (model, outcome) = trainer.fit(model, task.clone(), set.clone(), indices, resume)?;
         Ok((task, model, set, outcome))

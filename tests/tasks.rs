@@ -41,6 +41,7 @@ fn pretrain(task: TaskKind, tweak: impl FnOnce(&mut PretrainArgs)) -> Ran {
         progress: false,
         stop_after: None,
         cache: &cache,
+        time_steps: None,
     };
     let (cfg, outcome) = p.run(Some(cfg), false).unwrap();
     eprintln!(
@@ -263,7 +264,7 @@ fn supervised_baseline_learns_and_few_label_finetuning_starts_from_it() {
     };
     let dev = Device::flex();
     let (report, out) =
-        pretext::eval::finetune::finetune_run(&r.run, &r.data, &cfg, &r.cache, &dev, false)
+        pretext::eval::finetune::finetune_run(&r.run, &r.data, &cfg, None, &r.cache, &dev, false)
             .unwrap();
     eprintln!("{}", report.markdown());
     assert_eq!(report.rows.len(), 4);
@@ -293,8 +294,9 @@ fn supervised_baseline_learns_and_few_label_finetuning_starts_from_it() {
         fractions: vec![0.00005],
         ..cfg
     };
-    let e = pretext::eval::finetune::finetune_run(&r.run, &r.data, &bad, &r.cache, &dev, false)
-        .unwrap_err()
-        .to_string();
+    let e =
+        pretext::eval::finetune::finetune_run(&r.run, &r.data, &bad, None, &r.cache, &dev, false)
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("leaves class 0"), "{e}");
 }

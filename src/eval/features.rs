@@ -86,7 +86,32 @@ pub fn extract(
     dev: &Device,
     progress: Option<&str>,
 ) -> Features {
-    let taps = backbone.tap_names();
+    extract_taps(
+        backbone, set, view, target_dim, batch_size, dev, progress, None,
+    )
+}
+
+/// [`extract`], keeping only tap number `only` when given (the others are still computed
+/// on the way, but neither pooled nor stored).
+#[allow(clippy::too_many_arguments)]
+pub fn extract_taps(
+    backbone: &Backbone,
+    set: Arc<ImageSet>,
+    view: Arc<EvalView>,
+    target_dim: usize,
+    batch_size: usize,
+    dev: &Device,
+    progress: Option<&str>,
+    only: Option<usize>,
+) -> Features {
+    let keep = |t: usize| only.is_none_or(|o| o == t);
+    let taps: Vec<String> = backbone
+        .tap_names()
+        .into_iter()
+        .enumerate()
+        .filter(|(t, _)| keep(*t))
+        .map(|(_, name)| name)
+        .collect();
     let n = set.len();
     let cfg = LoaderConfig {
         batch_size,
@@ -110,7 +135,8 @@ pub fn extract(
         labels.extend(batch.targets.iter().map(|&t| t.max(0) as u16));
         let b = batch.shape[0];
         let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
-        for (t, map) in backbone.forward_all(x).into_iter().enumerate() {
+        let maps = backbone.forward_all(x).into_iter().enumerate();
+        for (t, map) in maps.filter(|(t, _)| keep(*t)).map(|(_, m)| m).enumerate() {
             let [_, c, h, _] = map.dims();
             let g = pool_grid(c, h, target_dim);
             let pooled = if g == h {

@@ -252,11 +252,15 @@ pub fn classify(
     ))
 }
 
-/// Run the few-label protocol for `run` on the labelled splits of `data`.
+/// Run the few-label protocol for `run` on the labelled splits of `data`. The random-init
+/// trainings go under `RUN/finetune/`, or into `shared_baselines` when given: there each is
+/// keyed by a hash of its full configuration, so runs whose random-init baseline would be
+/// the very same training (same backbone, input, augmentation, subset, schedule) share it.
 pub fn finetune_run(
     run: &Path,
     data: &Path,
     cfg: &FinetuneConfig,
+    shared_baselines: Option<&Path>,
     cache: &CacheOptions,
     dev: &Device,
     progress: bool,
@@ -271,6 +275,8 @@ pub fn finetune_run(
     }
     let train = open_split(data, Split::Train, cache)?;
     let test = open_split(data, Split::Test, cache)?;
+    crate::run::check_fits(&rc, &train, data, "train")?;
+    crate::run::check_fits(&rc, &test, data, "test")?;
     let test = Arc::new(test.subset(&subset_indices(test.len(), cfg.test_images, 1)));
     if !train.is_labelled() || !test.is_labelled() {
         bail!(
@@ -288,9 +294,7 @@ pub fn finetune_run(
                 } else {
                     "random-init"
                 };
-                let dir = run
-                    .join("finetune")
-                    .join(format!("{:.0}pct-seed{seed}-{init}", 100.0 * fraction));
+                let name = format!("{:.0}pct-seed{seed}-{init}", 100.0 * fraction);
                 let sub = RunConfig {
                     data: data.to_path_buf(),
                     split: Split::Train,
@@ -320,6 +324,12 @@ pub fn finetune_run(
                     },
                     ..rc.clone()
                 };
+                let dir = match shared_baselines {
+                    Some(pool) if !pretrained => {
+                        pool.join(format!("{name}-{}", config_hash(&sub)?))
+                    }
+                    _ => run.join("finetune").join(name),
+                };
                 let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
                 if !done {
                     if progress {
@@ -335,6 +345,7 @@ pub fn finetune_run(
                         progress,
                         stop_after: None,
                         cache,
+                        time_steps: None,
                     }
                     .run((!resume).then_some(sub), resume)?;
                 }
@@ -371,6 +382,13 @@ pub fn finetune_run(
     let out = run.join("finetune");
     report.write(&out)?;
     Ok((report, out))
+}
+
+/// First 8 hex digits of the MD5 of a configuration's TOML: a name for "this exact run".
+fn config_hash(rc: &RunConfig) -> Result<String> {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(toml::to_string(rc)?.as_bytes());
+    Ok(digest[..4].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

@@ -88,21 +88,7 @@ pub fn evaluate_run(
                 data.display()
             );
         }
-        if rc.input.channels(set.header.c) != rc.backbone.in_channels
-            || set.header.h.min(set.header.w) < rc.augment.crop
-        {
-            bail!(
-                "{}: {name} images are {}×{}×{}, but the run was trained on {}×{} images giving {} input channel(s) ({:?})",
-                data.display(),
-                set.header.w,
-                set.header.h,
-                set.header.c,
-                rc.augment.crop,
-                rc.augment.crop,
-                rc.backbone.in_channels,
-                rc.input
-            );
-        }
+        crate::run::check_fits(&rc, set, data, name)?;
     }
     if train.header.classes != test.header.classes {
         bail!(

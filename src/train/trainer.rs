@@ -134,7 +134,13 @@ pub struct Trainer<'a> {
     /// Stop after this many epochs in this call (the rest is left for `--resume`).
     pub stop_after: Option<usize>,
     pub prefetch: usize,
+    /// Timing only: stop after this many steps of the first epoch, write no checkpoint,
+    /// and report the images/s of the steps after the first two (warm-up).
+    pub time_steps: Option<usize>,
 }
+
+/// Steps a timing call leaves out before it starts the clock (allocations, first batches).
+const TIMING_WARMUP: usize = 2;
 
 impl Trainer<'_> {
     /// Train `model` on `indices` of `set` with batches from `maker`, resuming from the
@@ -210,7 +216,17 @@ impl Trainer<'_> {
             let mut pending_inputs = 0u64;
             let mut epoch_images = 0u64;
             let mut lr = 0.0;
+            let mut timed: Option<(Instant, u64)> = None;
             for (b, batch) in rx.iter().enumerate() {
+                if let Some(limit) = self.time_steps {
+                    if b == TIMING_WARMUP.min(limit) {
+                        let _ = self.device.sync();
+                        timed = Some((Instant::now(), epoch_images));
+                    }
+                    if b >= limit {
+                        break;
+                    }
+                }
                 lr = cfg.schedule.lr(
                     cfg.optim.lr,
                     epoch as f64 + b as f64 / nb as f64,
@@ -272,6 +288,13 @@ impl Trainer<'_> {
                 bar.set_position(b as u64 + 1);
             }
             bar.finish_and_clear();
+            if self.time_steps.is_some() {
+                let _ = self.device.sync();
+                let (t, before) = timed.unwrap_or((t0, 0));
+                outcome.images_per_second =
+                    (epoch_images - before) as f64 / t.elapsed().as_secs_f64().max(1e-9);
+                return Ok((model, outcome));
+            }
             let dt = t0.elapsed().as_secs_f64();
             state.epoch = epoch + 1;
             state.loss = sum_loss / sum_inputs.max(1) as f64;

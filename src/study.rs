@@ -1,0 +1,479 @@
+//! `pretext study`: the whole comparison in one command — every chosen pretext task and the
+//! supervised baseline pretrained at the same wall-clock budget, each evaluated by the same
+//! protocols beside random init, few-label fine-tuning, and the report.
+//!
+//! A study is a folder of ordinary run directories plus `study.toml` (its settings) and
+//! `study.json` (what each step measured). Every step checks for its own outputs first, so
+//! running the command again after an interruption carries on where it stopped: a
+//! pretraining resumes from its last checkpoint, finished evaluations are not redone.
+//!
+//! The budget is wall-clock time per method, turned into epochs before the run starts (a
+//! few timed steps give the method's images/s here), because the schedules need the number
+//! of epochs up front and because the tasks' costs per image differ by ~30×: equal epochs
+//! would not be equal compute.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::PretrainArgs;
+use crate::data::{CacheOptions, Split};
+use crate::eval::finetune::{FinetuneConfig, finetune_run};
+use crate::eval::report::{Comparison, gather};
+use crate::eval::{EvalConfig, evaluate_run};
+use crate::fsutil;
+use crate::models::Arch;
+use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
+use crate::tasks::TaskKind;
+use crate::tasks::supervised::balanced_subset;
+use crate::train::checkpoint;
+
+/// Steps timed (after two of warm-up) to turn the budget into epochs.
+const CALIBRATION_STEPS: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StudyConfig {
+    pub data: PathBuf,
+    /// Pretext tasks, in the order they run.
+    pub tasks: Vec<TaskKind>,
+    /// Also train the supervised baseline (all labels of the same training images).
+    pub supervised: bool,
+    /// Pretraining wall-clock seconds per method.
+    pub budget_seconds: f64,
+    /// Upper bound on the epochs a budget may buy (cheap tasks on large budgets).
+    pub max_epochs: usize,
+    pub backbone: Arch,
+    pub width: Option<usize>,
+    pub blocks: usize,
+    /// Pretraining images (seeded subset; `None`: all).
+    pub train_images: Option<usize>,
+    pub batch_size: usize,
+    /// SGD learning rate (cosine schedule) of every method but inpainting, which keeps its
+    /// paper's Adam 2e-4.
+    pub lr: f64,
+    pub seed: u64,
+    pub eval: EvalConfig,
+    pub finetune: FinetuneConfig,
+    /// Tasks whose checkpoints are fine-tuned on few labels.
+    pub finetune_tasks: Vec<TaskKind>,
+}
+
+/// What one method's steps measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MethodRecord {
+    pub method: String,
+    pub run: PathBuf,
+    /// Source images/s of the timed steps that sized the run.
+    pub calibrated_images_per_second: f64,
+    pub epochs: usize,
+    pub images_seen: u64,
+    /// Training time as the checkpoints record it (excludes calibration and evaluation).
+    pub pretrain_seconds: f64,
+    pub final_loss: f64,
+    pub final_score: f64,
+    pub eval_seconds: Option<f64>,
+    pub finetune_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StudyLog {
+    pub methods: Vec<MethodRecord>,
+    pub random_init_eval_seconds: Option<f64>,
+}
+
+impl StudyLog {
+    fn entry(&mut self, method: &str) -> &mut MethodRecord {
+        if let Some(i) = self.methods.iter().position(|m| m.method == method) {
+            return &mut self.methods[i];
+        }
+        self.methods.push(MethodRecord {
+            method: method.to_string(),
+            ..Default::default()
+        });
+        self.methods.last_mut().expect("just pushed")
+    }
+}
+
+pub fn method_name(t: TaskKind) -> &'static str {
+    t.default_config(32).name()
+}
+
+/// Parse "90s", "10m", "1.5h" or a bare number of seconds.
+pub fn parse_budget(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => bail!("budget {s:?}: expected a time such as 90s, 10m or 1.5h"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("budget {s:?}: expected a time such as 90s, 10m or 1.5h"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("budget {s:?} must be a positive time");
+    }
+    Ok(v * scale)
+}
+
+/// Epochs that fit `budget` seconds at `images_per_second`, at least 1 and at most `max`.
+pub fn epochs_for(budget: f64, images_per_second: f64, images: usize, max: usize) -> usize {
+    let e = (budget * images_per_second / images.max(1) as f64).floor() as usize;
+    e.clamp(1, max.max(1))
+}
+
+pub struct Study<'a> {
+    pub out: &'a Path,
+    pub cfg: StudyConfig,
+    pub cache: &'a CacheOptions,
+    pub device: &'a Device,
+    pub progress: bool,
+}
+
+impl Study<'_> {
+    fn path(out: &Path) -> PathBuf {
+        out.join("study.toml")
+    }
+
+    /// The settings saved in a study folder.
+    pub fn load_config(out: &Path) -> Result<StudyConfig> {
+        let p = Self::path(out);
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("{}: no study here (start one with --data)", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: not a study configuration", p.display()))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.out.join("study.json")
+    }
+
+    fn read_log(&self) -> Result<StudyLog> {
+        let p = self.log_path();
+        if !p.exists() {
+            return Ok(StudyLog::default());
+        }
+        serde_json::from_slice(&std::fs::read(&p)?)
+            .with_context(|| format!("{}: not a study log", p.display()))
+    }
+
+    fn save_log(&self, log: &StudyLog) -> Result<()> {
+        fsutil::write_bytes(&self.log_path(), &serde_json::to_vec_pretty(log)?)
+    }
+
+    fn methods(&self) -> Vec<TaskKind> {
+        let mut m = self.cfg.tasks.clone();
+        if self.cfg.supervised {
+            m.push(TaskKind::Supervised);
+        }
+        m
+    }
+
+    /// Everything that can be refused before hours of training are spent on it.
+    fn check(&self) -> Result<()> {
+        let c = &self.cfg;
+        if c.tasks.is_empty() && !c.supervised {
+            bail!("the study has no method: name --tasks, or drop --no-supervised");
+        }
+        if let Some(t) = c.tasks.iter().find(|t| **t == TaskKind::Supervised) {
+            bail!(
+                "{} is the baseline, not a pretext task: the study trains it unless --no-supervised",
+                method_name(*t)
+            );
+        }
+        if let Some(t) = c.finetune_tasks.iter().find(|t| !c.tasks.contains(t)) {
+            bail!("fine-tuning {} needs it among --tasks", method_name(*t));
+        }
+        let train = open_split(&c.data, Split::Train, self.cache)?;
+        let Some(labels) = train.header.labels.as_deref() else {
+            bail!(
+                "{}: a study evaluates with labels, and the train split has none (expected class folders or a labelled release)",
+                c.data.display()
+            );
+        };
+        if !c.finetune_tasks.is_empty() {
+            for &f in &c.finetune.fractions {
+                balanced_subset(labels, train.num_classes(), f, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pretraining flags of one method.
+    fn pretrain_args(&self, task: TaskKind) -> PretrainArgs {
+        let c = &self.cfg;
+        let adam = task == TaskKind::Inpainting;
+        PretrainArgs {
+            data: Some(c.data.clone()),
+            out: self.out.join(method_name(task)),
+            resume: false,
+            backbone: c.backbone,
+            width: c.width,
+            blocks: c.blocks,
+            task,
+            angles: 4,
+            permutations: None,
+            selection: None,
+            mask: None,
+            colour_target: None,
+            label_fraction: None,
+            subset_seed: 0,
+            init_from: None,
+            task_config: None,
+            epochs: 1,
+            batch_size: c.batch_size,
+            train_images: c.train_images,
+            optim: None,
+            lr: (!adam).then_some(c.lr),
+            weight_decay: None,
+            schedule: (!adam).then(|| "cosine".to_string()),
+            crop: None,
+            pad: None,
+            seed: c.seed,
+            stop_after: None,
+        }
+    }
+
+    fn pretrainer<'b>(&'b self, run: &'b Path, time_steps: Option<usize>) -> Pretrain<'b> {
+        Pretrain {
+            run,
+            device: self.device,
+            progress: self.progress,
+            stop_after: None,
+            cache: self.cache,
+            time_steps,
+        }
+    }
+
+    fn pretrain(&self, task: TaskKind, log: &mut StudyLog) -> Result<()> {
+        let name = method_name(task);
+        let dir = self.out.join(name);
+        if !RunConfig::path(&dir).exists() {
+            let mut rc = crate::cli::run_config(&self.pretrain_args(task), self.cache)?;
+            let scratch = self.out.join(".calibration").join(name);
+            let _ = std::fs::remove_dir_all(&scratch);
+            if self.progress {
+                eprintln!("[study] {name}: timing {CALIBRATION_STEPS} steps to size the budget");
+            }
+            let (_, timed) = self
+                .pretrainer(&scratch, Some(CALIBRATION_STEPS))
+                .run(Some(rc.clone()), false)?;
+            let _ = std::fs::remove_dir_all(self.out.join(".calibration"));
+            let set = open_split(&rc.data, rc.split, self.cache)?;
+            let images = rc.train_images.map_or(set.len(), |t| t.min(set.len()));
+            rc.train.epochs = epochs_for(
+                self.cfg.budget_seconds,
+                timed.images_per_second,
+                images,
+                self.cfg.max_epochs,
+            );
+            let e = log.entry(name);
+            e.run = dir.clone();
+            e.calibrated_images_per_second = timed.images_per_second;
+            e.epochs = rc.train.epochs;
+            self.save_log(log)?;
+            if self.progress {
+                eprintln!(
+                    "[study] {name}: {:.1} images/s → {} epoch(s) of {images} images in {:.0} s",
+                    timed.images_per_second, rc.train.epochs, self.cfg.budget_seconds
+                );
+            }
+            self.pretrainer(&dir, None).run(Some(rc), false)?;
+        }
+        let rc = RunConfig::load(&dir)?;
+        let state = match checkpoint::latest(&dir)? {
+            Some((_, s)) if s.epoch >= rc.train.epochs => s,
+            _ => {
+                if self.progress {
+                    eprintln!("[study] {name}: resuming its pretraining");
+                }
+                self.pretrainer(&dir, None).run(None, true)?.1.state
+            }
+        };
+        let e = log.entry(name);
+        e.run = dir;
+        e.epochs = rc.train.epochs;
+        e.images_seen = state.images_seen;
+        e.pretrain_seconds = state.train_seconds;
+        e.final_loss = state.loss;
+        e.final_score = state.score;
+        self.save_log(log)
+    }
+
+    fn evaluate(&self, run: &Path, random_init: bool) -> Result<Option<f64>> {
+        let sub = if random_init {
+            "eval-random-init"
+        } else {
+            "eval"
+        };
+        if run.join(sub).join("eval.json").exists() {
+            return Ok(None);
+        }
+        if self.progress {
+            eprintln!("[study] evaluating {} ({sub})", run.display());
+        }
+        let t0 = std::time::Instant::now();
+        evaluate_run(
+            run,
+            &self.cfg.data,
+            random_init,
+            &self.cfg.eval,
+            self.cache,
+            self.device,
+            self.progress,
+        )?;
+        Ok(Some(t0.elapsed().as_secs_f64()))
+    }
+
+    /// Run (or finish) the study and write its report; returns the comparison.
+    pub fn run(&self) -> Result<Comparison> {
+        let p = Self::path(self.out);
+        if p.exists() {
+            let saved = Self::load_config(self.out)?;
+            if saved != self.cfg {
+                bail!(
+                    "{} holds a study with other settings; continue it with `pretext study --out {} --resume`, or choose another --out",
+                    self.out.display(),
+                    self.out.display()
+                );
+            }
+        } else {
+            self.check()?;
+            std::fs::create_dir_all(self.out)
+                .with_context(|| format!("creating {}", self.out.display()))?;
+            fsutil::write_bytes(&p, toml::to_string_pretty(&self.cfg)?.as_bytes())?;
+        }
+        let mut log = self.read_log()?;
+        let methods = self.methods();
+        for &m in &methods {
+            self.pretrain(m, &mut log)?;
+        }
+        let runs: Vec<PathBuf> = methods
+            .iter()
+            .map(|&m| self.out.join(method_name(m)))
+            .collect();
+        for (m, run) in methods.iter().zip(&runs) {
+            if let Some(s) = self.evaluate(run, false)? {
+                log.entry(method_name(*m)).eval_seconds = Some(s);
+                self.save_log(&log)?;
+            }
+        }
+        // Random init once, on an RGB run when there is one (colorization sees L* only).
+        let base = methods
+            .iter()
+            .zip(&runs)
+            .find(|(_, r)| RunConfig::load(r).is_ok_and(|c| c.input == InputTransform::Rgb))
+            .map_or(&runs[0], |(_, r)| r);
+        if let Some(s) = self.evaluate(base, true)? {
+            log.random_init_eval_seconds = Some(s);
+            self.save_log(&log)?;
+        }
+        let pool = self.out.join("random-init-finetune");
+        for &t in &self.cfg.finetune_tasks {
+            let run = self.out.join(method_name(t));
+            if run.join("finetune").join("finetune.json").exists() {
+                continue;
+            }
+            if self.progress {
+                eprintln!("[study] few-label fine-tuning of {}", method_name(t));
+            }
+            let t0 = std::time::Instant::now();
+            finetune_run(
+                &run,
+                &self.cfg.data,
+                &self.cfg.finetune,
+                Some(&pool),
+                self.cache,
+                self.device,
+                self.progress,
+            )?;
+            log.entry(method_name(t)).finetune_seconds = Some(t0.elapsed().as_secs_f64());
+            self.save_log(&log)?;
+        }
+        let comparison = gather(&runs)?;
+        comparison.write(&self.out.join("report"))?;
+        fsutil::write_bytes(
+            &self.out.join("study.md"),
+            self.summary(&log, &comparison).as_bytes(),
+        )?;
+        Ok(comparison)
+    }
+
+    /// The pretraining table (what each method got for the budget) above the report.
+    pub fn summary(&self, log: &StudyLog, comparison: &Comparison) -> String {
+        let c = &self.cfg;
+        let mut s = format!(
+            "# Study: {} on {}\n\nPretraining budget {:.0} s of wall-clock time per method (sized by timing {CALIBRATION_STEPS} steps on this machine), {:?} width {}, {} pretraining images, batch {}; SGD lr {} cosine for every method but inpainting (Adam 2e-4, β1 0.5, as its paper).\n\n| method | epochs | images seen | images/s (timed) | pretraining s | final loss | final pretext score | eval s | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|\n",
+            self.methods()
+                .iter()
+                .map(|m| method_name(*m))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.data.display(),
+            c.budget_seconds,
+            c.backbone,
+            c.width.map_or("default".to_string(), |w| w.to_string()),
+            c.train_images.map_or("all".to_string(), |n| n.to_string()),
+            c.batch_size,
+            c.lr
+        );
+        let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+        for m in &log.methods {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {:.0} | {:.4} | {:.4} | {} | {} |",
+                m.method,
+                m.epochs,
+                m.images_seen,
+                m.calibrated_images_per_second,
+                m.pretrain_seconds,
+                m.final_loss,
+                m.final_score,
+                opt(m.eval_seconds),
+                opt(m.finetune_seconds)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
+            opt(log.random_init_eval_seconds)
+        );
+        s + &comparison
+            .markdown()
+            .replacen("# Comparison", "## Comparison", 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_budget("90s").unwrap(), 90.0);
+        assert_eq!(parse_budget("10m").unwrap(), 600.0);
+        assert_eq!(parse_budget("1.5h").unwrap(), 5400.0);
+        assert_eq!(parse_budget("45").unwrap(), 45.0);
+        for bad in ["", "m", "10d", "-5m", "0s", "ten"] {
+            assert!(parse_budget(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_budget_buys_whole_epochs_within_bounds() {
+        // 600 s at 50 images/s = 30,000 images = 3 epochs of 10,000.
+        assert_eq!(epochs_for(600.0, 50.0, 10_000, 100), 3);
+        // 2.99 epochs' worth is still 2 (the budget is not exceeded by design)…
+        assert_eq!(epochs_for(598.0, 50.0, 10_000, 100), 2);
+        // …but a run is never empty, and never above the cap.
+        assert_eq!(epochs_for(10.0, 50.0, 10_000, 100), 1);
+        assert_eq!(epochs_for(1e6, 1e3, 10, 40), 40);
+    }
+}

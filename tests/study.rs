@@ -1,0 +1,187 @@
+//! `pretext study` end to end on a small slice of the real CIFAR-10: killed mid-way, run
+//! again, it finishes and writes every file; run a third time, it trains nothing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn study(out: &Path, cache: &Path, budget: &str, fractions: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pretext"));
+    c.arg("study")
+        .arg("--data")
+        .arg(common::cifar_root())
+        .arg("--out")
+        .arg(out)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args([
+            "--tasks",
+            "rotation,relative-position,colorization",
+            "--budget",
+            budget,
+            "--width",
+            "16",
+            "--train-images",
+            "512",
+            "--batch-size",
+            "64",
+            "--eval-train-images",
+            "500",
+            "--eval-test-images",
+            "500",
+            "--probe-epochs",
+            "3",
+            "--fractions",
+            fractions,
+            "--seeds",
+            "0",
+            "--finetune-epochs",
+            "1",
+            "--quiet",
+        ]);
+    c
+}
+
+fn epoch_records(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = (tmp.path().join("study"), tmp.path().join("cache"));
+
+    // Kill it once relative position (the second method, ~20 short epochs) has a checkpoint.
+    let mut child = study(&out, &cache, "6s", "0.01").spawn().unwrap();
+    let marker = out.join("relative-position/checkpoints/latest.json");
+    let t0 = Instant::now();
+    while !marker.exists() && t0.elapsed() < Duration::from_secs(600) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the study ended ({status}) before it could be interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(marker.exists(), "relative position never checkpointed");
+    assert!(!out.join("study.md").exists());
+
+    let done = study(&out, &cache, "6s", "0.01").output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    for f in [
+        "study.toml",
+        "study.json",
+        "study.md",
+        "report/report.md",
+        "report/report.csv",
+        "report/report.json",
+        "report/report.html",
+        "report/accuracy-by-layer.png",
+        "report/accuracy-by-layer.svg",
+        "rotation/eval-random-init/eval.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} is missing");
+    }
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("study.json")).unwrap()).unwrap();
+    let methods = log["methods"].as_array().unwrap();
+    let names: Vec<&str> = methods
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "rotation",
+            "relative-position",
+            "colorization",
+            "supervised"
+        ]
+    );
+    for m in methods {
+        let name = m["method"].as_str().unwrap();
+        let run = out.join(name);
+        let epochs = m["epochs"].as_u64().unwrap();
+        assert!(epochs >= 1, "{name}");
+        // Every epoch trained exactly once, across the kill and the resume.
+        assert_eq!(
+            epoch_records(&run),
+            (1..=epochs).collect::<Vec<_>>(),
+            "{name}"
+        );
+        // 512 images in batches of 64: 512 per epoch.
+        assert_eq!(m["images_seen"].as_u64().unwrap(), 512 * epochs, "{name}");
+        assert!(m["calibrated_images_per_second"].as_f64().unwrap() > 0.0);
+        assert!(run.join("eval/eval.json").is_file(), "{name}");
+        if name != "supervised" {
+            assert!(run.join("finetune/finetune.json").is_file(), "{name}");
+        }
+    }
+    // Relative position costs far less per image than rotation (two 8-px patches against
+    // four 32-px images), so the same budget buys it more epochs.
+    assert!(methods[1]["epochs"].as_u64() > methods[0]["epochs"].as_u64());
+    // The random-init fine-tunings are shared by identical configurations: rotation and
+    // relative position (RGB) use one, colorization (L*) another.
+    let pool: Vec<_> = std::fs::read_dir(out.join("random-init-finetune"))
+        .unwrap()
+        .collect();
+    assert_eq!(pool.len(), 2);
+
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    for method in [
+        "rotation",
+        "relative-position",
+        "colorization",
+        "supervised",
+        "random-init",
+    ] {
+        assert!(md.contains(&format!("| {method} |")), "{method} row:\n{md}");
+    }
+    assert!(md.contains("k-means NMI") && md.contains("Few-label fine-tuning"));
+
+    // Nothing left to do: no training, the same report.
+    let logs: Vec<String> = names
+        .iter()
+        .map(|n| std::fs::read_to_string(out.join(n).join("metrics.jsonl")).unwrap())
+        .collect();
+    let again = study(&out, &cache, "6s", "0.01").output().unwrap();
+    assert!(again.status.success());
+    for (n, before) in names.iter().zip(&logs) {
+        let after = std::fs::read_to_string(out.join(n).join("metrics.jsonl")).unwrap();
+        assert_eq!(&after, before, "{n} trained again");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("report/report.md")).unwrap(),
+        md
+    );
+
+    // Other settings in the same folder are refused, not mixed in.
+    let other = study(&out, &cache, "7s", "0.01").output().unwrap();
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("other settings"));
+}
+
+#[test]
+fn a_fraction_that_leaves_a_class_empty_is_refused_before_any_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let r = study(&out, &tmp.path().join("cache"), "6s", "0.00001")
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("leaves class 0"), "{err}");
+    assert!(!out.exists(), "nothing is created for a refused study");
+}
