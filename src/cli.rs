@@ -166,6 +166,19 @@ pub enum Command {
         /// Only these backbones (default: all).
         #[arg(long, value_enum)]
         backbone: Vec<Arch>,
+        /// Also time each pretext task on this data: training steps, and its data pipeline
+        /// alone (run with --threads 1 and 2 to see the pipeline's scaling).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Tasks to time with --data: comma-separated or `all` (the five and supervised).
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        tasks: Vec<String>,
+        /// Backbone width for the task timings.
+        #[arg(long, default_value_t = 32)]
+        task_width: usize,
+        /// Skip the synthetic per-backbone table.
+        #[arg(long)]
+        tasks_only: bool,
     },
 }
 
@@ -382,6 +395,22 @@ pub struct StudyArgs {
     pub seeds: Vec<u64>,
     #[arg(long, default_value_t = 30)]
     pub finetune_epochs: usize,
+}
+
+/// A fresh folder under the system temporary directory.
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Pretraining flags at their command-line defaults (the bench overrides a few).
+fn bench_pretrain_args() -> PretrainArgs {
+    let cli = Cli::parse_from(["pretext", "pretrain"]);
+    match cli.command {
+        Command::Pretrain(a) => a,
+        _ => unreachable!("parsed a pretrain command"),
+    }
 }
 
 /// `all`, `none` or comma-separated task names.
@@ -687,24 +716,77 @@ pub fn main_with(cli: Cli) -> Result<()> {
             warmup,
             steps,
             backbone,
+            data,
+            tasks,
+            task_width,
+            tasks_only,
         } => {
             let dev = crate::device::parse(&cli.common.device)?;
-            println!("| backbone | width | input | batch | train img/s | inference img/s |");
-            println!("|---|---|---|---|---|---|");
-            for c in crate::bench::default_configs() {
-                if !backbone.is_empty() && !backbone.contains(&c.arch) {
-                    continue;
-                }
-                let r = crate::bench::measure(&c, batch, warmup, steps, &dev);
+            let mib = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.0}"));
+            if !tasks_only {
                 println!(
-                    "| {} | {} | {} | {} | {:.1} | {:.1} |",
-                    r.backbone,
-                    r.width,
-                    r.input,
-                    r.batch,
-                    r.train_images_per_s,
-                    r.infer_images_per_s
+                    "| backbone | width | input | batch | train img/s | inference img/s | peak MiB |"
                 );
+                println!("|---|---|---|---|---|---|---|");
+                for c in crate::bench::default_configs() {
+                    if !backbone.is_empty() && !backbone.contains(&c.arch) {
+                        continue;
+                    }
+                    let r = crate::bench::measure(&c, batch, warmup, steps, &dev);
+                    println!(
+                        "| {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+                        r.backbone,
+                        r.width,
+                        r.input,
+                        r.batch,
+                        r.train_images_per_s,
+                        r.infer_images_per_s,
+                        mib(r.peak_mib)
+                    );
+                }
+            }
+            if let Some(data) = data {
+                let mut kinds = task_list(&tasks)?;
+                if tasks.iter().any(|t| t.trim() == "all") {
+                    kinds.push(TaskKind::Supervised);
+                }
+                let scratch = tempfile_dir("pretext-bench")?;
+                println!(
+                    "\n| task | backbone | width | batch (images) | inputs/image | train images/s | pipeline images/s | pipeline ÷ train | peak MiB |"
+                );
+                println!("|---|---|---|---|---|---|---|---|---|");
+                for task in kinds {
+                    let a = PretrainArgs {
+                        data: Some(data.clone()),
+                        width: Some(task_width),
+                        task,
+                        batch_size: batch,
+                        // Enough images for every timed batch in one epoch.
+                        train_images: Some(batch * (4 * steps + 4).max(20)),
+                        ..bench_pretrain_args()
+                    };
+                    let r = crate::bench::measure_task(
+                        &a,
+                        steps + 2,
+                        (4 * steps).max(20) + 2,
+                        &cache,
+                        &dev,
+                        &scratch,
+                    )?;
+                    println!(
+                        "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1}× | {} |",
+                        r.task,
+                        r.backbone,
+                        r.width,
+                        r.batch,
+                        r.inputs_per_image,
+                        r.train_images_per_s,
+                        r.pipeline_images_per_s,
+                        r.pipeline_images_per_s / r.train_images_per_s.max(1e-9),
+                        mib(r.peak_mib)
+                    );
+                }
+                let _ = std::fs::remove_dir_all(&scratch);
             }
             Ok(())
         }
@@ -921,7 +1003,7 @@ fn pretrain(
         progress,
         stop_after: a.stop_after,
         cache,
-        time_steps: None,
+        timing: None,
     };
     let (rc, outcome) = p.run(cfg, a.resume)?;
     eprintln!(

@@ -39,21 +39,27 @@ const PALETTE: [[u8; 3]; 8] = [
 ];
 
 impl LineChart {
-    /// Top of the y axis: the largest value rounded up to a multiple of 10%.
-    fn y_max(&self) -> f64 {
-        let m = self
-            .series
-            .iter()
-            .flat_map(|s| s.values.iter().flatten())
-            .fold(0.0f64, |a, &b| a.max(b));
-        ((m * 10.0).ceil() / 10.0).clamp(0.1, 1.0)
+    /// The y axis in whole percent, multiples of 5 with at least one point of room around
+    /// the data: methods differ by a few points, which an axis from 0 would flatten.
+    fn y_range(&self) -> (i64, i64) {
+        let values = self.series.iter().flat_map(|s| s.values.iter().flatten());
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+        if !lo.is_finite() {
+            return (0, 100);
+        }
+        let lo = ((lo * 100.0 - 1.0).floor() as i64).div_euclid(5) * 5;
+        let hi = -((-(hi * 100.0 + 1.0).ceil() as i64).div_euclid(5) * 5);
+        (lo.max(0), hi.min(100).max(lo.max(0) + 5))
     }
     fn x(&self, i: usize) -> f64 {
         let n = self.x_labels.len().max(1) as f64;
         LEFT + (i as f64 + 0.5) * (RIGHT - LEFT) / n
     }
     fn y(&self, v: f64) -> f64 {
-        BOTTOM - v / self.y_max() * (BOTTOM - TOP)
+        let (lo, hi) = self.y_range();
+        BOTTOM - (v * 100.0 - lo as f64) / (hi - lo) as f64 * (BOTTOM - TOP)
     }
     /// Polyline points of a series (gaps where a value is missing are skipped over).
     fn points(&self, s: &Series) -> Vec<(f64, f64)> {
@@ -63,9 +69,10 @@ impl LineChart {
             .filter_map(|(i, v)| v.map(|v| (self.x(i), self.y(v))))
             .collect()
     }
+    /// Every 5% of the axis, as fractions.
     fn ticks(&self) -> Vec<f64> {
-        let top = (self.y_max() * 10.0).round() as usize;
-        (0..=top).map(|t| t as f64 / 10.0).collect()
+        let (lo, hi) = self.y_range();
+        (lo..=hi).step_by(5).map(|t| t as f64 / 100.0).collect()
     }
 
     pub fn svg(&self) -> String {
@@ -239,14 +246,16 @@ mod tests {
         let svg = c.svg();
         assert_eq!(svg.matches("<polyline class=\"series\"").count(), 2);
         assert!(svg.contains("data-name=\"random-init\""));
-        // y axis tops at 50%: value v sits at 380 − (v/0.5)·340 (0.48 → 53.6, 0.49 → 46.8,
-        // 0.42 → 94.4); x at 60 + (i + ½)·500/3.
+        // Values 40–49% give an axis from 35% (40 − 1 rounded down to a multiple of 5) to
+        // 50% (49 + 1 rounded up): v sits at 380 − (100v − 35)/15 · 340 (0.48 → 85.3,
+        // 0.49 → 62.7, 0.42 → 221.3); x at 60 + (i + ½)·500/3.
         assert!(
-            svg.contains("points=\"143.3,53.6 310.0,46.8 476.7,94.4\""),
+            svg.contains("points=\"143.3,85.3 310.0,62.7 476.7,221.3\""),
             "{svg}"
         );
-        // The missing layer is skipped: two points.
-        assert!(svg.contains("points=\"143.3,74.0 476.7,108.0\""));
+        // The missing layer is skipped: two points (0.45 → 153.3, 0.40 → 266.7).
+        assert!(svg.contains("points=\"143.3,153.3 476.7,266.7\""));
+        assert_eq!(c.ticks(), [0.35, 0.40, 0.45, 0.50]);
     }
 
     #[test]

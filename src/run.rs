@@ -28,7 +28,7 @@ use crate::tasks::{
 };
 use crate::train::TrainConfig;
 use crate::train::checkpoint::{self, TrainState};
-use crate::train::trainer::{Learner, TrainOutcome, Trainer};
+use crate::train::trainer::{Learner, Timing, TrainOutcome, Trainer};
 
 pub use crate::data::lab::InputTransform;
 
@@ -137,9 +137,9 @@ pub struct Pretrain<'a> {
     pub progress: bool,
     pub stop_after: Option<usize>,
     pub cache: &'a CacheOptions,
-    /// Timing only (see [`Trainer::time_steps`]): the outcome's images/s is the point;
-    /// no checkpoint or after-training picture is written.
-    pub time_steps: Option<usize>,
+    /// Timing only (see [`Timing`]): the outcome's images/s is the point; no checkpoint or
+    /// after-training picture is written.
+    pub timing: Option<Timing>,
 }
 
 impl Pretrain<'_> {
@@ -211,7 +211,7 @@ impl Pretrain<'_> {
                 let model = context_encoder(&cfg, dev)?;
                 let (task, model, set, outcome) =
                     self.train(&cfg, task, model, set, &indices, resume, dev)?;
-                if self.time_steps.is_some() {
+                if self.timing.is_some() {
                     return Ok((cfg, outcome));
                 }
                 let picks = preview_picks(&indices);
@@ -269,7 +269,7 @@ impl Pretrain<'_> {
                 let model = color_net(&cfg, dev);
                 let (task, model, set, outcome) =
                     self.train(&cfg, task, model, set, &indices, resume, dev)?;
-                if self.time_steps.is_some() {
+                if self.timing.is_some() {
                     return Ok((cfg, outcome));
                 }
                 let sample = set.subset(&preview_picks(&indices));
@@ -310,7 +310,7 @@ impl Pretrain<'_> {
             progress: self.progress,
             stop_after: self.stop_after,
             prefetch: 2,
-            time_steps: self.time_steps,
+            timing: self.timing,
         };
         let (model, outcome) = trainer.fit(model, task.clone(), set.clone(), indices, resume)?;
         Ok((task, model, set, outcome))

@@ -30,6 +30,7 @@ use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
 use crate::tasks::TaskKind;
 use crate::tasks::supervised::balanced_subset;
 use crate::train::checkpoint;
+use crate::train::trainer::Timing;
 
 /// Steps timed (after two of warm-up) to turn the budget into epochs.
 const CALIBRATION_STEPS: usize = 10;
@@ -241,14 +242,14 @@ impl Study<'_> {
         }
     }
 
-    fn pretrainer<'b>(&'b self, run: &'b Path, time_steps: Option<usize>) -> Pretrain<'b> {
+    fn pretrainer<'b>(&'b self, run: &'b Path, timing: Option<Timing>) -> Pretrain<'b> {
         Pretrain {
             run,
             device: self.device,
             progress: self.progress,
             stop_after: None,
             cache: self.cache,
-            time_steps,
+            timing,
         }
     }
 
@@ -263,7 +264,13 @@ impl Study<'_> {
                 eprintln!("[study] {name}: timing {CALIBRATION_STEPS} steps to size the budget");
             }
             let (_, timed) = self
-                .pretrainer(&scratch, Some(CALIBRATION_STEPS))
+                .pretrainer(
+                    &scratch,
+                    Some(Timing {
+                        steps: CALIBRATION_STEPS,
+                        train: true,
+                    }),
+                )
                 .run(Some(rc.clone()), false)?;
             let _ = std::fs::remove_dir_all(self.out.join(".calibration"));
             let set = open_split(&rc.data, rc.split, self.cache)?;

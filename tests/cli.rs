@@ -84,3 +84,32 @@ fn jigsaw_perms_prints_the_statistics_of_the_set_it_lists() {
     let want = format!("mean {mean:.3}, min {min}, max {max}");
     assert!(head.contains(&want), "{head} vs {want}");
 }
+
+#[test]
+fn bench_times_a_task_and_its_pipeline_on_real_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["bench", "--tasks-only", "--tasks", "relative-position"])
+        .args(["--steps", "1", "--batch", "16", "--quiet", "--data"])
+        .arg(common::cifar_root())
+        .arg("--cache-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| relative-position |"))
+        .unwrap_or_else(|| panic!("no row:\n{text}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // | task | backbone | width | batch | inputs/image | train | pipeline | ratio | peak |
+    assert_eq!(cells[5], "2", "two patches per image: {row}");
+    let train: f64 = cells[6].parse().unwrap();
+    let pipeline: f64 = cells[7].parse().unwrap();
+    assert!(train > 0.0 && pipeline > 0.0, "{row}");
+}

@@ -52,7 +52,7 @@ fn pretrain<'a>(
         progress: false,
         stop_after,
         cache,
-        time_steps: None,
+        timing: None,
     }
 }
 

@@ -28,7 +28,7 @@ fn small_run(dir: &Path, cache: &pretext::data::CacheOptions) {
         progress: false,
         stop_after: None,
         cache,
-        time_steps: None,
+        timing: None,
     }
     .run(Some(cfg), false)
     .unwrap();

@@ -41,7 +41,7 @@ fn pretrain(task: TaskKind, tweak: impl FnOnce(&mut PretrainArgs)) -> Ran {
         progress: false,
         stop_after: None,
         cache: &cache,
-        time_steps: None,
+        timing: None,
     };
     let (cfg, outcome) = p.run(Some(cfg), false).unwrap();
     eprintln!(

@@ -345,7 +345,7 @@ pub fn finetune_run(
                         progress,
                         stop_after: None,
                         cache,
-                        time_steps: None,
+                        timing: None,
                     }
                     .run((!resume).then_some(sub), resume)?;
                 }

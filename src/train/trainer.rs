@@ -134,9 +134,17 @@ pub struct Trainer<'a> {
     /// Stop after this many epochs in this call (the rest is left for `--resume`).
     pub stop_after: Option<usize>,
     pub prefetch: usize,
-    /// Timing only: stop after this many steps of the first epoch, write no checkpoint,
-    /// and report the images/s of the steps after the first two (warm-up).
-    pub time_steps: Option<usize>,
+    /// Timing only: see [`Timing`].
+    pub timing: Option<Timing>,
+}
+
+/// A timing call: stop after `steps` batches of the first epoch, write no checkpoint, and
+/// report the images/s of the batches after the first two (warm-up). With `train` false
+/// the batches are only built and received, which times the data pipeline alone.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub steps: usize,
+    pub train: bool,
 }
 
 /// Steps a timing call leaves out before it starts the clock (allocations, first batches).
@@ -218,13 +226,17 @@ impl Trainer<'_> {
             let mut lr = 0.0;
             let mut timed: Option<(Instant, u64)> = None;
             for (b, batch) in rx.iter().enumerate() {
-                if let Some(limit) = self.time_steps {
-                    if b == TIMING_WARMUP.min(limit) {
+                if let Some(t) = self.timing {
+                    if b == TIMING_WARMUP.min(t.steps) {
                         let _ = self.device.sync();
                         timed = Some((Instant::now(), epoch_images));
                     }
-                    if b >= limit {
+                    if b >= t.steps {
                         break;
+                    }
+                    if !t.train {
+                        epoch_images += batch.images as u64;
+                        continue;
                     }
                 }
                 lr = cfg.schedule.lr(
@@ -288,7 +300,7 @@ impl Trainer<'_> {
                 bar.set_position(b as u64 + 1);
             }
             bar.finish_and_clear();
-            if self.time_steps.is_some() {
+            if self.timing.is_some() {
                 let _ = self.device.sync();
                 let (t, before) = timed.unwrap_or((t0, 0));
                 outcome.images_per_second =

@@ -1,0 +1,122 @@
+"""PyTorch reference for `pretext bench`: the same networks, batches and optimizer, timed
+the same way (median of timed steps after warm-up), so BENCHMARKS.md can hold pretext /
+PyTorch ratios measured in one sitting on one machine.
+
+Run by hand, never in CI:
+    pip install torch          # CPU wheels are enough
+    python bench/pytorch/bench.py --threads 2
+    cargo run --release -- --threads 2 bench
+
+Networks (as src/models/): RotNet's NIN (blocks of conv 5x5|3x3 → 1x1 → 1x1, BN + ReLU,
+max-pool 3/2 after block 1, avg-pool 3/2 after block 2; widths w, w·160/192, w/2 in block
+1), the CIFAR ResNet-18 (3x3 stem, no max-pool) and the ImageNet-stem ResNet-18/50; each
+with global average pooling and a 4-way linear head. Synthetic N(0,1) inputs of 3x32x32,
+SGD lr 0.01, momentum 0.9 Nesterov, weight decay 5e-4, cross-entropy.
+"""
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def cbr(cin, cout, k, stride=1, pad=None):
+    pad = k // 2 if pad is None else pad
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, pad, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Nin(nn.Module):
+    def __init__(self, width=192, blocks=4, classes=4):
+        super().__init__()
+        w1, w2, w3 = width, max(width * 160 // 192, 1), max(width // 2, 1)
+        layers = [cbr(3, w1, 5), cbr(w1, w2, 1), cbr(w2, w3, 1), nn.MaxPool2d(3, 2, 1)]
+        for b in range(1, blocks):
+            k, cin = (5, w3) if b == 1 else (3, w1)
+            layers += [cbr(cin, w1, k), cbr(w1, w1, 1), cbr(w1, w1, 1)]
+            if b == 1:
+                layers.append(nn.AvgPool2d(3, 2, 1))
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(w1, classes)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
+
+
+def resnet(depth, cifar_stem, classes=4):
+    import torchvision  # noqa: F401  (only if installed; falls back below)
+
+    m = getattr(torchvision.models, f"resnet{depth}")(num_classes=classes)
+    if cifar_stem:
+        m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        m.maxpool = nn.Identity()
+    return m
+
+
+def measure(name, model, batch, warmup, steps):
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.arange(batch) % 4
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    model.train()
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    train = batch / statistics.median(times)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    infer = batch / statistics.median(times)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return name, train, infer, peak
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    nets = [("NIN width 192", lambda: Nin(192)), ("NIN width 96", lambda: Nin(96)),
+            ("NIN width 32", lambda: Nin(32))]
+    try:
+        import torchvision  # noqa: F401
+
+        nets += [
+            ("ResNet-18 CIFAR stem", lambda: resnet(18, True)),
+            ("ResNet-18 ImageNet stem", lambda: resnet(18, False)),
+            ("ResNet-50 ImageNet stem", lambda: resnet(50, False)),
+        ]
+    except ImportError:
+        print("(torchvision not installed: ResNets skipped)")
+    print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}")
+    print("| network | train img/s | inference img/s | peak RSS MiB (process so far) |")
+    print("|---|---|---|---|")
+    for name, make in nets:
+        n, tr, inf, peak = measure(name, make(), a.batch, a.warmup, a.steps)
+        print(f"| {n} | {tr:.1f} | {inf:.1f} | {peak:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
