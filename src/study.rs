@@ -199,6 +199,13 @@ impl Study<'_> {
                 c.data.display()
             );
         };
+        let test = open_split(&c.data, Split::Test, self.cache)?;
+        if !test.is_labelled() {
+            bail!(
+                "{}: a study evaluates on a labelled test split, and this one has no labels",
+                c.data.display()
+            );
+        }
         if !c.finetune_tasks.is_empty() {
             for &f in &c.finetune.fractions {
                 balanced_subset(labels, train.num_classes(), f, 0)?;

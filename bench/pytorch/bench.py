@@ -15,6 +15,7 @@ SGD lr 0.01, momentum 0.9 Nesterov, weight decay 5e-4, cross-entropy.
 """
 
 import argparse
+import multiprocessing
 import resource
 import statistics
 import time
@@ -51,7 +52,7 @@ class Nin(nn.Module):
 
 
 def resnet(depth, cifar_stem, classes=4):
-    import torchvision  # noqa: F401  (only if installed; falls back below)
+    import torchvision
 
     m = getattr(torchvision.models, f"resnet{depth}")(num_classes=classes)
     if cifar_stem:
@@ -89,6 +90,23 @@ def measure(name, model, batch, warmup, steps):
     return name, train, infer, peak
 
 
+NETS = {
+    "NIN width 192": lambda: Nin(192),
+    "NIN width 96": lambda: Nin(96),
+    "NIN width 32": lambda: Nin(32),
+    "ResNet-18 CIFAR stem": lambda: resnet(18, True),
+    "ResNet-18 ImageNet stem": lambda: resnet(18, False),
+    "ResNet-50 ImageNet stem": lambda: resnet(50, False),
+}
+
+
+def child(name, threads, batch, warmup, steps):
+    """One network in a fresh process, so its peak RSS is its own."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return measure(name, NETS[name](), batch, warmup, steps)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
@@ -96,26 +114,22 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    nets = [("NIN width 192", lambda: Nin(192)), ("NIN width 96", lambda: Nin(96)),
-            ("NIN width 32", lambda: Nin(32))]
+    names = list(NETS)
     try:
         import torchvision  # noqa: F401
-
-        nets += [
-            ("ResNet-18 CIFAR stem", lambda: resnet(18, True)),
-            ("ResNet-18 ImageNet stem", lambda: resnet(18, False)),
-            ("ResNet-50 ImageNet stem", lambda: resnet(50, False)),
-        ]
     except ImportError:
         print("(torchvision not installed: ResNets skipped)")
+        names = [n for n in names if n.startswith("NIN")]
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}")
-    print("| network | train img/s | inference img/s | peak RSS MiB (process so far) |")
+    print("| network | train img/s | inference img/s | peak RSS MiB |")
     print("|---|---|---|---|")
-    for name, make in nets:
-        n, tr, inf, peak = measure(name, make(), a.batch, a.warmup, a.steps)
-        print(f"| {n} | {tr:.1f} | {inf:.1f} | {peak:.0f} |")
+    ctx = multiprocessing.get_context("spawn")
+    for name in names:
+        with ctx.Pool(1) as pool:
+            n, tr, inf, peak = pool.apply(
+                child, (name, a.threads, a.batch, a.warmup, a.steps)
+            )
+        print(f"| {n} | {tr:.1f} | {inf:.1f} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

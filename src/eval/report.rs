@@ -68,6 +68,8 @@ pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
             );
         }
     }
+    // The baseline row last, below the methods it is read against (a stable sort).
+    evals.sort_by_key(|e| e.method == "random-init");
     if let Some(first) = evals.first() {
         let want = protocol_of(first);
         for r in &evals[1..] {
