@@ -404,12 +404,15 @@ fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
     Ok(d)
 }
 
-/// Pretraining flags at their command-line defaults (the bench overrides a few).
-fn bench_pretrain_args() -> PretrainArgs {
-    let cli = Cli::parse_from(["pretext", "pretrain"]);
-    match cli.command {
-        Command::Pretrain(a) => a,
-        _ => unreachable!("parsed a pretrain command"),
+impl PretrainArgs {
+    /// The flags at their command-line defaults (`pretext pretrain` with nothing given),
+    /// for callers that set a few (the study, the bench).
+    pub fn defaults() -> Self {
+        let cli = Cli::parse_from(["pretext", "pretrain"]);
+        match cli.command {
+            Command::Pretrain(a) => a,
+            _ => unreachable!("parsed a pretrain command"),
+        }
     }
 }
 
@@ -763,7 +766,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
                         batch_size: batch,
                         // Enough images for every timed batch in one epoch.
                         train_images: Some(batch * (4 * steps + 4).max(20)),
-                        ..bench_pretrain_args()
+                        ..PretrainArgs::defaults()
                     };
                     let r = crate::bench::measure_task(
                         &a,
@@ -823,12 +826,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
             let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&run)?;
             let data = data.unwrap_or(rc.data);
-            let split = match split.as_str() {
-                "train" => data::Split::Train,
-                "test" => data::Split::Test,
-                "unlabeled" => data::Split::Unlabeled,
-                other => bail!("unknown split {other:?}; expected train, test or unlabeled"),
-            };
+            let split = data::Split::from_name(&split)?;
             let req = crate::embed::EmbedRequest {
                 run: &run,
                 data: &data,

@@ -164,15 +164,6 @@ pub fn embed(
     Ok(info)
 }
 
-fn split_named(name: &str) -> Result<Split> {
-    Ok(match name {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        "unlabeled" => Split::Unlabeled,
-        other => bail!("unknown split {other:?}"),
-    })
-}
-
 /// Read an embedding file and its file list.
 pub fn read(path: &Path) -> Result<Embeddings> {
     let buf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -202,7 +193,7 @@ pub fn read(path: &Path) -> Result<Embeddings> {
         target_dim: num("target_dim")?,
         pool_grid: num("pool_grid")?,
         data: PathBuf::from(get("data")?),
-        split: split_named(get("split")?)?,
+        split: Split::from_name(get("split")?)?,
         checkpoint_epoch: num("checkpoint_epoch")?,
         classes: serde_json::from_str(get("classes")?)?,
     };

@@ -221,31 +221,16 @@ impl Study<'_> {
         PretrainArgs {
             data: Some(c.data.clone()),
             out: self.out.join(method_name(task)),
-            resume: false,
             backbone: c.backbone,
             width: c.width,
             blocks: c.blocks,
             task,
-            angles: 4,
-            permutations: None,
-            selection: None,
-            mask: None,
-            colour_target: None,
-            label_fraction: None,
-            subset_seed: 0,
-            init_from: None,
-            task_config: None,
-            epochs: 1,
             batch_size: c.batch_size,
             train_images: c.train_images,
-            optim: None,
             lr: (!adam).then_some(c.lr),
-            weight_decay: None,
             schedule: (!adam).then(|| "cosine".to_string()),
-            crop: None,
-            pad: None,
             seed: c.seed,
-            stop_after: None,
+            ..PretrainArgs::defaults()
         }
     }
 

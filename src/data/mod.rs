@@ -84,6 +84,16 @@ impl Split {
             Split::Unlabeled => "unlabeled",
         }
     }
+
+    /// The split a name (as [`Split::name`] writes it) stands for.
+    pub fn from_name(name: &str) -> anyhow::Result<Self> {
+        [Split::Train, Split::Test, Split::Unlabeled]
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!("unknown split {name:?}; expected train, test or unlabeled")
+            })
+    }
 }
 
 /// The on-disk layouts pretext reads.
