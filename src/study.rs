@@ -441,7 +441,7 @@ impl Study<'_> {
         }
         let _ = writeln!(
             s,
-            "\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
+            "\nPretext score: accuracy, except inpainting (hole MSE in normalised units, lower is better) and colorization (mean accuracy of its two colour histograms). Pretraining may exceed the budget when one epoch takes longer (a run is never shorter than one epoch).\n\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
             opt(log.random_init_eval_seconds)
         );
         s + &comparison
