@@ -2,23 +2,34 @@
 
 mod common;
 
-#[test]
-fn data_inspect_reports_splits_counts_and_classes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .arg("data")
-        .arg("inspect")
-        .arg(common::cifar_root())
-        .arg("--cache-dir")
-        .arg(tmp.path())
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+use std::process::Command;
+
+fn pretext() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pretext"))
+}
+
+/// Run the command, require success (showing its stderr otherwise), return its stdout.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn data_inspect_reports_splits_counts_and_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = stdout_of(
+        pretext()
+            .arg("data")
+            .arg("inspect")
+            .arg(common::cifar_root())
+            .arg("--cache-dir")
+            .arg(tmp.path())
+            .arg("--quiet"),
     );
     assert!(
         text.contains("train: 50000 images, 32×32×3, 10 classes"),
@@ -43,12 +54,7 @@ fn data_inspect_reports_splits_counts_and_classes() {
 
 #[test]
 fn jigsaw_perms_prints_the_statistics_of_the_set_it_lists() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(["jigsaw-perms", "--size", "12", "--seed", "3", "--list"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of(pretext().args(["jigsaw-perms", "--size", "12", "--seed", "3", "--list"]));
     let mut lines = text.lines();
     let head = lines.next().unwrap();
     let perms: Vec<Vec<u8>> = lines
@@ -88,19 +94,13 @@ fn jigsaw_perms_prints_the_statistics_of_the_set_it_lists() {
 #[test]
 fn bench_times_a_task_and_its_pipeline_on_real_data() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(["bench", "--tasks-only", "--tasks", "relative-position"])
-        .args(["--steps", "1", "--batch", "16", "--quiet", "--data"])
-        .arg(common::cifar_root())
-        .arg("--cache-dir")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = stdout_of(
+        pretext()
+            .args(["bench", "--tasks-only", "--tasks", "relative-position"])
+            .args(["--steps", "1", "--batch", "16", "--quiet", "--data"])
+            .arg(common::cifar_root())
+            .arg("--cache-dir")
+            .arg(tmp.path()),
     );
     let row = text
         .lines()
