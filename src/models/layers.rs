@@ -22,7 +22,7 @@ impl ConvBnRelu {
         }
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(self.bn.forward(crate::conv::conv2d(&self.conv, x)))
     }
 }
 

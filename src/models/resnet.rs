@@ -9,6 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::layers::{ConvBnRelu, conv, max_pool};
+use crate::conv::conv2d;
 
 #[derive(Module, Debug)]
 pub struct Shortcut {
@@ -60,9 +61,9 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Block::Basic(b) => {
-                let y = b.bn2.forward(b.conv2.forward(b.a.forward(x.clone())));
+                let y = b.bn2.forward(conv2d(&b.conv2, b.a.forward(x.clone())));
                 let s = match &b.shortcut {
-                    Some(s) => s.bn.forward(s.conv.forward(x)),
+                    Some(s) => s.bn.forward(conv2d(&s.conv, x)),
                     None => x,
                 };
                 relu(y + s)
@@ -70,9 +71,9 @@ impl Block {
             Block::Bottleneck(b) => {
                 let y = b
                     .bn3
-                    .forward(b.conv3.forward(b.b.forward(b.a.forward(x.clone()))));
+                    .forward(conv2d(&b.conv3, b.b.forward(b.a.forward(x.clone()))));
                 let s = match &b.shortcut {
-                    Some(s) => s.bn.forward(s.conv.forward(x)),
+                    Some(s) => s.bn.forward(conv2d(&s.conv, x)),
                     None => x,
                 };
                 relu(y + s)

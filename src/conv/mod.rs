@@ -1,0 +1,308 @@
+//! Our own CPU convolution, registered with burn through its backend-extension API.
+//!
+//! [`conv2d`] is what the backbones call instead of `Conv2d::forward`. On the Flex backend,
+//! for the convolutions the backbones use (f32, no bias, one group, no dilation, symmetric
+//! padding) it runs the kernels in [`kernel`], forward and both gradients; anything else
+//! (another backend, a bias, groups) goes through burn's own `Conv2d::forward`, which stays
+//! the reference the tests compare against. `PRETEXT_CONV=burn` in the environment forces
+//! burn's path everywhere, to compare the two on the same build.
+//!
+//! The weights stay in burn's `Conv2d` module, so checkpoints are the same either way.
+
+pub mod kernel;
+
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::{
+    Autodiff, NodeId,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Tensor, TensorData};
+
+pub use kernel::Geometry;
+
+/// The extension: a bias-free, single-group, undilated 2-D convolution with symmetric padding.
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuConv: Backend {
+    fn cpu_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride_h: usize,
+        stride_w: usize,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// The three kernels a backend needs for [`CpuConv`] under autodiff.
+pub trait ConvKernels: Backend {
+    fn conv_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        g: Geometry,
+    ) -> FloatTensor<Self>;
+    fn conv_grad_input(
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        g: Geometry,
+    ) -> FloatTensor<Self>;
+    fn conv_grad_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        g: Geometry,
+    ) -> FloatTensor<Self>;
+}
+
+fn geometry(x: &[usize], w: &[usize], stride: [usize; 2], pad: [usize; 2]) -> Geometry {
+    Geometry {
+        batch: x[0],
+        c_in: x[1],
+        h: x[2],
+        w: x[3],
+        c_out: w[0],
+        kh: w[2],
+        kw: w[3],
+        stride,
+        pad,
+    }
+}
+
+/// The tensor's f32 values in row-major order, copied only if its layout is not already that.
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => s.into(),
+        None => t
+            .to_contiguous()
+            .as_slice::<f32>()
+            .expect("f32")
+            .to_vec()
+            .into(),
+    }
+}
+
+fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl ConvKernels for Flex {
+    fn conv_forward(x: FlexTensor, weight: FlexTensor, g: Geometry) -> FlexTensor {
+        let y = kernel::forward(&values(&x), &values(&weight), &g);
+        tensor(y, [g.batch, g.c_out, g.out_h(), g.out_w()])
+    }
+    fn conv_grad_input(weight: FlexTensor, dy: FlexTensor, g: Geometry) -> FlexTensor {
+        let dx = kernel::grad_input(&values(&weight), &values(&dy), &g);
+        tensor(dx, [g.batch, g.c_in, g.h, g.w])
+    }
+    fn conv_grad_weight(x: FlexTensor, dy: FlexTensor, g: Geometry) -> FlexTensor {
+        let dw = kernel::grad_weight(&values(&x), &values(&dy), &g);
+        tensor(dw, [g.c_out, g.c_in, g.kh, g.kw])
+    }
+}
+
+impl CpuConv for Flex {
+    fn cpu_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride_h: usize,
+        stride_w: usize,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FlexTensor {
+        let g = geometry(
+            &x.shape().dims::<4>(),
+            &weight.shape().dims::<4>(),
+            [stride_h, stride_w],
+            [pad_h, pad_w],
+        );
+        Self::conv_forward(x, weight, g)
+    }
+}
+
+impl<B: ConvKernels, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
+    fn cpu_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride_h: usize,
+        stride_w: usize,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ConvBackward;
+
+        impl<B: ConvKernels> Backward<B, 2> for ConvBackward {
+            type State = (NodeId, NodeId, Geometry);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let (x_state, w_state, g) = ops.state;
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+                let weight: FloatTensor<B> = checkpointer.retrieve_node_output(w_state);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::conv_grad_input(weight, dy.clone(), g));
+                }
+                if let Some(node) = node_w {
+                    grads.register::<B>(node.id, B::conv_grad_weight(x, dy, g));
+                }
+            }
+        }
+
+        let g = geometry(
+            &x.primitive().shape().dims::<4>(),
+            &weight.primitive().shape().dims::<4>(),
+            [stride_h, stride_w],
+            [pad_h, pad_w],
+        );
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let w_state = prep.checkpoint(&weight);
+                let y = B::conv_forward(x.into_primitive(), weight.into_primitive(), g);
+                prep.finish((x_state, w_state, g), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv_forward(
+                x.into_primitive(),
+                weight.into_primitive(),
+                g,
+            )),
+        }
+    }
+}
+
+/// Whether `PRETEXT_CONV=burn` asked for burn's convolution everywhere.
+fn burn_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("PRETEXT_CONV").is_ok_and(|v| v == "burn"))
+}
+
+/// Stride and symmetric padding when our kernels can run this convolution on this input.
+fn fast_path(conv: &Conv2d, x: &Tensor<4>) -> Option<([usize; 2], [usize; 2])> {
+    if burn_forced()
+        || conv.bias.is_some()
+        || conv.groups != 1
+        || conv.dilation != [1, 1]
+        || x.dtype() != DType::F32
+    {
+        return None;
+    }
+    if !matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_)) {
+        return None;
+    }
+    let pad = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return None,
+    };
+    (x.dims()[1] == conv.weight.dims()[1]).then_some((conv.stride, pad))
+}
+
+/// `conv.forward(x)`, on our kernels where they apply (see the module docs).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match fast_path(conv, &x) {
+        Some((stride, pad)) => Tensor::from_dispatch(Dispatch::cpu_conv2d(
+            x.into_dispatch(),
+            conv.weight.val().into_dispatch(),
+            stride[0],
+            stride[1],
+            pad[0],
+            pad[1],
+        )),
+        None => conv.forward(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Device, Distribution};
+
+    /// max |a − b| / max |b|
+    fn rel_err(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar::<f32>();
+        let diff = (a - b).abs().max().into_scalar::<f32>();
+        diff / scale.max(1e-12)
+    }
+
+    /// Our forward and both gradients against burn's own convolution on random inputs.
+    #[test]
+    fn matches_burn_forward_and_gradients() {
+        let dev = Device::flex().autodiff();
+        dev.seed(7);
+        // (c_in, c_out, kernel, stride, pad, side, batch)
+        let cases = [
+            (3, 8, 1, 1, 0, 9, 4),
+            (5, 7, 1, 2, 0, 9, 3),
+            (4, 6, 3, 1, 1, 8, 5),
+            (4, 6, 3, 2, 1, 9, 2),
+            (3, 5, 5, 1, 2, 8, 3),
+            (6, 4, 5, 2, 2, 11, 1),
+            (2, 3, 3, 1, 0, 7, 1),
+        ];
+        for (ci, co, k, s, p, side, n) in cases {
+            let conv = Conv2dConfig::new([ci, co], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_bias(false)
+                .init(&dev);
+            let x = Tensor::<4>::random([n, ci, side, side], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+            assert!(
+                fast_path(&conv, &x).is_some(),
+                "{ci}->{co} k{k}: not on our path"
+            );
+            let y_ours = conv2d(&conv, x.clone());
+            let y_burn = conv.forward(x.clone());
+            let what = format!("{ci}->{co} k{k} s{s} p{p} {side}px n{n}");
+            assert_eq!(y_ours.dims(), y_burn.dims(), "{what}");
+            let e = rel_err(y_ours.clone(), y_burn.clone());
+            assert!(e < 1e-4, "forward {what}: {e}");
+            // A random upstream gradient, the same for both.
+            let r = Tensor::<4>::random(y_burn.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let g_ours = (y_ours * r.clone()).sum().backward();
+            let g_burn = (y_burn * r).sum().backward();
+            let dx = rel_err(x.grad(&g_ours).unwrap(), x.grad(&g_burn).unwrap());
+            assert!(dx < 1e-4, "input gradient {what}: {dx}");
+            let w = conv.weight.val();
+            let dw = rel_err(w.grad(&g_ours).unwrap(), w.grad(&g_burn).unwrap());
+            assert!(dw < 1e-4, "weight gradient {what}: {dw}");
+        }
+    }
+
+    #[test]
+    fn a_bias_or_groups_take_burns_path() {
+        let dev = Device::flex();
+        let x = Tensor::<4>::ones([1, 4, 5, 5], &dev);
+        let with_bias = Conv2dConfig::new([4, 2], [3, 3]).init(&dev);
+        assert!(fast_path(&with_bias, &x).is_none());
+        let grouped = Conv2dConfig::new([4, 2], [3, 3])
+            .with_groups(2)
+            .with_bias(false)
+            .init(&dev);
+        assert!(fast_path(&grouped, &x).is_none());
+        let plain = Conv2dConfig::new([4, 2], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .init(&dev);
+        assert_eq!(fast_path(&plain, &x), Some(([1, 1], [1, 1])));
+    }
+}
