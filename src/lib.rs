@@ -3,7 +3,7 @@
 
 pub mod bench;
 pub mod cli;
-pub mod conv;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod embed;

@@ -4,7 +4,6 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// Convolution (no bias: BN follows) → BatchNorm → ReLU.
@@ -22,7 +21,7 @@ impl ConvBnRelu {
         }
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(crate::conv::conv2d(&self.conv, x)))
+        crate::cpu::batch_norm(&self.bn, crate::cpu::conv2d(&self.conv, x), true)
     }
 }
 

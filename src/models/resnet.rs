@@ -9,7 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::layers::{ConvBnRelu, conv, max_pool};
-use crate::conv::conv2d;
+use crate::cpu::{batch_norm, conv2d};
 
 #[derive(Module, Debug)]
 pub struct Shortcut {
@@ -61,19 +61,21 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Block::Basic(b) => {
-                let y = b.bn2.forward(conv2d(&b.conv2, b.a.forward(x.clone())));
+                let y = batch_norm(&b.bn2, conv2d(&b.conv2, b.a.forward(x.clone())), false);
                 let s = match &b.shortcut {
-                    Some(s) => s.bn.forward(conv2d(&s.conv, x)),
+                    Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x), false),
                     None => x,
                 };
                 relu(y + s)
             }
             Block::Bottleneck(b) => {
-                let y = b
-                    .bn3
-                    .forward(conv2d(&b.conv3, b.b.forward(b.a.forward(x.clone()))));
+                let y = batch_norm(
+                    &b.bn3,
+                    conv2d(&b.conv3, b.b.forward(b.a.forward(x.clone()))),
+                    false,
+                );
                 let s = match &b.shortcut {
-                    Some(s) => s.bn.forward(conv2d(&s.conv, x)),
+                    Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x), false),
                     None => x,
                 };
                 relu(y + s)

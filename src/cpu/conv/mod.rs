@@ -1,4 +1,4 @@
-//! Our own CPU convolution, registered with burn through its backend-extension API.
+//! Our own CPU convolution.
 //!
 //! [`conv2d`] is what the backbones call instead of `Conv2d::forward`. On the Flex backend,
 //! for the convolutions the backbones use (f32, no bias, one group, no dilation, symmetric
@@ -10,8 +10,6 @@
 //! The weights stay in burn's `Conv2d` module, so checkpoints are the same either way.
 
 pub mod kernel;
-
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::{
     Autodiff, NodeId,
@@ -27,6 +25,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Tensor, TensorData};
 
 pub use kernel::Geometry;
+
+use super::{burn_forced, tensor_values};
 
 /// The extension: a bias-free, single-group, undilated 2-D convolution with symmetric padding.
 #[backend_extension(Flex, Autodiff)]
@@ -74,34 +74,21 @@ fn geometry(x: &[usize], w: &[usize], stride: [usize; 2], pad: [usize; 2]) -> Ge
     }
 }
 
-/// The tensor's f32 values in row-major order, copied only if its layout is not already that.
-fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => s.into(),
-        None => t
-            .to_contiguous()
-            .as_slice::<f32>()
-            .expect("f32")
-            .to_vec()
-            .into(),
-    }
-}
-
 fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 impl ConvKernels for Flex {
     fn conv_forward(x: FlexTensor, weight: FlexTensor, g: Geometry) -> FlexTensor {
-        let y = kernel::forward(&values(&x), &values(&weight), &g);
+        let y = kernel::forward(&tensor_values(&x), &tensor_values(&weight), &g);
         tensor(y, [g.batch, g.c_out, g.out_h(), g.out_w()])
     }
     fn conv_grad_input(weight: FlexTensor, dy: FlexTensor, g: Geometry) -> FlexTensor {
-        let dx = kernel::grad_input(&values(&weight), &values(&dy), &g);
+        let dx = kernel::grad_input(&tensor_values(&weight), &tensor_values(&dy), &g);
         tensor(dx, [g.batch, g.c_in, g.h, g.w])
     }
     fn conv_grad_weight(x: FlexTensor, dy: FlexTensor, g: Geometry) -> FlexTensor {
-        let dw = kernel::grad_weight(&values(&x), &values(&dy), &g);
+        let dw = kernel::grad_weight(&tensor_values(&x), &tensor_values(&dy), &g);
         tensor(dw, [g.c_out, g.c_in, g.kh, g.kw])
     }
 }
@@ -184,12 +171,6 @@ impl<B: ConvKernels, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
             )),
         }
     }
-}
-
-/// Whether `PRETEXT_CONV=burn` asked for burn's convolution everywhere.
-fn burn_forced() -> bool {
-    static FORCED: OnceLock<bool> = OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var("PRETEXT_CONV").is_ok_and(|v| v == "burn"))
 }
 
 /// Stride and symmetric padding when our kernels can run this convolution on this input.

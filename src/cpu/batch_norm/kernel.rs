@@ -1,0 +1,252 @@
+//! Training-mode batch normalisation (optionally followed by ReLU) on `f32` NCHW slices:
+//! two passes forward (statistics, then the normalised output), two backward (the two
+//! per-channel sums, then the input gradient).
+//!
+//! burn's generic batch norm swaps the batch and channel axes and makes them contiguous for
+//! every mean (two copies forward, two backward) and builds the rest from ~10 whole-tensor
+//! elementwise operations, each a pass over memory with a fresh allocation; with ReLU after
+//! it, two more. Here each pass reads the planes where they lie.
+
+use rayon::prelude::*;
+
+/// `[n, c, h·w]` of the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planes {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl Planes {
+    fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+    /// Values per channel.
+    fn m(&self) -> f64 {
+        (self.n * self.hw) as f64
+    }
+    /// The `hw` values of image `i`, channel `ch`.
+    fn plane<'a>(&self, t: &'a [f32], i: usize, ch: usize) -> &'a [f32] {
+        let s = (i * self.c + ch) * self.hw;
+        &t[s..s + self.hw]
+    }
+}
+
+/// Σ f(i) over `0..len` with eight independent f32 accumulators (vectorisable), the total in
+/// f64: a plane is at most a few thousand values, the channel sum adds planes in f64.
+fn plane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+    let mut acc = [0f32; 8];
+    let full = len / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += f(i + j);
+        }
+    }
+    let mut s: f64 = acc.iter().map(|&a| a as f64).sum();
+    for i in full..len {
+        s += f(i) as f64;
+    }
+    s
+}
+
+/// Batch statistics per channel: mean and biased variance (what burn's `batch_norm_train`
+/// returns and feeds the running averages), the variance from a second pass around the mean.
+pub fn stats(x: &[f32], p: Planes) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(x.len(), p.len());
+    let per: Vec<(f32, f32)> = (0..p.c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = (0..p.n)
+                .map(|i| {
+                    let v = p.plane(x, i, ch);
+                    plane_sum(v.len(), |k| v[k])
+                })
+                .sum::<f64>()
+                / p.m();
+            let m32 = mean as f32;
+            let var = (0..p.n)
+                .map(|i| {
+                    let v = p.plane(x, i, ch);
+                    plane_sum(v.len(), |k| (v[k] - m32) * (v[k] - m32))
+                })
+                .sum::<f64>()
+                / p.m();
+            (m32, var as f32)
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+fn inv_std(var: f32, epsilon: f64) -> f32 {
+    (1.0 / (var as f64 + epsilon).sqrt()) as f32
+}
+
+/// `y = γ·(x − mean)/√(var + ε) + β`, then `max(y, 0)` if `relu`.
+pub fn normalize(
+    x: &[f32],
+    p: Planes,
+    [gamma, beta, mean, var]: [&[f32]; 4],
+    epsilon: f64,
+    relu: bool,
+) -> Vec<f32> {
+    assert_eq!(x.len(), p.len());
+    let mut y = vec![0.0; p.len()];
+    y.par_chunks_mut(p.hw)
+        .zip(x.par_chunks(p.hw))
+        .enumerate()
+        .for_each(|(i, (y, x))| {
+            let ch = i % p.c;
+            let a = gamma[ch] * inv_std(var[ch], epsilon);
+            let b = beta[ch] - mean[ch] * a;
+            if relu {
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = (x * a + b).max(0.0);
+                }
+            } else {
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = x * a + b;
+                }
+            }
+        });
+    y
+}
+
+/// The gradients of [`normalize`] with the batch's own statistics: `(dx, dγ, dβ)`. With
+/// `relu`, `y` (the forward's output) masks the upstream gradient where it was clipped.
+pub fn backward(
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    p: Planes,
+    [gamma, mean, var]: [&[f32]; 3],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    assert_eq!(x.len(), p.len());
+    assert_eq!(dy.len(), p.len());
+    // The upstream gradient after ReLU's mask.
+    let g = |yv: Option<&[f32]>, d: &[f32], k: usize| match yv {
+        Some(yv) if yv[k] <= 0.0 => 0.0,
+        _ => d[k],
+    };
+    // Per channel: Σ g and Σ g·(x − mean).
+    let sums: Vec<(f64, f64)> = (0..p.c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut sg = 0.0;
+            let mut sgx = 0.0;
+            for i in 0..p.n {
+                let (xv, dv) = (p.plane(x, i, ch), p.plane(dy, i, ch));
+                let yv = y.map(|y| p.plane(y, i, ch));
+                sg += plane_sum(p.hw, |k| g(yv, dv, k));
+                sgx += plane_sum(p.hw, |k| g(yv, dv, k) * (xv[k] - mean[ch]));
+            }
+            (sg, sgx)
+        })
+        .collect();
+    let m = p.m();
+    let mut dx = vec![0.0; p.len()];
+    dx.par_chunks_mut(p.hw).enumerate().for_each(|(i, dx)| {
+        let ch = i % p.c;
+        let (xv, dv) = (p.plane(x, i / p.c, ch), p.plane(dy, i / p.c, ch));
+        let yv = y.map(|y| p.plane(y, i / p.c, ch));
+        let is = inv_std(var[ch], epsilon);
+        let (sg, sgx) = sums[ch];
+        // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
+        let a = gamma[ch] * is;
+        let c0 = (sg / m) as f32;
+        let c1 = (sgx / m) as f32 * is * is;
+        for (k, d) in dx.iter_mut().enumerate() {
+            *d = a * (g(yv, dv, k) - c0 - (xv[k] - mean[ch]) * c1);
+        }
+    });
+    let dgamma = sums
+        .iter()
+        .zip(var)
+        .map(|(&(_, sgx), &v)| sgx as f32 * inv_std(v, epsilon))
+        .collect();
+    let dbeta = sums.iter().map(|&(sg, _)| sg as f32).collect();
+    (dx, dgamma, dbeta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_and_output_by_hand() {
+        // n = 2, c = 1, hw = 2: values 1, 3 | 5, 7 → mean 4, biased var (9+1+1+9)/4 = 5.
+        let p = Planes { n: 2, c: 1, hw: 2 };
+        let x = [1.0, 3.0, 5.0, 7.0];
+        let (mean, var) = stats(&x, p);
+        assert_eq!((mean[0], var[0]), (4.0, 5.0));
+        // γ = 2, β = 1, ε = 0 → y = 2·(x − 4)/√5 + 1; with ReLU the two below 0 clip.
+        let s = 5f32.sqrt();
+        let y = normalize(&x, p, [&[2.0], &[1.0], &mean, &var], 0.0, false);
+        let want = [-6.0 / s + 1.0, -2.0 / s + 1.0, 2.0 / s + 1.0, 6.0 / s + 1.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let y = normalize(&x, p, [&[2.0], &[1.0], &mean, &var], 0.0, true);
+        assert_eq!(y[0], 0.0);
+        assert!(y[1] > 0.0 || want[1] <= 0.0);
+    }
+
+    #[test]
+    fn channels_are_separate() {
+        // n = 1, c = 2, hw = 3: channel 0 = 0,1,2 (mean 1), channel 1 = 10,10,10 (var 0).
+        let p = Planes { n: 1, c: 2, hw: 3 };
+        let (mean, var) = stats(&[0.0, 1.0, 2.0, 10.0, 10.0, 10.0], p);
+        assert_eq!(mean, vec![1.0, 10.0]);
+        assert!((var[0] - 2.0 / 3.0).abs() < 1e-7);
+        assert_eq!(var[1], 0.0);
+    }
+
+    /// Gradients against central differences of L = Σ r·y on a small random case.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let p = Planes { n: 3, c: 2, hw: 5 };
+        let x: Vec<f32> = (0..p.len())
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let r: Vec<f32> = (0..p.len())
+            .map(|i| ((i * 53 % 19) as f32 - 9.0) / 5.0)
+            .collect();
+        let gamma = [1.5f32, -0.7];
+        let beta = [0.2f32, 0.4];
+        let eps = 1e-5;
+        for relu in [false, true] {
+            let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+                let (m, v) = stats(x, p);
+                let y = normalize(x, p, [gamma, beta, &m, &v], eps, relu);
+                y.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum()
+            };
+            let (m, v) = stats(&x, p);
+            let y = normalize(&x, p, [&gamma, &beta, &m, &v], eps, relu);
+            let (dx, dg, db) = backward(&x, relu.then_some(&y[..]), &r, p, [&gamma, &m, &v], eps);
+            let h = 1e-2f32;
+            for i in 0..x.len() {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                a[i] += h;
+                b[i] -= h;
+                let fd = (loss(&a, &gamma, &beta) - loss(&b, &gamma, &beta)) / (2.0 * h as f64);
+                assert!(
+                    (dx[i] as f64 - fd).abs() < 2e-2,
+                    "dx[{i}] relu={relu}: {} vs {fd}",
+                    dx[i]
+                );
+            }
+            for ch in 0..2 {
+                let (mut a, mut b) = (gamma, gamma);
+                a[ch] += h;
+                b[ch] -= h;
+                let fd = (loss(&x, &a, &beta) - loss(&x, &b, &beta)) / (2.0 * h as f64);
+                assert!((dg[ch] as f64 - fd).abs() < 2e-2, "dγ[{ch}] relu={relu}");
+                let (mut a, mut b) = (beta, beta);
+                a[ch] += h;
+                b[ch] -= h;
+                let fd = (loss(&x, &gamma, &a) - loss(&x, &gamma, &b)) / (2.0 * h as f64);
+                assert!((db[ch] as f64 - fd).abs() < 2e-2, "dβ[{ch}] relu={relu}");
+            }
+        }
+    }
+}

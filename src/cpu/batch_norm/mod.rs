@@ -1,0 +1,349 @@
+//! Training-mode batch norm (+ ReLU) on our kernels, registered like the convolution.
+//!
+//! [`batch_norm`] replaces `BatchNorm::forward` (and the ReLU after it) where the module is
+//! training on an autodiff Flex device; it updates the running statistics exactly as burn's
+//! module does. Inference, other backends and `PRETEXT_CONV=burn` use burn's module.
+
+pub mod kernel;
+
+use burn::backend::autodiff::{
+    Autodiff, NodeId,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Backend, Dispatch, DispatchDevice, ExtensionType, Flex, TensorMetadata, backend_extension,
+};
+use burn::nn::BatchNorm;
+use burn::tensor::activation::relu as relu_op;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::{burn_forced, tensor_values};
+use kernel::Planes;
+
+/// The normalised output and the batch statistics (mean, biased variance) per channel.
+#[derive(ExtensionType)]
+pub struct BnTrain<B: Backend> {
+    pub output: FloatTensor<B>,
+    pub mean: FloatTensor<B>,
+    pub var: FloatTensor<B>,
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuBatchNorm: Backend {
+    fn cpu_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> BnTrain<Self>;
+}
+
+/// The backward kernel a backend needs for [`CpuBatchNorm`] under autodiff.
+pub trait BnKernels: CpuBatchNorm {
+    /// `(dx, dγ, dβ)`; `y` is the forward's output when it ended in ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        x: FloatTensor<Self>,
+        y: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> [FloatTensor<Self>; 3];
+}
+
+fn planes(x: &FlexTensor) -> Planes {
+    let dims = x.shape().to_vec();
+    Planes {
+        n: dims[0],
+        c: dims[1],
+        hw: dims[2..].iter().product(),
+    }
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl CpuBatchNorm for Flex {
+    fn cpu_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+        relu: bool,
+    ) -> BnTrain<Self> {
+        let p = planes(&x);
+        let xv = tensor_values(&x);
+        let (mean, var) = kernel::stats(&xv, p);
+        let y = kernel::normalize(
+            &xv,
+            p,
+            [&tensor_values(&gamma), &tensor_values(&beta), &mean, &var],
+            epsilon,
+            relu,
+        );
+        BnTrain {
+            output: tensor(y, x.shape().to_vec()),
+            mean: tensor(mean, vec![p.c]),
+            var: tensor(var, vec![p.c]),
+        }
+    }
+}
+
+impl BnKernels for Flex {
+    fn bn_backward(
+        x: FlexTensor,
+        y: Option<FlexTensor>,
+        dy: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        epsilon: f64,
+    ) -> [FlexTensor; 3] {
+        let p = planes(&x);
+        let y = y.as_ref().map(tensor_values);
+        let (dx, dg, db) = kernel::backward(
+            &tensor_values(&x),
+            y.as_deref(),
+            &tensor_values(&dy),
+            p,
+            [
+                &tensor_values(&gamma),
+                &tensor_values(&mean),
+                &tensor_values(&var),
+            ],
+            epsilon,
+        );
+        [
+            tensor(dx, x.shape().to_vec()),
+            tensor(dg, vec![p.c]),
+            tensor(db, vec![p.c]),
+        ]
+    }
+}
+
+impl<B: BnKernels, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
+    fn cpu_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> BnTrain<Self> {
+        #[derive(Debug)]
+        struct BnBackward;
+
+        impl<B: BnKernels> Backward<B, 3> for BnBackward {
+            /// x, γ, then the output (kept for ReLU's mask), mean, variance, ε.
+            type State = (
+                NodeId,
+                NodeId,
+                Option<FloatTensor<B>>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let (x_state, gamma_state, y, mean, var, epsilon) = ops.state;
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+                let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(gamma_state);
+                let [dx, dgamma, dbeta] = B::bn_backward(x, y, dy, gamma, mean, var, epsilon);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_gamma {
+                    grads.register::<B>(node.id, dgamma);
+                }
+                if let Some(node) = node_beta {
+                    grads.register::<B>(node.id, dbeta);
+                }
+            }
+        }
+
+        let prepared = BnBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        // The statistics leave as constants: burn's module detaches them too.
+        let constant = <FloatTensor<Self>>::new;
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                let r = B::cpu_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                    relu,
+                );
+                let state = (
+                    x_state,
+                    gamma_state,
+                    relu.then(|| r.output.clone()),
+                    r.mean.clone(),
+                    r.var.clone(),
+                    epsilon,
+                );
+                BnTrain {
+                    output: prep.finish(state, r.output),
+                    mean: constant(r.mean),
+                    var: constant(r.var),
+                }
+            }
+            OpsKind::UnTracked(prep) => {
+                let r = B::cpu_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                    relu,
+                );
+                BnTrain {
+                    output: prep.finish(r.output),
+                    mean: constant(r.mean),
+                    var: constant(r.var),
+                }
+            }
+        }
+    }
+}
+
+/// Whether this module on this input takes our kernels.
+fn fast_path(bn: &BatchNorm, x: &Tensor<4>) -> bool {
+    let dev = x.device();
+    !burn_forced()
+        && x.dtype() == DType::F32
+        && dev.is_autodiff()
+        && bn.training.is_enabled()
+        && matches!(dev.inner().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// `bn.forward(x)`, followed by ReLU if `relu`; on our kernels while training on Flex.
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    if !fast_path(bn, &x) {
+        let y = bn.forward(x);
+        return if relu { relu_op(y) } else { y };
+    }
+    let device = x.device();
+    let r = Dispatch::cpu_batch_norm_train(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.epsilon,
+        relu,
+    );
+    let (mean, var) = (
+        Tensor::<1>::from_dispatch(r.mean),
+        Tensor::<1>::from_dispatch(r.var),
+    );
+    // The same update as burn's `BatchNorm::forward_train`.
+    let momentum = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(
+        running_mean
+            .mul_scalar(1.0 - momentum)
+            .add(mean.detach().mul_scalar(momentum))
+            .detach(),
+    );
+    bn.running_var.update(
+        running_var
+            .mul_scalar(1.0 - momentum)
+            .add(var.detach().mul_scalar(momentum))
+            .detach(),
+    );
+    Tensor::from_dispatch(r.output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, Distribution};
+
+    fn rel_err<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar::<f32>();
+        let diff = (a - b).abs().max().into_scalar::<f32>();
+        diff / scale.max(1e-12)
+    }
+
+    /// Output, gradients (x, γ, β) and running statistics against burn's BatchNorm (+ ReLU).
+    #[test]
+    fn matches_burns_batch_norm() {
+        let dev = Device::flex().autodiff();
+        dev.seed(3);
+        for relu in [false, true] {
+            for (n, c, side) in [(4, 3, 5), (2, 8, 7), (1, 2, 4)] {
+                // Two modules with the same non-trivial γ, β, so that their gradients matter.
+                let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
+                let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
+                let make = || BatchNorm {
+                    gamma: Param::from_tensor(gamma.clone()),
+                    beta: Param::from_tensor(beta.clone()),
+                    ..BatchNormConfig::new(c).init(&dev)
+                };
+                let (ours, theirs) = (make(), make());
+                let x =
+                    Tensor::<4>::random([n, c, side, side], Distribution::Normal(2.0, 3.0), &dev)
+                        .require_grad();
+                assert!(fast_path(&ours, &x));
+                let y_ours = batch_norm(&ours, x.clone(), relu);
+                let y_burn = {
+                    let y = theirs.forward(x.clone());
+                    if relu { relu_op(y) } else { y }
+                };
+                let what = format!("n{n} c{c} {side}px relu={relu}");
+                assert!(
+                    rel_err(y_ours.clone(), y_burn.clone()) < 1e-4,
+                    "output {what}"
+                );
+                let r = Tensor::<4>::random(y_burn.dims(), Distribution::Normal(0.0, 1.0), &dev);
+                let g_ours = (y_ours * r.clone()).sum().backward();
+                let g_burn = (y_burn * r).sum().backward();
+                let e = rel_err(x.grad(&g_ours).unwrap(), x.grad(&g_burn).unwrap());
+                assert!(e < 1e-4, "dx {what}: {e}");
+                for (name, p_ours, p_burn) in [
+                    ("gamma", &ours.gamma, &theirs.gamma),
+                    ("beta", &ours.beta, &theirs.beta),
+                ] {
+                    let a = p_ours.val().grad(&g_ours).unwrap();
+                    let b = p_burn.val().grad(&g_burn).unwrap();
+                    let e = rel_err(a, b);
+                    assert!(e < 1e-4, "d{name} {what}: {e}");
+                }
+                for (a, b) in [
+                    (ours.running_mean.value(), theirs.running_mean.value()),
+                    (ours.running_var.value(), theirs.running_var.value()),
+                ] {
+                    assert!(rel_err(a, b) < 1e-5, "running statistics {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inference_takes_burns_path() {
+        let bn = BatchNormConfig::new(3).init(&Device::flex());
+        assert!(!fast_path(
+            &bn,
+            &Tensor::<4>::ones([1, 3, 2, 2], &Device::flex())
+        ));
+    }
+}
