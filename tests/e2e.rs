@@ -216,11 +216,23 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     std::fs::write(&path, text).unwrap();
     let p = pretrain(&run, &dev, &cache, None);
     let e = p.run(None, true).unwrap_err().to_string();
-    assert!(
-        e.contains("diverged") && e.contains("last good checkpoint (epoch 1)"),
-        "{e}"
-    );
+    assert!(e.contains("diverged"), "{e}");
+    // When the overflow turns into NaN depends on the kernels' arithmetic (a step or an
+    // epoch later); what must hold is that the epoch where it happened is not saved and the
+    // one before it is kept and named.
+    let number_after = |key: &str| -> u64 {
+        let rest = &e[e.find(key).unwrap_or_else(|| panic!("{key:?} in {e}")) + key.len()..];
+        rest.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let bad = number_after(" at epoch ");
+    let kept = number_after("last good checkpoint (epoch ");
+    assert!(bad >= 2, "{e}");
+    assert_eq!(kept, bad - 1, "{e}");
     let (dir, state) = pretext::train::checkpoint::latest(&run).unwrap().unwrap();
-    assert_eq!(state.epoch, 1);
+    assert_eq!(state.epoch, kept);
     assert!(dir.join("model.bpk").exists());
 }

@@ -43,6 +43,47 @@ pub trait CpuBatchNorm: Backend {
     ) -> BnTrain<Self>;
 }
 
+/// Inference-mode batch norm (+ ReLU) with the running statistics: one pass instead of
+/// burn's five (subtract, divide, multiply, add, ReLU), used when extracting features.
+#[backend_extension(Flex)]
+pub trait CpuBatchNormEval: Backend {
+    fn cpu_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+impl CpuBatchNormEval for Flex {
+    fn cpu_batch_norm_eval(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        epsilon: f64,
+        relu: bool,
+    ) -> FlexTensor {
+        let y = kernel::normalize(
+            &tensor_values(&x),
+            planes(&x),
+            [
+                &tensor_values(&gamma),
+                &tensor_values(&beta),
+                &tensor_values(&mean),
+                &tensor_values(&var),
+            ],
+            epsilon,
+            relu,
+        );
+        tensor(y, x.shape().to_vec())
+    }
+}
+
 /// The backward kernel a backend needs for [`CpuBatchNorm`] under autodiff.
 pub trait BnKernels: CpuBatchNorm {
     /// `(dx, dγ, dβ)`; `y` is the forward's output when it ended in ReLU.
@@ -224,21 +265,50 @@ impl<B: BnKernels, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
     }
 }
 
-/// Whether this module on this input takes our kernels.
-fn fast_path(bn: &BatchNorm, x: &Tensor<4>) -> bool {
-    let dev = x.device();
-    !burn_forced()
-        && x.dtype() == DType::F32
-        && dev.is_autodiff()
-        && bn.training.is_enabled()
-        && matches!(dev.inner().as_dispatch(), DispatchDevice::Flex(_))
+/// Which of our kernels, if any, this module takes on this input.
+#[derive(Debug, PartialEq, Eq)]
+enum Path {
+    Burn,
+    Train,
+    Eval,
 }
 
-/// `bn.forward(x)`, followed by ReLU if `relu`; on our kernels while training on Flex.
+fn path(bn: &BatchNorm, x: &Tensor<4>) -> Path {
+    let dev = x.device();
+    if burn_forced()
+        || x.dtype() != DType::F32
+        || !matches!(dev.clone().inner().as_dispatch(), DispatchDevice::Flex(_))
+    {
+        return Path::Burn;
+    }
+    match (dev.is_autodiff(), bn.training.is_enabled()) {
+        (true, true) => Path::Train,
+        // Frozen on a training device: burn's module, which keeps the graph.
+        (true, false) => Path::Burn,
+        (false, _) => Path::Eval,
+    }
+}
+
+/// `bn.forward(x)`, followed by ReLU if `relu`; on our kernels on Flex.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
-    if !fast_path(bn, &x) {
-        let y = bn.forward(x);
-        return if relu { relu_op(y) } else { y };
+    match path(bn, &x) {
+        Path::Burn => {
+            let y = bn.forward(x);
+            return if relu { relu_op(y) } else { y };
+        }
+        Path::Eval => {
+            let device = x.device();
+            return Tensor::from_dispatch(Dispatch::cpu_batch_norm_eval(
+                x.into_dispatch(),
+                bn.gamma.val().into_dispatch(),
+                bn.beta.val().into_dispatch(),
+                bn.running_mean.value().to_device(&device).into_dispatch(),
+                bn.running_var.value().to_device(&device).into_dispatch(),
+                bn.epsilon,
+                relu,
+            ));
+        }
+        Path::Train => {}
     }
     let device = x.device();
     let r = Dispatch::cpu_batch_norm_train(
@@ -274,7 +344,7 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::Param;
+    use burn::module::{Module, Param};
     use burn::nn::BatchNormConfig;
     use burn::tensor::{Device, Distribution};
 
@@ -303,7 +373,7 @@ mod tests {
                 let x =
                     Tensor::<4>::random([n, c, side, side], Distribution::Normal(2.0, 3.0), &dev)
                         .require_grad();
-                assert!(fast_path(&ours, &x));
+                assert_eq!(path(&ours, &x), Path::Train);
                 let y_ours = batch_norm(&ours, x.clone(), relu);
                 let y_burn = {
                     let y = theirs.forward(x.clone());
@@ -338,12 +408,37 @@ mod tests {
         }
     }
 
+    /// Inference with running statistics (after a few training steps moved them) against
+    /// burn's module, with and without ReLU.
     #[test]
-    fn inference_takes_burns_path() {
-        let bn = BatchNormConfig::new(3).init(&Device::flex());
-        assert!(!fast_path(
-            &bn,
-            &Tensor::<4>::ones([1, 3, 2, 2], &Device::flex())
-        ));
+    fn inference_matches_burns_batch_norm() {
+        let train = Device::flex().autodiff();
+        train.seed(5);
+        let bn = BatchNormConfig::new(4).init(&train);
+        for _ in 0..3 {
+            let x = Tensor::<4>::random([3, 4, 5, 5], Distribution::Normal(1.0, 2.0), &train);
+            let _ = batch_norm(&bn, x, true);
+        }
+        let bn = bn.valid();
+        let dev = Device::flex();
+        let x = Tensor::<4>::random([2, 4, 6, 6], Distribution::Normal(1.0, 2.0), &dev);
+        assert_eq!(path(&bn, &x), Path::Eval);
+        for relu in [false, true] {
+            let ours = batch_norm(&bn, x.clone(), relu);
+            let theirs = if relu {
+                relu_op(bn.forward(x.clone()))
+            } else {
+                bn.forward(x.clone())
+            };
+            assert!(rel_err(ours, theirs) < 1e-5, "relu={relu}");
+        }
+    }
+
+    #[test]
+    fn a_frozen_layer_on_a_training_device_takes_burns_path() {
+        let dev = Device::flex().autodiff();
+        let bn = BatchNormConfig::new(3).init(&dev).freeze();
+        let x = Tensor::<4>::ones([1, 3, 2, 2], &dev);
+        assert_eq!(path(&bn, &x), Path::Burn);
     }
 }
