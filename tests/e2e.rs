@@ -220,7 +220,7 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     // When the overflow turns into NaN depends on the kernels' arithmetic (a step or an
     // epoch later); what must hold is that the epoch where it happened is not saved and the
     // one before it is kept and named.
-    let number_after = |key: &str| -> u64 {
+    let number_after = |key: &str| -> usize {
         let rest = &e[e.find(key).unwrap_or_else(|| panic!("{key:?} in {e}")) + key.len()..];
         rest.chars()
             .take_while(char::is_ascii_digit)
