@@ -32,19 +32,23 @@ impl Planes {
     }
 }
 
-/// Σ f(i) over `0..len` with eight independent f32 accumulators (vectorisable), the total in
-/// f64: a plane is at most a few thousand values, the channel sum adds planes in f64.
-fn plane_sum(len: usize, f: impl Fn(usize) -> f32) -> f64 {
+/// Σ f(a_k, b_k) over two equal-length slices with eight independent f32 accumulators (so
+/// the loop vectorises), the total in f64: a plane is at most a few thousand values, and the
+/// channel sum adds the planes in f64.
+#[inline(always)]
+fn plane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 8];
-    let full = len / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a += f(i + j);
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (a8, b8) in ac.zip(bc) {
+        for j in 0..8 {
+            acc[j] += f(a8[j], b8[j]);
         }
     }
-    let mut s: f64 = acc.iter().map(|&a| a as f64).sum();
-    for i in full..len {
-        s += f(i) as f64;
+    let mut s: f64 = acc.iter().map(|&v| v as f64).sum();
+    for (&a, &b) in ar.iter().zip(br) {
+        s += f(a, b) as f64;
     }
     s
 }
@@ -59,7 +63,7 @@ pub fn stats(x: &[f32], p: Planes) -> (Vec<f32>, Vec<f32>) {
             let mean = (0..p.n)
                 .map(|i| {
                     let v = p.plane(x, i, ch);
-                    plane_sum(v.len(), |k| v[k])
+                    plane_sum(v, v, |a, _| a)
                 })
                 .sum::<f64>()
                 / p.m();
@@ -67,7 +71,7 @@ pub fn stats(x: &[f32], p: Planes) -> (Vec<f32>, Vec<f32>) {
             let var = (0..p.n)
                 .map(|i| {
                     let v = p.plane(x, i, ch);
-                    plane_sum(v.len(), |k| (v[k] - m32) * (v[k] - m32))
+                    plane_sum(v, v, |a, _| (a - m32) * (a - m32))
                 })
                 .sum::<f64>()
                 / p.m();
@@ -111,6 +115,22 @@ pub fn normalize(
     y
 }
 
+/// The upstream gradient of one plane after ReLU's mask (`y` the forward's output), into `g`.
+fn masked<'a>(dy: &'a [f32], y: Option<&[f32]>, g: &'a mut Vec<f32>) -> &'a [f32] {
+    match y {
+        None => dy,
+        Some(y) => {
+            g.clear();
+            g.extend(
+                dy.iter()
+                    .zip(y)
+                    .map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }),
+            );
+            g
+        }
+    }
+}
+
 /// The gradients of [`normalize`] with the batch's own statistics: `(dx, dγ, dβ)`. With
 /// `relu`, `y` (the forward's output) masks the upstream gradient where it was clipped.
 pub fn backward(
@@ -123,42 +143,41 @@ pub fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert_eq!(x.len(), p.len());
     assert_eq!(dy.len(), p.len());
-    // The upstream gradient after ReLU's mask.
-    let g = |yv: Option<&[f32]>, d: &[f32], k: usize| match yv {
-        Some(yv) if yv[k] <= 0.0 => 0.0,
-        _ => d[k],
-    };
     // Per channel: Σ g and Σ g·(x − mean).
     let sums: Vec<(f64, f64)> = (0..p.c)
         .into_par_iter()
-        .map(|ch| {
+        .map_init(Vec::new, |buf, ch| {
             let mut sg = 0.0;
             let mut sgx = 0.0;
+            let m = mean[ch];
             for i in 0..p.n {
-                let (xv, dv) = (p.plane(x, i, ch), p.plane(dy, i, ch));
-                let yv = y.map(|y| p.plane(y, i, ch));
-                sg += plane_sum(p.hw, |k| g(yv, dv, k));
-                sgx += plane_sum(p.hw, |k| g(yv, dv, k) * (xv[k] - mean[ch]));
+                let xv = p.plane(x, i, ch);
+                let g = masked(p.plane(dy, i, ch), y.map(|y| p.plane(y, i, ch)), buf);
+                sg += plane_sum(g, g, |g, _| g);
+                sgx += plane_sum(g, xv, |g, x| g * (x - m));
             }
             (sg, sgx)
         })
         .collect();
     let m = p.m();
     let mut dx = vec![0.0; p.len()];
-    dx.par_chunks_mut(p.hw).enumerate().for_each(|(i, dx)| {
-        let ch = i % p.c;
-        let (xv, dv) = (p.plane(x, i / p.c, ch), p.plane(dy, i / p.c, ch));
-        let yv = y.map(|y| p.plane(y, i / p.c, ch));
-        let is = inv_std(var[ch], epsilon);
-        let (sg, sgx) = sums[ch];
-        // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
-        let a = gamma[ch] * is;
-        let c0 = (sg / m) as f32;
-        let c1 = (sgx / m) as f32 * is * is;
-        for (k, d) in dx.iter_mut().enumerate() {
-            *d = a * (g(yv, dv, k) - c0 - (xv[k] - mean[ch]) * c1);
-        }
-    });
+    dx.par_chunks_mut(p.hw)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (i, dx)| {
+            let (img, ch) = (i / p.c, i % p.c);
+            let xv = p.plane(x, img, ch);
+            let g = masked(p.plane(dy, img, ch), y.map(|y| p.plane(y, img, ch)), buf);
+            let is = inv_std(var[ch], epsilon);
+            let (sg, sgx) = sums[ch];
+            // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
+            let a = gamma[ch] * is;
+            let c0 = (sg / m) as f32;
+            let c1 = (sgx / m) as f32 * is * is;
+            let mu = mean[ch];
+            for ((d, &g), &x) in dx.iter_mut().zip(g).zip(xv) {
+                *d = a * (g - c0 - (x - mu) * c1);
+            }
+        });
     let dgamma = sums
         .iter()
         .zip(var)
