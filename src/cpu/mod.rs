@@ -39,3 +39,11 @@ fn tensor_values(t: &FlexTensor) -> Cow<'_, [f32]> {
             .into(),
     }
 }
+
+/// max |a − b| / max |b|: how the tests compare our kernels with burn's.
+#[cfg(test)]
+fn rel_err<const D: usize>(a: burn::tensor::Tensor<D>, b: burn::tensor::Tensor<D>) -> f32 {
+    let scale = b.clone().abs().max().into_scalar::<f32>();
+    let diff = (a - b).abs().max().into_scalar::<f32>();
+    diff / scale.max(1e-12)
+}

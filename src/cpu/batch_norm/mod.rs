@@ -344,15 +344,10 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::rel_err;
     use burn::module::{Module, Param};
     use burn::nn::BatchNormConfig;
     use burn::tensor::{Device, Distribution};
-
-    fn rel_err<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar::<f32>();
-        let diff = (a - b).abs().max().into_scalar::<f32>();
-        diff / scale.max(1e-12)
-    }
 
     /// Output, gradients (x, γ, β) and running statistics against burn's BatchNorm (+ ReLU).
     #[test]

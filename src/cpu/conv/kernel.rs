@@ -413,17 +413,20 @@ mod tests {
         assert_eq!(y, vec![4., 6., 4., 6., 9., 6., 4., 6., 4.]);
     }
 
+    /// (kernel, stride, padding) cases for the checks below.
+    const CASES: [(usize, usize, usize); 7] = [
+        (1, 1, 0),
+        (1, 2, 0),
+        (3, 1, 1),
+        (3, 2, 1),
+        (5, 1, 2),
+        (2, 2, 0),
+        (3, 1, 0),
+    ];
+
     #[test]
     fn forward_matches_the_definition() {
-        for (k, s, p) in [
-            (1, 1, 0),
-            (1, 2, 0),
-            (3, 1, 1),
-            (3, 2, 1),
-            (5, 1, 2),
-            (2, 2, 0),
-            (3, 1, 0),
-        ] {
+        for (k, s, p) in CASES {
             let g = geometry(k, s, p);
             let x = values(g.batch * g.in_len(), 1);
             let w = values(g.c_out * g.k(), 2);
@@ -439,14 +442,7 @@ mod tests {
     /// the forward's change along a unit direction e, computed exactly since conv is linear.
     #[test]
     fn gradients_are_the_adjoints_of_forward() {
-        for (k, s, p) in [
-            (1, 1, 0),
-            (1, 2, 0),
-            (3, 1, 1),
-            (3, 2, 1),
-            (5, 1, 2),
-            (2, 2, 0),
-        ] {
+        for (k, s, p) in CASES {
             let g = geometry(k, s, p);
             let x = values(g.batch * g.in_len(), 3);
             let w = values(g.c_out * g.k(), 4);

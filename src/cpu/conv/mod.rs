@@ -214,15 +214,9 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::rel_err;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Device, Distribution};
-
-    /// max |a − b| / max |b|
-    fn rel_err(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar::<f32>();
-        let diff = (a - b).abs().max().into_scalar::<f32>();
-        diff / scale.max(1e-12)
-    }
 
     /// Our forward and both gradients against burn's own convolution on random inputs.
     #[test]
