@@ -27,15 +27,16 @@ fn burn_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("PRETEXT_CONV").is_ok_and(|v| v == "burn"))
 }
 
-/// The tensor's f32 values in row-major order, copied only if its layout is not already that.
+/// The tensor's f32 values in row-major order, copied (once) only if its layout is not
+/// already that.
 fn tensor_values(t: &FlexTensor) -> Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => s.into(),
         None => t
-            .to_contiguous()
-            .as_slice::<f32>()
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
             .expect("an f32 tensor")
-            .to_vec()
             .into(),
     }
 }

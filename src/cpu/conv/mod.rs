@@ -263,6 +263,21 @@ mod tests {
         }
     }
 
+    /// A strided view (here a transposed one) as input is read in its logical order.
+    #[test]
+    fn a_non_contiguous_input_is_read_in_order() {
+        let dev = Device::flex();
+        let conv = Conv2dConfig::new([3, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .init(&dev);
+        let x =
+            Tensor::<4>::random([2, 3, 6, 5], Distribution::Normal(0.0, 1.0), &dev).swap_dims(2, 3);
+        assert!(fast_path(&conv, &x).is_some());
+        let e = rel_err(conv2d(&conv, x.clone()), conv.forward(x));
+        assert!(e < 1e-4, "{e}");
+    }
+
     #[test]
     fn a_bias_or_groups_take_burns_path() {
         let dev = Device::flex();
