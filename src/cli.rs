@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::augment::AugmentConfig;
-use crate::data::{self, CacheOptions};
+use crate::data::{self, CacheOptions, Holdout};
 use crate::eval::{self, EvalConfig};
 use crate::models::{Arch, BackboneConfig};
 use crate::run::InputTransform;
@@ -54,6 +54,13 @@ pub struct Common {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// A class-per-folder tree without train/ and test/ folders: the fraction of each class
+    /// held out as its test split (default 0.1, or what the run recorded).
+    #[arg(long, global = true)]
+    pub test_fraction: Option<f64>,
+    /// Seed of that held-out split (default 0, or what the run recorded).
+    #[arg(long, global = true)]
+    pub split_seed: Option<u64>,
 }
 
 impl Common {
@@ -68,7 +75,25 @@ impl Common {
         c.image_size = self.image_size;
         c.skip_bad = self.skip_bad;
         c.progress = !self.quiet;
+        c.holdout = self.holdout(Holdout::default());
         c
+    }
+
+    /// The held-out split: the flags where given, else `base`.
+    fn holdout(&self, base: Holdout) -> Holdout {
+        Holdout {
+            fraction: self.test_fraction.unwrap_or(base.fraction),
+            seed: self.split_seed.unwrap_or(base.seed),
+        }
+    }
+
+    /// [`Common::cache`] for a command on an existing run: the run's held-out split unless
+    /// the flags say otherwise, so its test images stay the ones it never trained on.
+    pub fn cache_for_run(&self, rc: &RunConfig) -> CacheOptions {
+        CacheOptions {
+            holdout: self.holdout(rc.holdout),
+            ..self.cache()
+        }
     }
 }
 
@@ -595,6 +620,7 @@ pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
     Ok(RunConfig {
         data: data_root,
         split,
+        holdout: cache.holdout,
         train_images: a.train_images,
         image_size: size,
         input,
@@ -825,6 +851,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         } => {
             let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&run)?;
+            let cache = cli.common.cache_for_run(&rc);
             let data = data.unwrap_or(rc.data);
             let split = data::Split::from_name(&split)?;
             let req = crate::embed::EmbedRequest {
@@ -912,6 +939,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Finetune(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&a.run)?;
+            let cache = cli.common.cache_for_run(&rc);
             let data = a.data.clone().unwrap_or(rc.data);
             let mut cfg = crate::eval::finetune::FinetuneConfig {
                 fractions: a.fractions.clone(),
@@ -936,6 +964,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Command::Eval(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&a.run)?;
+            let cache = cli.common.cache_for_run(&rc);
             let data = a.data.clone().unwrap_or(rc.data);
             let cfg = eval_config(
                 a.train_images,
@@ -1021,11 +1050,17 @@ fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
     println!("{}: {:?}", path.display(), format);
     let splits: Vec<data::Split> = match format {
         data::Format::Folder => {
-            if path.join("train").is_dir() || path.join("test").is_dir() {
+            if data::folder::has_split_folders(path) {
                 [data::Split::Train, data::Split::Test]
                     .into_iter()
                     .filter(|s| path.join(s.name()).is_dir())
                     .collect()
+            } else if std::fs::read_dir(path)?
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().is_dir())
+            {
+                // Class folders: a test split is held out of each class.
+                vec![data::Split::Train, data::Split::Test]
             } else {
                 vec![data::Split::Unlabeled]
             }
@@ -1056,6 +1091,9 @@ fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
                 "unlabeled".into()
             }
         );
+        if let Some(held) = h.holdout {
+            println!("    (no train/ and test/ folders: {held}; --test-fraction, --split-seed)");
+        }
         for (name, count) in h.classes.iter().zip(set.class_counts()) {
             println!("    {name:<16} {count}");
         }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentConfig, Normalize};
 use crate::data::loader::SampleMaker;
-use crate::data::{self, CacheOptions, ImageSet, Split};
+use crate::data::{self, CacheOptions, Holdout, ImageSet, Split};
 use crate::fsutil;
 use crate::models::context_encoder::ContextEncoder;
 use crate::models::head::ClassifierNet;
@@ -36,6 +36,10 @@ pub use crate::data::lab::InputTransform;
 pub struct RunConfig {
     pub data: PathBuf,
     pub split: Split,
+    /// The test split held out of a labelled tree without split folders (pretraining never
+    /// sees it; evaluation tests on it). Unused for data with split folders or files.
+    #[serde(default)]
+    pub holdout: Holdout,
     /// Images of the split used for pretraining (`None`: all).
     pub train_images: Option<usize>,
     pub image_size: usize,
@@ -158,7 +162,12 @@ impl Pretrain<'_> {
             }
             (None, false) => bail!("no configuration given"),
         };
-        let set = open_split(&cfg.data, cfg.split, self.cache)?;
+        // The run's own held-out split, whatever the caller's options say.
+        let cache = &CacheOptions {
+            holdout: cfg.holdout,
+            ..self.cache.clone()
+        };
+        let set = open_split(&cfg.data, cfg.split, cache)?;
         // Geometry is checked before the run directory exists, so a rejected configuration
         // leaves nothing behind to --resume.
         cfg.task.validate(&cfg.augment)?;

@@ -206,6 +206,7 @@ impl Study<'_> {
                 c.data.display()
             );
         }
+        crate::eval::check_splits(&train, &test, &c.data)?;
         if !c.finetune_tasks.is_empty() {
             for &f in &c.finetune.fractions {
                 balanced_subset(labels, train.num_classes(), f, 0)?;

@@ -19,6 +19,7 @@ fn err_of(root: &Path, split: Split) -> String {
         image_size: None,
         skip_bad: false,
         progress: false,
+        holdout: Default::default(),
     };
     format!(
         "{:#}",
@@ -70,6 +71,7 @@ fn corrupt_and_truncated_images_name_the_file() {
         image_size: None,
         skip_bad: true,
         progress: false,
+        holdout: Default::default(),
     };
     let set = data::open(dir.path(), Split::Train, &opts).unwrap();
     assert_eq!(set.len(), 1);
@@ -98,6 +100,7 @@ fn an_image_too_small_for_the_task_is_an_error() {
         image_size: None,
         skip_bad: false,
         progress: false,
+        holdout: Default::default(),
     };
     let set = data::open(dir.path(), Split::Unlabeled, &opts).unwrap();
     let e = pretext::run::check_size(&set, 32, dir.path())

@@ -85,6 +85,7 @@ fn fetch_downloads_verifies_and_unpacks() {
         image_size: None,
         skip_bad: false,
         progress: false,
+        holdout: Default::default(),
     };
     let train = pretext::data::open(&dir, pretext::data::Split::Train, &opts).unwrap();
     let test = pretext::data::open(&dir, pretext::data::Split::Test, &opts).unwrap();

@@ -17,6 +17,7 @@ fn eval(method: &str, tops: &[f64]) -> EvalReport {
         backbone: BackboneConfig::new(Arch::Nin, 32),
         checkpoint_epoch: 3,
         data: "cifar10".into(),
+        test_split: None,
         train_images: 1000,
         test_images: 500,
         classes: 10,

@@ -29,6 +29,38 @@ pub struct CacheOptions {
     pub skip_bad: bool,
     /// Print progress while decoding.
     pub progress: bool,
+    /// How a labelled image tree without `train/` and `test/` folders is split.
+    pub holdout: Holdout,
+}
+
+/// The test split carved out of a labelled image tree that has no `train/` and `test/`
+/// folders: `fraction` of every class (at least one image), chosen with `seed`; the train
+/// split is the rest. Without it the same images would be both, and every protocol would
+/// report training accuracy as test accuracy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holdout {
+    pub fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for Holdout {
+    fn default() -> Self {
+        Self {
+            fraction: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Holdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "test = {}% of each class held out (seed {}), train = the rest",
+            100.0 * self.fraction,
+            self.seed
+        )
+    }
 }
 
 impl Default for CacheOptions {
@@ -38,6 +70,7 @@ impl Default for CacheOptions {
             image_size: None,
             skip_bad: false,
             progress: true,
+            holdout: Holdout::default(),
         }
     }
 }
@@ -68,6 +101,9 @@ pub struct Header {
     #[serde(default)]
     pub skipped: Vec<String>,
     pub fingerprint: u64,
+    /// Set when this split was carved out of a tree without split folders (see [`Holdout`]).
+    #[serde(default)]
+    pub holdout: Option<Holdout>,
 }
 
 enum Pixels {
@@ -120,6 +156,7 @@ impl ImageSet {
             sources: (0..n).map(|i| format!("image-{i}")).collect(),
             skipped: vec![],
             fingerprint: 0,
+            holdout: None,
         };
         Self::from_parts(header, pixels)
     }
@@ -343,6 +380,7 @@ mod tests {
             sources: vec!["x".into(), "y".into()],
             skipped: vec![],
             fingerprint: 42,
+            holdout: None,
         };
         ImageSet::from_parts(header, (0..12).collect())
     }

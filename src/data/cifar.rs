@@ -155,6 +155,7 @@ pub fn open(
             sources,
             skipped: vec![],
             fingerprint: fp,
+            holdout: None,
         };
         Ok(ImageSet::from_parts(header, pixels))
     })

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::imageops::FilterType;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet, fnv1a};
+use super::cache::{self, CacheOptions, FNV_START, Header, Holdout, ImageSet, fnv1a};
 use super::{DataError, Split};
 
 fn is_image(p: &Path) -> bool {
@@ -37,12 +40,18 @@ pub struct Listing {
     pub files: Vec<PathBuf>,
     pub labels: Option<Vec<u16>>,
     pub classes: Vec<String>,
+    /// Set when the split was carved out of a tree without split folders.
+    pub holdout: Option<Holdout>,
+}
+
+/// Whether `root` holds `train/` or `test/` split folders.
+pub fn has_split_folders(root: &Path) -> bool {
+    root.join("train").is_dir() || root.join("test").is_dir()
 }
 
 /// The folder that holds `split` under `root`.
 pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DataError> {
-    let has_splits = root.join("train").is_dir() || root.join("test").is_dir();
-    match (has_splits, split) {
+    match (has_split_folders(root), split) {
         (false, _) => Ok(root.to_path_buf()),
         (true, Split::Unlabeled) => Ok(root.join("train")),
         (true, s) => {
@@ -60,7 +69,9 @@ pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DataError> {
 }
 
 /// List the images of `split` (sorted, so the order never depends on the file system).
-pub fn list(root: &Path, split: Split) -> Result<Listing, DataError> {
+/// A labelled tree without split folders is split by `holdout`: `Test` lists the held-out
+/// images, `Train` and `Unlabeled` the rest, so pretraining never sees the test images.
+pub fn list(root: &Path, split: Split, holdout: Holdout) -> Result<Listing, DataError> {
     if !root.exists() {
         return Err(DataError::Missing {
             path: root.to_path_buf(),
@@ -91,6 +102,7 @@ pub fn list(root: &Path, split: Split) -> Result<Listing, DataError> {
             files: flat,
             labels: None,
             classes: vec![],
+            holdout: None,
         }
     } else {
         let mut files = Vec::new();
@@ -113,11 +125,17 @@ pub fn list(root: &Path, split: Split) -> Result<Listing, DataError> {
             labels.extend(std::iter::repeat_n(label, imgs.len()));
             files.extend(imgs);
         }
-        Listing {
+        let listing = Listing {
             root: dir.clone(),
             files,
             labels: Some(labels),
             classes,
+            holdout: None,
+        };
+        if has_split_folders(root) {
+            listing
+        } else {
+            hold_out(listing, split == Split::Test, holdout)?
         }
     };
     if listing.files.is_empty() {
@@ -126,11 +144,66 @@ pub fn list(root: &Path, split: Split) -> Result<Listing, DataError> {
     Ok(listing)
 }
 
+/// The held-out images of every class (`test`), or the rest: per class, a seeded shuffle of
+/// its files, the first `round(fraction × count)` (at least 1, at most count − 1) held out.
+fn hold_out(all: Listing, test: bool, h: Holdout) -> Result<Listing, DataError> {
+    if !(h.fraction > 0.0 && h.fraction < 1.0) {
+        return Err(DataError::format(
+            &all.root,
+            format!(
+                "has no train/ and test/ folders, so a test split is held out of each class; \
+                 --test-fraction must be between 0 and 1 (exclusive), got {}",
+                h.fraction
+            ),
+        ));
+    }
+    let labels = all.labels.as_deref().unwrap_or(&[]);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); all.classes.len()];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let mut held = vec![false; labels.len()];
+    for (c, mut members) in by_class.into_iter().enumerate() {
+        if members.len() < 2 {
+            return Err(DataError::format(
+                &all.root,
+                format!(
+                    "has no train/ and test/ folders, and class {:?} has {} image(s): \
+                     holding a test image out of it needs at least 2 \
+                     (or give the tree train/ and test/ folders)",
+                    all.classes[c],
+                    members.len()
+                ),
+            ));
+        }
+        let take =
+            ((h.fraction * members.len() as f64).round() as usize).clamp(1, members.len() - 1);
+        members.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            h.seed ^ (c as u64).wrapping_mul(0x9E3779B97F4A7C15),
+        ));
+        for &i in &members[..take] {
+            held[i] = true;
+        }
+    }
+    let keep: Vec<usize> = (0..labels.len()).filter(|&i| held[i] == test).collect();
+    Ok(Listing {
+        files: keep.iter().map(|&i| all.files[i].clone()).collect(),
+        labels: Some(keep.iter().map(|&i| labels[i]).collect()),
+        root: all.root,
+        classes: all.classes,
+        holdout: Some(h),
+    })
+}
+
 fn fingerprint(listing: &Listing, opts: &CacheOptions) -> Result<u64, DataError> {
     let root = fs::canonicalize(&listing.root).unwrap_or_else(|_| listing.root.clone());
     let mut h = fnv1a(root.to_string_lossy().as_bytes(), FNV_START);
     h = fnv1a(&opts.image_size.unwrap_or(0).to_le_bytes(), h);
     h = fnv1a(&[opts.skip_bad as u8], h);
+    if let Some(held) = listing.holdout {
+        h = fnv1a(&held.fraction.to_le_bytes(), h);
+        h = fnv1a(&held.seed.to_le_bytes(), h);
+    }
     cache::fingerprint_files(&listing.files, h)
 }
 
@@ -175,7 +248,7 @@ pub fn decode_file(path: &Path, size: Option<u32>) -> Result<image::RgbImage, Da
 
 /// Open `split` of the image tree at `root`, through the cache.
 pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, DataError> {
-    let listing = list(root, split)?;
+    let listing = list(root, split, opts.holdout)?;
     let fp = fingerprint(&listing, opts)?;
     cache::cached(opts, "folder", split.name(), fp, || {
         decode_all(listing, opts, fp)
@@ -249,6 +322,7 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
         sources,
         skipped,
         fingerprint: fp,
+        holdout: listing.holdout,
     };
     Ok(ImageSet::from_parts(header, pixels))
 }

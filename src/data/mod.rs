@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use cache::{CacheOptions, ImageSet};
+pub use cache::{CacheOptions, Holdout, ImageSet};
 
 /// Why a data set could not be read. Every variant names the file or folder at fault and
 /// what was expected there, so a user can fix the input without reading our code.
@@ -148,7 +148,8 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> anyhow::Result<Im
 }
 
 /// The split to pretrain on when the user names only a data root: the training images
-/// (and STL-10's unlabeled ones when present), or the whole folder when it has no splits.
+/// (and STL-10's unlabeled ones when present), or the whole folder when it has no splits
+/// (less the held-out test images of a labelled tree, see [`Holdout`]).
 pub fn pretrain_split(root: &Path) -> Result<Split, DataError> {
     match detect_format(root)? {
         Format::Folder => Ok(if root.join("train").is_dir() {

@@ -98,6 +98,7 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, 
             sources: (0..n).map(|k| format!("{}#{k}", xs.display())).collect(),
             skipped: vec![],
             fingerprint: fp,
+            holdout: None,
         };
         Ok(ImageSet::from_parts(header, pixels))
     })

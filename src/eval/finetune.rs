@@ -20,7 +20,7 @@ use crate::data::loader::{self, LoaderConfig};
 use crate::data::{CacheOptions, ImageSet, Split};
 use crate::fsutil;
 use crate::models::head::ClassifierNet;
-use crate::run::{Pretrain, RunConfig, open_split, subset_indices};
+use crate::run::{Pretrain, RunConfig, subset_indices};
 use crate::tasks::{SupervisedConfig, TaskConfig};
 use crate::train::checkpoint;
 use crate::train::trainer::Classifier;
@@ -273,17 +273,8 @@ pub fn finetune_run(
             run.display()
         );
     }
-    let train = open_split(data, Split::Train, cache)?;
-    let test = open_split(data, Split::Test, cache)?;
-    crate::run::check_fits(&rc, &train, data, "train")?;
-    crate::run::check_fits(&rc, &test, data, "test")?;
+    let (train, test) = super::labelled_splits(&rc, data, cache)?;
     let test = Arc::new(test.subset(&subset_indices(test.len(), cfg.test_images, 1)));
-    if !train.is_labelled() || !test.is_labelled() {
-        bail!(
-            "{}: few-label fine-tuning needs labelled train and test splits",
-            data.display()
-        );
-    }
     let classes = train.num_classes();
     let mut rows = Vec::new();
     for &fraction in &cfg.fractions {
@@ -298,6 +289,8 @@ pub fn finetune_run(
                 let sub = RunConfig {
                     data: data.to_path_buf(),
                     split: Split::Train,
+                    // The same held-out split the test images come from.
+                    holdout: cache.holdout,
                     train_images: None,
                     task: TaskConfig::Supervised(SupervisedConfig {
                         classes,

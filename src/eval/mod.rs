@@ -18,7 +18,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{CacheOptions, Split};
+use crate::data::{CacheOptions, ImageSet, Split};
 use crate::run::{RunConfig, load_backbone, open_split, subset_indices};
 use cluster::KMeansConfig;
 use features::{EvalView, l2_normalize};
@@ -58,6 +58,82 @@ impl Default for EvalConfig {
     }
 }
 
+/// The labelled train and test splits of `data` that every protocol measures run `rc` on,
+/// checked: both labelled, the same classes in the same order (a label is an index into
+/// them), images of the size and channels the run was trained on, and no image in both
+/// (a test image that is also a training image makes kNN find itself and the probe report
+/// training accuracy).
+pub fn labelled_splits(
+    rc: &RunConfig,
+    data: &Path,
+    cache: &CacheOptions,
+) -> Result<(Arc<ImageSet>, Arc<ImageSet>)> {
+    let train = open_split(data, Split::Train, cache)?;
+    let test = open_split(data, Split::Test, cache)?;
+    check_splits(&train, &test, data)?;
+    crate::run::check_fits(rc, &train, data, "train")?;
+    crate::run::check_fits(rc, &test, data, "test")?;
+    Ok((train, test))
+}
+
+/// [`labelled_splits`]' checks that need no run: labels, classes, no shared image.
+pub fn check_splits(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<()> {
+    for (set, name) in [(train, "train"), (test, "test")] {
+        if !set.is_labelled() {
+            bail!(
+                "{}: the {name} split has no labels (expected class folders)",
+                data.display()
+            );
+        }
+    }
+    if train.header.classes != test.header.classes {
+        bail!(
+            "{}: the train and test splits have different classes (train: {}; test: {}); \
+             a label is an index into the class list, so both need the same classes",
+            data.display(),
+            train.header.classes.join(", "),
+            test.header.classes.join(", ")
+        );
+    }
+    check_disjoint(train, test, data)
+}
+
+/// Refuse train and test splits that share an image (by the file or record it came from,
+/// with the folders' symbolic links resolved).
+pub fn check_disjoint(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<()> {
+    // One `canonicalize` per folder, not per image: 60k calls would cost a second.
+    let mut folders: std::collections::HashMap<PathBuf, PathBuf> = Default::default();
+    let mut resolve = |s: &String| -> PathBuf {
+        let p = Path::new(s);
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => folders
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into()))
+                .join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    let seen: std::collections::HashSet<PathBuf> =
+        train.header.sources.iter().map(&mut resolve).collect();
+    let shared: Vec<&String> = test
+        .header
+        .sources
+        .iter()
+        .filter(|s| seen.contains(&resolve(s)))
+        .collect();
+    if let Some(first) = shared.first() {
+        bail!(
+            "{}: {} test image(s) are also training images (first: {first}); evaluating on \
+             training images would report training accuracy as test accuracy. Give the data \
+             separate train/ and test/ folders, or a class-per-folder tree without them (a \
+             test split is then held out of each class, see --test-fraction)",
+            data.display(),
+            shared.len()
+        );
+    }
+    Ok(())
+}
+
 /// Evaluate a run's latest checkpoint (or, with `random_init`, the same network freshly
 /// initialised) on the labelled train/test splits of `data`.
 pub fn evaluate_run(
@@ -79,23 +155,7 @@ pub fn evaluate_run(
         rc.task.name().to_string()
     };
     let t0 = Instant::now();
-    let train = open_split(data, Split::Train, cache)?;
-    let test = open_split(data, Split::Test, cache)?;
-    for (set, name) in [(&train, "train"), (&test, "test")] {
-        if !set.is_labelled() {
-            bail!(
-                "{}: the {name} split has no labels (expected class folders)",
-                data.display()
-            );
-        }
-        crate::run::check_fits(&rc, set, data, name)?;
-    }
-    if train.header.classes != test.header.classes {
-        bail!(
-            "{}: train and test splits have different classes",
-            data.display()
-        );
-    }
+    let (train, test) = labelled_splits(&rc, data, cache)?;
     let classes = train.num_classes();
     let tr_idx = subset_indices(train.len(), cfg.train_images, cfg.seed);
     let te_idx = subset_indices(test.len(), cfg.test_images, cfg.seed + 1);
@@ -152,6 +212,7 @@ pub fn evaluate_run(
         backbone: rc.backbone.clone(),
         checkpoint_epoch: epoch,
         data: data.display().to_string(),
+        test_split: test.header.holdout.map(|h| h.to_string()),
         train_images: train.len(),
         test_images: test.len(),
         classes,

@@ -23,8 +23,11 @@ pub struct Comparison {
 /// What must match for two evaluations to share a table.
 fn protocol_of(r: &EvalReport) -> String {
     format!(
-        "data {}, {} train / {} test images, {} classes, probe {:?}, kNN {:?}, pooled to ~{} dims, k-means {:?}",
+        "data {}{}, {} train / {} test images, {} classes, probe {:?}, kNN {:?}, pooled to ~{} dims, k-means {:?}",
         r.data,
+        r.test_split
+            .as_ref()
+            .map_or(String::new(), |t| format!(" ({t})")),
         r.train_images,
         r.test_images,
         r.classes,

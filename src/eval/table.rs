@@ -36,6 +36,10 @@ pub struct EvalReport {
     pub backbone: BackboneConfig,
     pub checkpoint_epoch: usize,
     pub data: String,
+    /// How the test split was made when the data has no split of its own (see
+    /// [`crate::data::Holdout`]); `None`: the data's own test split.
+    #[serde(default)]
+    pub test_split: Option<String>,
     pub train_images: usize,
     pub test_images: usize,
     pub classes: usize,
@@ -61,10 +65,13 @@ impl EvalReport {
         );
         let _ = writeln!(
             s,
-            "Frozen features, {} labelled train / {} test images of {} ({} classes). Linear: one probe per layer on average-pooled, standardised features, {} epochs, {:?} lr {} wd {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
+            "Frozen features, {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on average-pooled, standardised features, {} epochs, {:?} lr {} wd {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
             self.train_images,
             self.test_images,
             self.data,
+            self.test_split
+                .as_ref()
+                .map_or(String::new(), |t| format!(" ({t})")),
             self.classes,
             self.protocol.probe.epochs,
             self.protocol.probe.optim.kind,

@@ -45,6 +45,7 @@ pub fn cache_opts(dir: &Path) -> pretext::data::CacheOptions {
         image_size: None,
         skip_bad: false,
         progress: false,
+        holdout: Default::default(),
     }
 }
 

@@ -1,0 +1,184 @@
+//! Regression tests for results that were once wrong without a word (issue 16): each test
+//! names the defect it guards against and fails on the code that had it.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use burn::tensor::Device;
+use pretext::cli::{PretrainArgs, eval_config, run_config};
+use pretext::data::{self, CacheOptions, Split};
+use pretext::eval::evaluate_run;
+use pretext::eval::finetune::{FinetuneConfig, finetune_run};
+use pretext::run::Pretrain;
+use pretext::tasks::TaskKind;
+
+const CLASSES: [&str; 3] = ["airplane", "cat", "ship"];
+
+/// A class-per-folder tree without train/ and test/: `per` real CIFAR-10 training images of
+/// each of three classes under `root/<class>/`.
+fn class_tree(root: &Path, per: usize) {
+    for class in CLASSES {
+        let dir = root.join(class);
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..per {
+            let name = format!("{i:04}.jpg");
+            fs::copy(
+                common::cifar_root().join("train").join(class).join(&name),
+                dir.join(&name),
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn no_cache() -> CacheOptions {
+    CacheOptions {
+        dir: None,
+        progress: false,
+        ..CacheOptions::default()
+    }
+}
+
+/// Flags for a tiny, fast NIN-8 rotation run on `data`.
+fn tiny_args(data: &Path, out: &Path) -> PretrainArgs {
+    PretrainArgs {
+        width: Some(8),
+        epochs: 1,
+        batch_size: 16,
+        train_images: None,
+        ..common::pretrain_args(data, out, TaskKind::Rotation)
+    }
+}
+
+fn pretrain(run: &Path, cfg: Option<pretext::run::RunConfig>, cache: &CacheOptions) {
+    Pretrain {
+        run,
+        device: &Device::flex(),
+        progress: false,
+        stop_after: None,
+        cache,
+        timing: None,
+    }
+    .run(cfg.clone(), cfg.is_none())
+    .unwrap();
+}
+
+fn sources(set: &data::ImageSet) -> Vec<String> {
+    set.header.sources.clone()
+}
+
+/// Item 1: a class-per-folder tree was used whole as both the train and the test split.
+#[test]
+fn a_tree_without_split_folders_gets_a_disjoint_held_out_test_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    class_tree(&root, 40);
+    let cache = no_cache();
+    let train = data::open(&root, Split::Train, &cache).unwrap();
+    let test = data::open(&root, Split::Test, &cache).unwrap();
+    // 10% of each class held out: 4 of 40, stratified.
+    assert_eq!(test.class_counts(), vec![4, 4, 4]);
+    assert_eq!(train.class_counts(), vec![36, 36, 36]);
+    let (tr, te) = (sources(&train), sources(&test));
+    assert!(
+        te.iter().all(|s| !tr.contains(s)),
+        "the splits share images"
+    );
+    let mut all: Vec<String> = tr.iter().chain(&te).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 120, "together they are the whole tree");
+    // Pretraining (the unlabeled view) never sees the held-out images either.
+    let pre = data::open(&root, Split::Unlabeled, &cache).unwrap();
+    assert_eq!(sources(&pre), tr);
+    // Seeded: the same seed gives the same split, another seed another one.
+    assert_eq!(
+        sources(&data::open(&root, Split::Test, &cache).unwrap()),
+        te
+    );
+    let other = CacheOptions {
+        holdout: data::Holdout {
+            fraction: 0.1,
+            seed: 1,
+        },
+        ..no_cache()
+    };
+    assert_ne!(
+        sources(&data::open(&root, Split::Test, &other).unwrap()),
+        te
+    );
+
+    // Evaluated end to end, the numbers name the held-out split and come from it.
+    let run = tmp.path().join("run");
+    let cfg = run_config(&tiny_args(&root, &run), &cache).unwrap();
+    fs::create_dir_all(&run).unwrap();
+    cfg.save(&run).unwrap();
+    let mut ecfg = eval_config(None, None, 2, 0.01, 512, 0);
+    ecfg.knn = vec![pretext::eval::knn::KnnSetting { k: 1, t: 0.07 }];
+    let (report, _) =
+        evaluate_run(&run, &root, true, &ecfg, &cache, &Device::flex(), false).unwrap();
+    assert_eq!((report.train_images, report.test_images), (108, 12));
+    let split = report.test_split.as_deref().unwrap_or_default();
+    assert!(split.contains("10% of each class held out"), "{split}");
+    assert!(report.markdown().contains(split));
+    // 1-NN of a random network: on the same images every query would find itself (100%).
+    for r in &report.rows {
+        assert!(r.knn[0].top1 < 0.9, "{}: 1-NN {}", r.layer, r.knn[0].top1);
+    }
+}
+
+/// Item 1, the safety net: data whose test split is its train split (here a link to the
+/// same folder) is refused by every protocol instead of measured.
+#[test]
+fn evaluation_refuses_a_test_split_that_holds_training_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    class_tree(&root.join("train"), 4);
+    std::os::unix::fs::symlink(root.join("train"), root.join("test")).unwrap();
+    let cache = no_cache();
+    let run = tmp.path().join("run");
+    let cfg = run_config(&tiny_args(&root, &run), &cache).unwrap();
+    fs::create_dir_all(&run).unwrap();
+    cfg.save(&run).unwrap();
+    let ecfg = eval_config(None, None, 1, 0.01, 512, 0);
+    let e = evaluate_run(&run, &root, true, &ecfg, &cache, &Device::flex(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("12 test image(s) are also training images"),
+        "{e}"
+    );
+    assert!(!run.join("eval-random-init").exists());
+}
+
+/// Item 4: fine-tuning did not check that the test split's classes are the train split's,
+/// so labels (indices into the class list) silently meant other classes.
+#[test]
+fn finetuning_refuses_test_classes_that_differ_from_the_train_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    class_tree(&root.join("train"), 16);
+    class_tree(&root.join("test"), 4);
+    fs::remove_dir_all(root.join("test/airplane")).unwrap();
+    let cache = no_cache();
+    let run = tmp.path().join("run");
+    pretrain(
+        &run,
+        Some(run_config(&tiny_args(&root, &run), &cache).unwrap()),
+        &cache,
+    );
+    let cfg = FinetuneConfig {
+        fractions: vec![0.5],
+        seeds: vec![0],
+        epochs: 1,
+        batch_size: 8,
+        ..FinetuneConfig::default()
+    };
+    let e = finetune_run(&run, &root, &cfg, None, &cache, &Device::flex(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("different classes"), "{e}");
+    assert!(!run.join("finetune").exists());
+}
