@@ -266,7 +266,9 @@ impl Pretrain<'_> {
                             cfg.input
                         );
                     }
-                    if !resume {
+                    // Whenever training will not start from a checkpoint of its own: a run
+                    // resumed before its first checkpoint must not start from random init.
+                    if checkpoint::latest(self.run)?.is_none() {
                         model.backbone = load_backbone(&other, from, false, dev)?.0;
                     }
                 }

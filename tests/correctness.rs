@@ -182,3 +182,107 @@ fn finetuning_refuses_test_classes_that_differ_from_the_train_classes() {
     assert!(e.contains("different classes"), "{e}");
     assert!(!run.join("finetune").exists());
 }
+
+/// The first convolution's weights of a run's backbone (its latest checkpoint).
+fn first_conv(run: &Path) -> Vec<f32> {
+    let rc = pretext::run::RunConfig::load(run).unwrap();
+    let dev = Device::flex();
+    match pretext::run::load_backbone(&rc, run, false, &dev)
+        .unwrap()
+        .0
+    {
+        pretext::models::Backbone::Nin(n) => n.blocks[0].convs[0]
+            .conv
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap(),
+        _ => unreachable!("a NIN run"),
+    }
+}
+
+/// Item 2: a fine-tuning resumed before its first checkpoint started from random init and
+/// was still reported as pretrained.
+#[test]
+fn a_finetuning_resumed_before_its_first_checkpoint_starts_from_the_pretrained_backbone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    class_tree(&root.join("train"), 16);
+    let cache = no_cache();
+    let base = tmp.path().join("base");
+    pretrain(
+        &base,
+        Some(run_config(&tiny_args(&root, &base), &cache).unwrap()),
+        &cache,
+    );
+    // Fine-tuning with a learning rate of 0: the weights it ends with are the ones it
+    // started from.
+    let ft = tmp.path().join("ft");
+    let a = PretrainArgs {
+        task: TaskKind::Supervised,
+        init_from: Some(base.clone()),
+        lr: Some(0.0),
+        ..tiny_args(&root, &ft)
+    };
+    let cfg = run_config(&a, &cache).unwrap();
+    // Killed before its first checkpoint: the run directory and its config exist.
+    Pretrain {
+        run: &ft,
+        device: &Device::flex(),
+        progress: false,
+        stop_after: Some(0),
+        cache: &cache,
+        timing: None,
+    }
+    .run(Some(cfg), false)
+    .unwrap();
+    assert!(pretext::train::checkpoint::latest(&ft).unwrap().is_none());
+    pretrain(&ft, None, &cache);
+    assert_eq!(first_conv(&ft), first_conv(&base));
+}
+
+/// Item 3: a second `finetune` with other settings trained nothing and printed the new
+/// settings beside the old sub-runs' numbers.
+#[test]
+fn finetuning_with_other_settings_trains_its_own_sub_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    class_tree(&root.join("train"), 16);
+    class_tree(&root.join("test"), 4);
+    let cache = no_cache();
+    let run = tmp.path().join("run");
+    pretrain(
+        &run,
+        Some(run_config(&tiny_args(&root, &run), &cache).unwrap()),
+        &cache,
+    );
+    let dev = Device::flex();
+    let cfg = |epochs| FinetuneConfig {
+        fractions: vec![0.5],
+        seeds: vec![0],
+        epochs,
+        batch_size: 8,
+        ..FinetuneConfig::default()
+    };
+    finetune_run(&run, &root, &cfg(2), None, &cache, &dev, false).unwrap();
+    let (report, _) = finetune_run(&run, &root, &cfg(1), None, &cache, &dev, false).unwrap();
+    assert_eq!(report.protocol.epochs, 1);
+    // Every sub-run of the folder, by the epochs it was configured for and trained.
+    let mut trained: Vec<(usize, usize)> = fs::read_dir(run.join("finetune"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.toml").exists())
+        .map(|p| {
+            let rc = pretext::run::RunConfig::load(&p).unwrap();
+            let (_, st) = pretext::train::checkpoint::latest(&p).unwrap().unwrap();
+            (rc.train.epochs, st.epoch)
+        })
+        .collect();
+    trained.sort();
+    assert_eq!(trained, vec![(1, 1), (1, 1), (2, 2), (2, 2)]);
+    for row in &report.rows {
+        let rc = pretext::run::RunConfig::load(Path::new(&row.run)).unwrap();
+        assert_eq!(rc.train.epochs, 1, "{}", row.run);
+    }
+}

@@ -69,6 +69,9 @@ pub struct FinetuneRow {
     pub train_images: usize,
     pub top1: f64,
     pub top5: f64,
+    /// The sub-run that was trained and tested.
+    #[serde(default)]
+    pub run: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -317,12 +320,13 @@ pub fn finetune_run(
                     },
                     ..rc.clone()
                 };
-                let dir = match shared_baselines {
-                    Some(pool) if !pretrained => {
-                        pool.join(format!("{name}-{}", config_hash(&sub)?))
-                    }
-                    _ => run.join("finetune").join(name),
+                // A sub-run is named by its whole configuration, so other settings train
+                // other sub-runs instead of reporting old ones under the new settings.
+                let parent = match shared_baselines {
+                    Some(pool) if !pretrained => pool.to_path_buf(),
+                    _ => run.join("finetune"),
                 };
+                let dir = parent.join(format!("{name}-{}", config_hash(&sub)?));
                 let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
                 if !done {
                     if progress {
@@ -361,6 +365,7 @@ pub fn finetune_run(
                     train_images: n,
                     top1,
                     top5,
+                    run: dir.display().to_string(),
                 });
             }
         }
