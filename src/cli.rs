@@ -250,9 +250,9 @@ pub struct PretrainArgs {
     /// The pretext task.
     #[arg(long, value_enum, default_value = "rotation")]
     pub task: TaskKind,
-    /// Rotation angles: 4 (multiples of 90°) or 8 (multiples of 45°).
-    #[arg(long, default_value_t = 4)]
-    pub angles: usize,
+    /// Rotation angles: 4 (multiples of 90°, default) or 8 (multiples of 45°).
+    #[arg(long)]
+    pub angles: Option<usize>,
     /// Jigsaw: size of the permutation set (paper: 1000; default 100).
     #[arg(long)]
     pub permutations: Option<usize>,
@@ -268,15 +268,16 @@ pub struct PretrainArgs {
     /// Supervised: train on this fraction of each class (balanced subset; 0.01 = 1%).
     #[arg(long)]
     pub label_fraction: Option<f64>,
-    /// Supervised: seed of the balanced subset.
-    #[arg(long, default_value_t = 0)]
-    pub subset_seed: u64,
+    /// Supervised: seed of the balanced subset (default 0).
+    #[arg(long)]
+    pub subset_seed: Option<u64>,
     /// Supervised: initialise the backbone from this run's checkpoint (fine-tuning; its
     /// backbone, input transform and normalisation are reused).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Start from this TOML file's `[task]` table instead of the task's defaults (every
-    /// geometry field of a task can be set there; see a run's config.toml).
+    /// geometry field of a task can be set there; see a run's config.toml). A task flag
+    /// given on the command line overrides the file's value.
     #[arg(long)]
     pub task_config: Option<PathBuf>,
     #[arg(long, default_value_t = 5)]
@@ -664,7 +665,12 @@ fn task_config(a: &PretrainArgs, crop: usize) -> Result<TaskConfig> {
         None => a.task.default_config(crop),
     };
     match &mut task {
-        TaskConfig::Rotation(r) => r.angles = a.angles,
+        // A flag overrides the file (or the defaults) only when it was given.
+        TaskConfig::Rotation(r) => {
+            if let Some(n) = a.angles {
+                r.angles = n;
+            }
+        }
         TaskConfig::Jigsaw(j) => {
             if let Some(n) = a.permutations {
                 j.permutations = n;
@@ -685,12 +691,20 @@ fn task_config(a: &PretrainArgs, crop: usize) -> Result<TaskConfig> {
             }
         }
         TaskConfig::Supervised(s) => {
-            s.label_fraction = a.label_fraction;
-            s.subset_seed = a.subset_seed;
-            s.init_from = a
+            if let Some(f) = a.label_fraction {
+                s.label_fraction = Some(f);
+            }
+            if let Some(seed) = a.subset_seed {
+                s.subset_seed = seed;
+            }
+            if let Some(p) = &a.init_from {
+                s.init_from = Some(p.clone());
+            }
+            // Absolute, so the run can be resumed or evaluated from any working directory.
+            s.init_from = s
                 .init_from
-                .as_ref()
-                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+                .take()
+                .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
         }
     }
     Ok(task)

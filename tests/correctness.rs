@@ -196,7 +196,7 @@ fn first_conv(run: &Path) -> Vec<f32> {
             .weight
             .val()
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap(),
         _ => unreachable!("a NIN run"),
     }
@@ -284,5 +284,62 @@ fn finetuning_with_other_settings_trains_its_own_sub_runs() {
     for row in &report.rows {
         let rc = pretext::run::RunConfig::load(Path::new(&row.run)).unwrap();
         assert_eq!(rc.train.epochs, 1, "{}", row.run);
+    }
+}
+
+/// Item 5: values of `--task-config` were overwritten by the flags' defaults (`angles = 8`
+/// in the file trained with 4; the fine-tuning fields likewise).
+#[test]
+fn task_config_values_hold_unless_a_flag_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    class_tree(&root.join("train"), 8);
+    let cache = no_cache();
+    let file = tmp.path().join("task.toml");
+    fs::write(&file, "[task]\nname = \"rotation\"\nangles = 8\n").unwrap();
+    let a = PretrainArgs {
+        task_config: Some(file.clone()),
+        ..tiny_args(&root, &tmp.path().join("r"))
+    };
+    let angles = |a: &PretrainArgs| match run_config(a, &cache).unwrap().task {
+        pretext::tasks::TaskConfig::Rotation(r) => r.angles,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(angles(&a), 8, "the file's value");
+    assert_eq!(
+        angles(&PretrainArgs {
+            angles: Some(4),
+            ..a.clone()
+        }),
+        4,
+        "a flag that was given wins"
+    );
+
+    let base = tmp.path().join("base");
+    pretrain(
+        &base,
+        Some(run_config(&tiny_args(&root, &base), &cache).unwrap()),
+        &cache,
+    );
+    fs::write(
+        &file,
+        format!(
+            "[task]\nname = \"supervised\"\nclasses = 3\nlabel_fraction = 0.5\nsubset_seed = 7\ninit_from = {:?}\n",
+            base.display().to_string()
+        ),
+    )
+    .unwrap();
+    let a = PretrainArgs {
+        task: TaskKind::Supervised,
+        task_config: Some(file),
+        ..tiny_args(&root, &tmp.path().join("s"))
+    };
+    match run_config(&a, &cache).unwrap().task {
+        pretext::tasks::TaskConfig::Supervised(s) => {
+            assert_eq!(s.label_fraction, Some(0.5));
+            assert_eq!(s.subset_seed, 7);
+            assert_eq!(s.init_from, Some(fs::canonicalize(&base).unwrap()));
+        }
+        other => panic!("{other:?}"),
     }
 }
