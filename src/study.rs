@@ -25,7 +25,7 @@ use crate::eval::finetune::{FinetuneConfig, finetune_run};
 use crate::eval::report::{Comparison, gather};
 use crate::eval::{EvalConfig, evaluate_run};
 use crate::fsutil;
-use crate::models::Arch;
+use crate::models::{Arch, BackboneConfig};
 use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
 use crate::tasks::TaskKind;
 use crate::tasks::supervised::balanced_subset;
@@ -365,15 +365,20 @@ impl Study<'_> {
                 self.save_log(&log)?;
             }
         }
-        // Random init once, on an RGB run when there is one (colorization sees L* only).
-        let base = methods
-            .iter()
-            .zip(&runs)
-            .find(|(_, r)| RunConfig::load(r).is_ok_and(|c| c.input == InputTransform::Rgb))
-            .map_or(&runs[0], |(_, r)| r);
-        if let Some(s) = self.evaluate(base, true)? {
-            log.random_init_eval_seconds = Some(s);
-            self.save_log(&log)?;
+        // Random init once per network (colorization sees L* only, so it gets its own
+        // baseline): each method is read against the baseline of the network it trained.
+        let mut networks: Vec<(BackboneConfig, InputTransform)> = vec![];
+        for run in &runs {
+            let rc = RunConfig::load(run)?;
+            let net = (rc.backbone, rc.input);
+            if networks.contains(&net) {
+                continue;
+            }
+            networks.push(net);
+            if let Some(s) = self.evaluate(run, true)? {
+                *log.random_init_eval_seconds.get_or_insert(0.0) += s;
+                self.save_log(&log)?;
+            }
         }
         let pool = self.out.join("random-init-finetune");
         for &t in &self.cfg.finetune_tasks {

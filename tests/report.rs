@@ -15,6 +15,7 @@ fn eval(method: &str, tops: &[f64]) -> EvalReport {
         method: method.into(),
         run: format!("runs/{method}"),
         backbone: BackboneConfig::new(Arch::Nin, 32),
+        input: None,
         checkpoint_epoch: 3,
         data: "cifar10".into(),
         test_split: None,
@@ -133,4 +134,41 @@ fn runs_under_different_protocols_are_refused() {
     std::fs::create_dir_all(&empty).unwrap();
     let e = gather(&[empty]).unwrap_err().to_string();
     assert!(e.contains("no evaluation found"), "{e}");
+}
+
+/// Issue 16, item 6: runs of different networks were put under one random-init row (the
+/// first one found) and one header naming the first network.
+#[test]
+fn each_network_gets_its_own_random_init_row_and_rows_name_their_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("narrow"), tmp.path().join("wide"));
+    put(&a, "eval", &eval("rotation", &[0.48, 0.49]));
+    put(&a, "eval-random-init", &eval("random-init", &[0.30, 0.31]));
+    let wide = |method: &str, tops: &[f64]| {
+        let mut r = eval(method, tops);
+        r.backbone.width = 96;
+        r
+    };
+    put(&b, "eval", &wide("jigsaw", &[0.52, 0.53]));
+    put(&b, "eval-random-init", &wide("random-init", &[0.40, 0.41]));
+    let c = gather(&[a, b]).unwrap();
+    assert_eq!(
+        c.row_names(),
+        [
+            "rotation",
+            "jigsaw (width 96)",
+            "random-init",
+            "random-init (width 96)"
+        ]
+    );
+    let md = c.markdown();
+    assert!(md.contains("| random-init (width 96) | 40.00"), "{md}");
+    assert!(md.contains("| random-init | 30.00"), "{md}");
+    assert!(md.contains("Nin width 192 (4 blocks)"), "{md}");
+    assert!(md.contains("a random-init row is the baseline of its own network only"));
+    // The same random-init network twice is still one row.
+    let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
+    put(&x, "eval-random-init", &eval("random-init", &[0.3]));
+    put(&y, "eval-random-init", &eval("random-init", &[0.3]));
+    assert_eq!(gather(&[x, y]).unwrap().evals.len(), 1);
 }

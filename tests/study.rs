@@ -143,9 +143,11 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
     for method in [
         "rotation",
         "relative-position",
-        "colorization",
+        "colorization (L* input)",
         "supervised",
         "random-init",
+        // Colorization's own baseline: the same network on L*, from random init.
+        "random-init (L* input)",
     ] {
         assert!(md.contains(&format!("| {method} |")), "{method} row:\n{md}");
     }

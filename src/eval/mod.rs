@@ -210,6 +210,7 @@ pub fn evaluate_run(
         method,
         run: run.display().to_string(),
         backbone: rc.backbone.clone(),
+        input: Some(rc.input),
         checkpoint_epoch: epoch,
         data: data.display().to_string(),
         test_split: test.header.holdout.map(|h| h.to_string()),

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalReport;
 use super::finetune::{FinetuneReport, SummaryRow};
+use crate::data::lab::InputTransform;
 use crate::fsutil;
+use crate::models::Arch;
 use crate::plot::{LineChart, Series};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,8 +40,63 @@ fn protocol_of(r: &EvalReport) -> String {
     )
 }
 
-/// Read `RUN/eval`, `RUN/eval-random-init` (the random-init row once) and `RUN/finetune`
-/// of every run.
+/// The network a row was measured on. Rows of different networks share the tables, but
+/// each random-init row is the baseline of its own network only, and every row whose
+/// network is not the first one's says how it differs.
+fn same_network(a: &EvalReport, b: &EvalReport) -> bool {
+    a.backbone == b.backbone && a.input.is_none_or(|i| b.input.is_none_or(|j| i == j))
+}
+
+fn input_name(r: &EvalReport) -> String {
+    match r.input {
+        Some(InputTransform::Rgb) => "RGB".into(),
+        Some(InputTransform::Lightness) => "L*".into(),
+        None => format!("{}-channel", r.backbone.in_channels),
+    }
+}
+
+/// The network of `r` in full, for the report's header.
+fn network_name(r: &EvalReport) -> String {
+    let b = &r.backbone;
+    format!(
+        "{:?} width {}{}, {} {}×{} input",
+        b.arch,
+        b.width,
+        if b.arch == Arch::Nin {
+            format!(" ({} blocks)", b.blocks)
+        } else {
+            String::new()
+        },
+        input_name(r),
+        b.input_size,
+        b.input_size
+    )
+}
+
+/// How the network of `r` differs from `main`'s ("" when it does not).
+fn network_difference(r: &EvalReport, main: &EvalReport) -> String {
+    let (b, m) = (&r.backbone, &main.backbone);
+    let mut parts = vec![];
+    if b.arch != m.arch {
+        parts.push(format!("{:?}", b.arch));
+    }
+    if b.width != m.width {
+        parts.push(format!("width {}", b.width));
+    }
+    if b.arch == Arch::Nin && b.blocks != m.blocks {
+        parts.push(format!("{} blocks", b.blocks));
+    }
+    if b.in_channels != m.in_channels || input_name(r) != input_name(main) {
+        parts.push(format!("{} input", input_name(r)));
+    }
+    if b.input_size != m.input_size {
+        parts.push(format!("{0}×{0} px", b.input_size));
+    }
+    parts.join(", ")
+}
+
+/// Read `RUN/eval`, `RUN/eval-random-init` (one random-init row per network) and
+/// `RUN/finetune` of every run.
 pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
     let mut evals: Vec<EvalReport> = vec![];
     let mut finetunes = vec![];
@@ -51,10 +108,9 @@ pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
                 let r = EvalReport::read(&dir)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("eval.json").display()))?;
                 found = true;
-                if !evals
-                    .iter()
-                    .any(|e| e.method == r.method && r.method == "random-init")
-                {
+                if !evals.iter().any(|e| {
+                    e.method == r.method && r.method == "random-init" && same_network(e, &r)
+                }) {
                     evals.push(r);
                 }
             }
@@ -92,6 +148,21 @@ pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
 }
 
 impl Comparison {
+    /// The name each row goes by: its method, and how its network differs from the first
+    /// row's when it does ("colorization (L* input)", "random-init (L* input)").
+    pub fn row_names(&self) -> Vec<String> {
+        let Some(main) = self.evals.first() else {
+            return vec![];
+        };
+        self.evals
+            .iter()
+            .map(|r| match network_difference(r, main) {
+                d if d.is_empty() => r.method.clone(),
+                d => format!("{} ({d})", r.method),
+            })
+            .collect()
+    }
+
     /// Layer names in order of first appearance.
     pub fn layers(&self) -> Vec<String> {
         let mut out: Vec<String> = vec![];
@@ -113,8 +184,9 @@ impl Comparison {
             series: self
                 .evals
                 .iter()
-                .map(|r| Series {
-                    name: r.method.clone(),
+                .zip(self.row_names())
+                .map(|(r, name)| Series {
+                    name,
                     values: layers
                         .iter()
                         .map(|l| r.rows.iter().find(|x| &x.layer == l).map(|x| x.linear.top1))
@@ -134,8 +206,8 @@ impl Comparison {
         s.push_str("\n|---|");
         s.push_str(&"---|".repeat(layers.len()));
         s.push('\n');
-        for r in &self.evals {
-            let _ = write!(s, "| {} |", r.method);
+        for (r, name) in self.evals.iter().zip(self.row_names()) {
+            let _ = write!(s, "| {name} |");
             for l in &layers {
                 let _ = write!(s, " {} |", cell(r, l).unwrap_or_else(|| "–".into()));
             }
@@ -150,12 +222,25 @@ impl Comparison {
             let p = &first.protocol;
             let _ = writeln!(
                 s,
-                "Frozen features of each method's backbone ({:?} width {}), {} labelled train / {} test images of {} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardised, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
-                first.backbone.arch,
-                first.backbone.width,
+                "Frozen features of each method's backbone ({}{}), {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardised, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
+                network_name(first),
+                if self
+                    .row_names()
+                    .iter()
+                    .zip(&self.evals)
+                    .any(|(n, r)| *n != r.method)
+                {
+                    "; a row naming another network was measured on that one, and a random-init row is the baseline of its own network only"
+                } else {
+                    ""
+                },
                 first.train_images,
                 first.test_images,
                 first.data,
+                first
+                    .test_split
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(" ({t})")),
                 first.classes,
                 p.probe_dim,
                 p.probe.epochs,
@@ -250,16 +335,18 @@ impl Comparison {
 
     /// Long format: one line per (method, layer, protocol, metric).
     pub fn csv(&self) -> String {
-        let mut s =
-            String::from("method,layer,protocol,setting,metric,value,train_images,test_images\n");
+        let mut s = String::from(
+            "method,layer,protocol,setting,metric,value,train_images,test_images,network\n",
+        );
         for r in &self.evals {
             let (tr, te) = (r.train_images, r.test_images);
+            let net = network_name(r).replace(',', ";");
             for x in &r.rows {
                 let setting = format!("probe {} epochs", r.protocol.probe.epochs);
                 for (m, v) in [("top1", x.linear.top1), ("top5", x.linear.top5)] {
                     let _ = writeln!(
                         s,
-                        "{},{},linear,{setting},{m},{v:.4},{tr},{te}",
+                        "{},{},linear,{setting},{m},{v:.4},{tr},{te},{net}",
                         r.method, x.layer
                     );
                 }
@@ -267,7 +354,7 @@ impl Comparison {
                     for (m, v) in [("top1", k.top1), ("top5", k.top5)] {
                         let _ = writeln!(
                             s,
-                            "{},{},knn,k={} T={},{m},{v:.4},{tr},{te}",
+                            "{},{},knn,k={} T={},{m},{v:.4},{tr},{te},{net}",
                             r.method, x.layer, k.k, k.t
                         );
                     }
@@ -276,7 +363,7 @@ impl Comparison {
                     for (m, v) in [("nmi", c.nmi), ("ari", c.ari), ("purity", c.purity)] {
                         let _ = writeln!(
                             s,
-                            "{},{},kmeans,k={},{m},{v:.4},,{te}",
+                            "{},{},kmeans,k={},{m},{v:.4},,{te},{net}",
                             r.method, x.layer, c.k
                         );
                     }
@@ -287,7 +374,7 @@ impl Comparison {
             for r in &f.rows {
                 let _ = writeln!(
                     s,
-                    "{},all,finetune,{:.0}% seed {} {} {} epochs,top1,{:.4},{},{}",
+                    "{},all,finetune,{:.0}% seed {} {} {} epochs,top1,{:.4},{},{},",
                     f.method,
                     100.0 * r.fraction,
                     r.seed,

@@ -11,6 +11,7 @@ use super::EvalConfig;
 use super::cluster::ClusterScores;
 use super::knn::KnnResult;
 use super::linear::ProbeResult;
+use crate::data::lab::InputTransform;
 use crate::fsutil;
 use crate::models::BackboneConfig;
 
@@ -34,6 +35,9 @@ pub struct EvalReport {
     pub method: String,
     pub run: String,
     pub backbone: BackboneConfig,
+    /// What the backbone sees (RGB, or L* for colorization); `None` in older reports.
+    #[serde(default)]
+    pub input: Option<InputTransform>,
     pub checkpoint_epoch: usize,
     pub data: String,
     /// How the test split was made when the data has no split of its own (see
