@@ -172,6 +172,9 @@ impl Pretrain<'_> {
         // leaves nothing behind to --resume.
         cfg.task.validate(&cfg.augment)?;
         check_size(&set, cfg.task.min_image_size(&cfg.augment), &cfg.data)?;
+        cfg.augment
+            .check(set.header.h, set.header.w)
+            .with_context(|| format!("{}", cfg.data.display()))?;
         let indices = match &cfg.task {
             TaskConfig::Supervised(sc) => {
                 let Some(labels) = set.header.labels.as_deref() else {

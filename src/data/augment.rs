@@ -64,13 +64,26 @@ impl AugmentConfig {
             flip: self.flip && rng.random_bool(0.5),
         }
     }
-    /// The deterministic centre crop used for evaluation.
+    /// The deterministic centre crop used for evaluation. A crop larger than the padded
+    /// image starts at its corner (the rest is black) rather than underflowing.
     pub fn centre(&self, h: usize, w: usize) -> Placement {
         Placement {
-            oy: (h + 2 * self.pad - self.crop) / 2,
-            ox: (w + 2 * self.pad - self.crop) / 2,
+            oy: (h + 2 * self.pad).saturating_sub(self.crop) / 2,
+            ox: (w + 2 * self.pad).saturating_sub(self.crop) / 2,
             flip: false,
         }
+    }
+
+    /// Refuse a crop that the padded `h × w` images cannot hold (random crops would have
+    /// no valid position).
+    pub fn check(&self, h: usize, w: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.crop >= 1 && self.crop <= h.min(w) + 2 * self.pad,
+            "a {0}×{0} crop does not fit {w}×{h} images with {1} px of padding (crop ≤ image side + 2 × padding)",
+            self.crop,
+            self.pad
+        );
+        Ok(())
     }
 }
 

@@ -42,16 +42,29 @@ pub struct EvalView {
 
 impl EvalView {
     /// The view a run's checkpoint is evaluated with: its crop, input transform and
-    /// normalisation, no padding or flip.
+    /// normalisation, no flip.
     pub fn for_run(rc: &crate::run::RunConfig) -> Self {
+        Self::new(
+            rc.augment.crop,
+            rc.image_size,
+            rc.input,
+            rc.normalize.clone(),
+        )
+    }
+
+    /// The centre `crop` of `image_size`-px images; no padding, unless the crop is larger
+    /// than the images (training allows up to the image plus its padding): then just
+    /// enough black border that the crop is centred on the image, as training saw it on
+    /// average. (Without it the centre offset underflowed and every input was black.)
+    pub fn new(crop: usize, image_size: usize, input: InputTransform, norm: Normalize) -> Self {
         Self {
             augment: AugmentConfig {
-                crop: rc.augment.crop,
-                pad: 0,
+                crop,
+                pad: crop.saturating_sub(image_size).div_ceil(2),
                 flip: false,
             },
-            input: rc.input,
-            norm: rc.normalize.clone(),
+            input,
+            norm,
         }
     }
 }
@@ -177,5 +190,47 @@ pub fn l2_normalize(data: &mut [f32], d: usize) {
             let inv = 1.0 / norm;
             row.iter_mut().for_each(|v| *v *= inv);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::loader::make_one;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_crop_larger_than_the_image_is_centred_with_a_black_border() {
+        // One 2×2 image (values 1..4 in every channel), evaluated with a 4×4 crop: a 1-px
+        // black border around the image, worked out by hand.
+        let px: Vec<u8> = [1u8, 2, 3, 4].iter().flat_map(|&v| [v; 3]).collect();
+        let set = ImageSet::unlabelled(2, 2, 3, px);
+        let norm = Normalize {
+            mean: vec![0.0; 3],
+            std: vec![1.0 / 255.0; 3],
+        };
+        let view = EvalView::new(4, 2, InputTransform::Rgb, norm);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (x, t, _) = make_one(&view, &set, 0, &mut rng);
+        let plane: Vec<f32> = x[..16].iter().map(|v| v.round()).collect();
+        #[rustfmt::skip]
+        let want = [
+            0.0, 0.0, 0.0, 0.0,
+            0.0, 1.0, 2.0, 0.0,
+            0.0, 3.0, 4.0, 0.0,
+            0.0, 0.0, 0.0, 0.0,
+        ];
+        assert_eq!(plane, want);
+        assert_eq!(&x[16..32], &x[..16], "every channel");
+        assert_eq!(t, vec![-1], "unlabelled");
+        // The usual case stays a plain centre crop without padding.
+        let norm = Normalize {
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        };
+        assert_eq!(
+            EvalView::new(28, 32, InputTransform::Rgb, norm).augment.pad,
+            0
+        );
     }
 }
