@@ -764,6 +764,10 @@ pub fn main_with(cli: Cli) -> Result<()> {
             task_width,
             tasks_only,
         } => {
+            anyhow::ensure!(
+                batch >= 1 && steps >= 1 && task_width >= 1,
+                "--batch, --steps and --task-width must be at least 1"
+            );
             let dev = crate::device::parse(&cli.common.device)?;
             let mib = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.0}"));
             if !tasks_only {
@@ -996,7 +1000,6 @@ pub fn main_with(cli: Cli) -> Result<()> {
         }
         Command::Run(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
-            let rc = pretrain(&a.pretrain, &cache, &dev, progress)?;
             let cfg = eval_config(
                 a.eval_train_images,
                 a.eval_test_images,
@@ -1005,6 +1008,13 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 9216,
                 0,
             );
+            // The evaluation is checked before the pretraining it follows.
+            let data = match &a.pretrain.data {
+                Some(d) if !a.pretrain.resume => d.clone(),
+                _ => RunConfig::load(&a.pretrain.out)?.data,
+            };
+            eval::preflight(&data, &cfg, &cache)?;
+            let rc = pretrain(&a.pretrain, &cache, &dev, progress)?;
             let run = &a.pretrain.out;
             let (trained, _) =
                 eval::evaluate_run(run, &rc.data, false, &cfg, &cache, &dev, progress)?;

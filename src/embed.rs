@@ -97,6 +97,8 @@ pub fn embed(
     dev: &Device,
     progress: bool,
 ) -> Result<EmbeddingInfo> {
+    anyhow::ensure!(req.target_dim >= 1, "--dim must be at least 1");
+    anyhow::ensure!(req.images != Some(0), "--images must be at least 1");
     let rc = RunConfig::load(req.run)?;
     let run = std::fs::canonicalize(req.run).unwrap_or_else(|_| req.run.to_path_buf());
     let (backbone, epoch) = load_backbone(&rc, &run, false, dev)?;
@@ -115,7 +117,7 @@ pub fn embed(
         dev,
         progress.then_some("embedding"),
         Some(tap),
-    );
+    )?;
     let info = EmbeddingInfo {
         run,
         method: rc.task.name().to_string(),
@@ -309,7 +311,7 @@ pub fn search(
         dev,
         None,
         Some(tap),
-    );
+    )?;
     if q.dims[0] != index.dim {
         bail!(
             "{}: the query's embedding has {} values but the file's rows have {}; was the run retrained since?",

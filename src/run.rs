@@ -190,6 +190,7 @@ impl Pretrain<'_> {
             }
             _ => subset_indices(set.len(), cfg.train_images, cfg.train.seed),
         };
+        self.check(&cfg, &set, &indices)?;
         if !resume {
             std::fs::create_dir_all(self.run)
                 .with_context(|| format!("creating {}", self.run.display()))?;
@@ -259,16 +260,6 @@ impl Pretrain<'_> {
                 let mut model = ClassifierNet::new(b, sc.classes, dev);
                 if let Some(from) = &sc.init_from {
                     let other = RunConfig::load(from)?;
-                    if other.backbone != cfg.backbone || other.input != cfg.input {
-                        bail!(
-                            "{} was trained with another backbone or input ({:?} {:?}) than this run ({:?} {:?})",
-                            from.display(),
-                            other.backbone,
-                            other.input,
-                            cfg.backbone,
-                            cfg.input
-                        );
-                    }
                     // Whenever training will not start from a checkpoint of its own: a run
                     // resumed before its first checkpoint must not start from random init.
                     if checkpoint::latest(self.run)?.is_none() {
@@ -298,6 +289,58 @@ impl Pretrain<'_> {
             }
         };
         Ok((cfg, outcome))
+    }
+
+    /// Everything about a run that can be refused is refused here, before its directory
+    /// exists: a rejected configuration leaves nothing behind to block a rerun or to be
+    /// continued with `--resume`.
+    fn check(&self, cfg: &RunConfig, set: &ImageSet, indices: &[usize]) -> Result<()> {
+        cfg.train.validate()?;
+        cfg.backbone.validate()?;
+        if indices.is_empty() {
+            bail!("{}: no training images selected", cfg.data.display());
+        }
+        match &cfg.task {
+            TaskConfig::Jigsaw(j) => {
+                Jigsaw::saved_perms(j, self.run)?;
+            }
+            TaskConfig::Supervised(sc) => {
+                if let Some(c) = set
+                    .header
+                    .labels
+                    .iter()
+                    .flatten()
+                    .find(|&&c| c as usize >= sc.classes)
+                {
+                    bail!(
+                        "{}: label {c} is past the run's {} classes",
+                        cfg.data.display(),
+                        sc.classes
+                    );
+                }
+                if let Some(from) = &sc.init_from {
+                    let other = RunConfig::load(from)?;
+                    if other.backbone != cfg.backbone || other.input != cfg.input {
+                        bail!(
+                            "{} was trained with another backbone or input ({:?} {:?}) than this run ({:?} {:?})",
+                            from.display(),
+                            other.backbone,
+                            other.input,
+                            cfg.backbone,
+                            cfg.input
+                        );
+                    }
+                    if checkpoint::latest(from)?.is_none() {
+                        bail!(
+                            "{}: no checkpoint to start from (train it first)",
+                            from.display()
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Preview, then train `model` on `task`; gives back what it was handed, trained.

@@ -180,6 +180,12 @@ impl Study<'_> {
     /// Everything that can be refused before hours of training are spent on it.
     fn check(&self) -> Result<()> {
         let c = &self.cfg;
+        anyhow::ensure!(c.max_epochs >= 1, "--max-epochs must be at least 1");
+        anyhow::ensure!(c.batch_size >= 1, "--batch-size must be at least 1");
+        crate::eval::preflight(&c.data, &c.eval, self.cache)?;
+        if !c.finetune_tasks.is_empty() {
+            c.finetune.validate()?;
+        }
         if c.tasks.is_empty() && !c.supervised {
             bail!("the study has no method: name --tasks, or drop --no-supervised");
         }
@@ -211,6 +217,14 @@ impl Study<'_> {
             for &f in &c.finetune.fractions {
                 balanced_subset(labels, train.num_classes(), f, 0)?;
             }
+        }
+        // Every method's run as it will be configured, so a setting none can train with is
+        // refused before the study folder exists.
+        for m in self.methods() {
+            let rc = crate::cli::run_config(&self.pretrain_args(m), self.cache)?;
+            rc.train.validate()?;
+            rc.backbone.validate()?;
+            rc.task.validate(&rc.augment)?;
         }
         Ok(())
     }

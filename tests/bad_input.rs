@@ -49,7 +49,9 @@ fn empty_folder_says_what_was_expected() {
 #[test]
 fn corrupt_and_truncated_images_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let cls = dir.path().join("cats");
+    // A train/ folder, so the whole class is the train split (a tree without split folders
+    // holds some of each class out as its test split).
+    let cls = dir.path().join("train/cats");
     fs::create_dir_all(&cls).unwrap();
     write_png(&cls.join("a.png"), 8, 8);
     fs::write(cls.join("b.jpg"), b"this is not a jpeg").unwrap();
@@ -190,4 +192,229 @@ fn task_geometry_that_cannot_work_is_rejected_before_training() {
     // Patches and gaps larger than the image: 3·8 + 2·10 + 2·1 = 46.
     let e = rejected_task(dir.path(), &format!("{RELPOS}patch = 8\ngap = 10\n"));
     assert!(e.contains("at least 46×46"), "{e}");
+}
+
+/// `train/` and `test/` class folders of 32×32 PNGs: 3 classes, `train` and `test` images
+/// each (all different).
+fn labelled_tree(root: &Path, train: usize, test: usize) {
+    for (split, n) in [("train", train), ("test", test)] {
+        for (c, class) in ["a", "b", "c"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    image::Rgb([(x * 8) as u8, (y * 8) as u8, (c * 80 + i) as u8])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// Issue 16, items 10 and 11: counts and sizes from the user reached a division, an
+/// assertion, `chunks` or an index (`--batch-size 0`, `eval --test-images 5`, a zero
+/// width…) and crashed; a batch larger than the data was refused only after the run
+/// directory existed. Each must be a named error (exit 1, nothing created), or work.
+#[test]
+fn zero_and_oversized_counts_are_named_errors_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    labelled_tree(&data, 12, 4);
+    let run_cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(args)
+            .arg("--quiet")
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run_cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{args:?}: {err}");
+    };
+    ok(&[
+        "pretrain", "--data", "data", "--out", "base", "--width", "8",
+    ]);
+    let x = tmp.path().join("x");
+    let mut refused = 0;
+    for (args, want) in [
+        (
+            &["pretrain", "--batch-size", "0"][..],
+            "--batch-size must be at least 1",
+        ),
+        (
+            &["pretrain", "--epochs", "0"],
+            "--epochs must be at least 1",
+        ),
+        (&["pretrain", "--train-images", "0"], "no training images"),
+        (&["pretrain", "--width", "0"], "--width must be at least 1"),
+        (&["pretrain", "--blocks", "0"], "at least 1 block"),
+        (&["pretrain", "--crop", "0"], "crop does not fit"),
+        (
+            &["pretrain", "--crop", "41"],
+            "larger than the 32px images plus 2×4 padding",
+        ),
+        (&["pretrain", "--lr", "NaN"], "learning rate"),
+        (
+            &["pretrain", "--task", "jigsaw", "--permutations", "0"],
+            "permutations",
+        ),
+        (
+            &["pretrain", "--task", "supervised", "--label-fraction", "0"],
+            "label fraction",
+        ),
+        (
+            &["run", "--eval-test-images", "2"],
+            "at least 3 test images",
+        ),
+        (
+            &["study", "--max-epochs", "0", "--tasks", "rotation"],
+            "--max-epochs",
+        ),
+        (
+            &["study", "--batch-size", "0", "--tasks", "rotation"],
+            "--batch-size",
+        ),
+        (
+            &["study", "--fractions", "0", "--tasks", "rotation"],
+            "fraction",
+        ),
+    ] {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--data", "data", "--out", "x"]);
+        if !args.contains(&"--width") {
+            full.extend(["--width", "8"]);
+        }
+        if args[0] != "study" && !args.contains(&"--epochs") {
+            full.extend(["--epochs", "1"]);
+        }
+        let out = run_cli(&full);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{full:?}: {err}");
+        assert!(
+            err.starts_with("error:") && err.contains(want),
+            "{full:?}: {err}"
+        );
+        assert!(!x.exists(), "{full:?} left {}", x.display());
+        refused += 1;
+    }
+    for (args, want) in [
+        (
+            &["eval", "--run", "base", "--test-images", "2"][..],
+            "at least 3 test images",
+        ),
+        (
+            &["eval", "--run", "base", "--train-images", "0"],
+            "at least 1",
+        ),
+        (
+            &["eval", "--run", "base", "--probe-dim", "0"],
+            "--probe-dim",
+        ),
+        (
+            &["eval", "--run", "base", "--probe-epochs", "0"],
+            "--probe-epochs",
+        ),
+        (
+            &[
+                "finetune",
+                "--run",
+                "base",
+                "--batch-size",
+                "0",
+                "--fractions",
+                "0.5",
+            ],
+            "--batch-size",
+        ),
+        (
+            &[
+                "finetune",
+                "--run",
+                "base",
+                "--epochs",
+                "0",
+                "--fractions",
+                "0.5",
+            ],
+            "epoch",
+        ),
+        (
+            &[
+                "embed",
+                "--run",
+                "base",
+                "--dim",
+                "0",
+                "--out",
+                "x/e.safetensors",
+            ],
+            "--dim",
+        ),
+        (
+            &[
+                "embed",
+                "--run",
+                "base",
+                "--images",
+                "0",
+                "--out",
+                "x/e.safetensors",
+            ],
+            "--images",
+        ),
+        (
+            &["bench", "--batch", "0", "--backbone", "nin"],
+            "at least 1",
+        ),
+        (
+            &["bench", "--steps", "0", "--backbone", "nin"],
+            "at least 1",
+        ),
+    ] {
+        let out = run_cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error:") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !x.exists() && !tmp.path().join("base/eval").exists(),
+            "{args:?}"
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 24);
+    // A batch larger than the images trains as one smaller batch, and so does a fine-tuning
+    // subset smaller than its batch (6 images, batch 64).
+    ok(&[
+        "pretrain",
+        "--data",
+        "data",
+        "--out",
+        "big",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "500",
+    ]);
+    ok(&[
+        "finetune",
+        "--run",
+        "base",
+        "--fractions",
+        "0.5",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+    ]);
 }

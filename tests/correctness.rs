@@ -343,3 +343,125 @@ fn task_config_values_hold_unless_a_flag_is_given() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An input of noise per image; panics on image `bad` (a broken task or a bad file).
+struct Fragile {
+    bad: usize,
+}
+
+impl pretext::data::loader::SampleMaker for Fragile {
+    fn samples_per_image(&self) -> usize {
+        1
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [3, 8, 8]
+    }
+    fn make(
+        &self,
+        _: &data::ImageSet,
+        index: usize,
+        rng: &mut rand_chacha::ChaCha8Rng,
+        out: pretext::data::loader::SampleOut<'_>,
+    ) {
+        assert!(index != self.bad, "image {index} cannot be made");
+        for v in out.inputs.iter_mut() {
+            *v = rand::Rng::random::<f32>(rng);
+        }
+        out.targets[0] = (index % 2) as i64;
+    }
+}
+
+/// Item 9: a panicking loader thread looked like the end of the epoch: the epoch logged
+/// loss 0, was checkpointed, and the process exited 0.
+#[test]
+fn a_failing_loader_stops_the_run_with_its_error_and_keeps_nothing_of_the_epoch() {
+    use pretext::train::trainer::Trainer;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    fs::create_dir_all(&run).unwrap();
+    let dev = pretext::device::training(&Device::flex());
+    let mut backbone = pretext::models::BackboneConfig::new(pretext::models::Arch::Nin, 8);
+    backbone.width = 8;
+    let model = pretext::models::head::ClassifierNet::new(&backbone, 2, &dev);
+    let set = std::sync::Arc::new(data::ImageSet::unlabelled(1, 1, 1, vec![0; 64]));
+    let indices: Vec<usize> = (0..64).collect();
+    let cfg = run_config(&tiny_args(Path::new("."), &run), &no_cache());
+    let train = match cfg {
+        Ok(c) => c.train,
+        Err(_) => {
+            // No data is needed for the training settings: build them by hand.
+            pretext::train::TrainConfig {
+                epochs: 2,
+                batch_size: 16,
+                optim: pretext::train::OptimConfig::rotnet(),
+                schedule: pretext::train::Schedule::Constant,
+                seed: 0,
+                log_every: 1,
+                keep_checkpoints: 2,
+            }
+        }
+    };
+    let trainer = Trainer {
+        run: &run,
+        cfg: &train,
+        device: &dev,
+        progress: false,
+        stop_after: None,
+        prefetch: 2,
+        timing: None,
+    };
+    let e = match trainer.fit(
+        model,
+        std::sync::Arc::new(Fragile { bad: 40 }),
+        set,
+        &indices,
+        false,
+    ) {
+        Ok(_) => panic!("a run whose loader failed must not succeed"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("image 40 cannot be made"), "{e}");
+    assert!(pretext::train::checkpoint::latest(&run).unwrap().is_none());
+    let log = fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    assert!(!log.contains("\"kind\":\"epoch\""), "{log}");
+}
+
+/// Item 9: a `permutations.json` holding a tile index out of range crashed the loader (and,
+/// with the silent epoch end, trained on nothing); now it is refused by name.
+#[test]
+fn a_bad_permutation_file_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    class_tree(&root.join("train"), 8);
+    let cache = no_cache();
+    let run = tmp.path().join("run");
+    let a = PretrainArgs {
+        task: TaskKind::Jigsaw,
+        permutations: Some(2),
+        ..tiny_args(&root, &run)
+    };
+    let cfg = run_config(&a, &cache).unwrap();
+    fs::create_dir_all(&run).unwrap();
+    for (perms, why) in [
+        (
+            "[[0,1,2,3,4,5,6,7,9],[1,0,2,3,4,5,6,7,8]]",
+            "not a permutation",
+        ),
+        ("[[1,0,2,3,4,5,6,7,8],[1,0,2,3,4,5,6,7,8]]", "repeats"),
+    ] {
+        fs::write(run.join("permutations.json"), perms).unwrap();
+        let e = Pretrain {
+            run: &run,
+            device: &Device::flex(),
+            progress: false,
+            stop_after: None,
+            cache: &cache,
+            timing: None,
+        }
+        .run(Some(cfg.clone()), false)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("permutations.json") && e.contains(why), "{e}");
+        assert!(!run.join("config.toml").exists(), "nothing written");
+    }
+}

@@ -171,28 +171,199 @@ pub fn build_batch<M: SampleMaker + ?Sized>(
     }
 }
 
-/// Batches of one epoch, produced on a background thread. `skip` batches at the start are
-/// not built (used when resuming mid-epoch is not needed; kept for symmetry with `len`).
+/// Batches of one epoch, produced on a background thread: `Ok` batches in order, then
+/// the end. A failure of the producer (a panicking [`SampleMaker`], a thread that stopped
+/// early) is an `Err` item, never a quietly shorter epoch: a run that took a short epoch
+/// for a whole one would log and checkpoint it as if nothing happened.
 pub fn epoch<M: SampleMaker>(
     set: Arc<ImageSet>,
     maker: Arc<M>,
     indices: &[usize],
     cfg: &LoaderConfig,
     epoch: u64,
-) -> Receiver<Batch> {
+) -> EpochBatches {
     let order = epoch_order(indices, cfg, epoch);
+    let expected = batches_per_epoch(order.len(), cfg);
     let (tx, rx) = sync_channel(cfg.prefetch.max(1));
     let cfg = cfg.clone();
     std::thread::spawn(move || {
-        let nb = batches_per_epoch(order.len(), &cfg);
-        for b in 0..nb {
+        for b in 0..expected {
             let start = b * cfg.batch_size;
             let end = (start + cfg.batch_size).min(order.len());
-            let batch = build_batch(&set, &*maker, &order[start..end], cfg.seed, epoch, start);
-            if tx.send(batch).is_err() {
-                return; // consumer stopped early
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                build_batch(&set, &*maker, &order[start..end], cfg.seed, epoch, start)
+            }));
+            let item = built.map_err(|payload| {
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                format!(
+                    "the data loader failed building batch {} of {expected} (epoch {}): {why}",
+                    b + 1,
+                    epoch + 1
+                )
+            });
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
+                return; // the consumer stopped early, or there is nothing more to build
             }
         }
     });
-    rx
+    EpochBatches {
+        rx,
+        received: 0,
+        expected,
+        done: false,
+    }
+}
+
+/// The batches of one epoch (see [`epoch`]).
+pub struct EpochBatches {
+    rx: Receiver<Result<Batch, String>>,
+    received: usize,
+    expected: usize,
+    done: bool,
+}
+
+impl EpochBatches {
+    /// Batches the epoch will yield.
+    pub fn len(&self) -> usize {
+        self.expected
+    }
+    pub fn is_empty(&self) -> bool {
+        self.expected == 0
+    }
+}
+
+impl Iterator for EpochBatches {
+    type Item = anyhow::Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(Ok(batch)) => {
+                self.received += 1;
+                Some(Ok(batch))
+            }
+            Ok(Err(why)) => {
+                self.done = true;
+                Some(Err(anyhow::anyhow!(why)))
+            }
+            Err(_) => {
+                self.done = true;
+                (self.received < self.expected).then(|| {
+                    Err(anyhow::anyhow!(
+                        "the data loader stopped after {} of {} batches",
+                        self.received,
+                        self.expected
+                    ))
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One float input per image (its index); panics on image `bad`.
+    struct Fragile {
+        bad: usize,
+    }
+    impl SampleMaker for Fragile {
+        fn samples_per_image(&self) -> usize {
+            1
+        }
+        fn input_shape(&self) -> [usize; 3] {
+            [1, 1, 1]
+        }
+        fn make(&self, _: &ImageSet, index: usize, rng: &mut ChaCha8Rng, out: SampleOut<'_>) {
+            assert!(index != self.bad, "image {index} is bad");
+            // The image's own random stream shows in its input.
+            out.inputs[0] = index as f32 + rand::Rng::random::<f32>(rng);
+            out.targets[0] = index as i64;
+        }
+    }
+
+    fn cfg(batch_size: usize, shuffle: bool) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            shuffle,
+            drop_last: true,
+            seed: 3,
+            prefetch: 2,
+        }
+    }
+
+    #[test]
+    fn a_panicking_sample_maker_is_an_error_not_a_short_epoch() {
+        let set = Arc::new(ImageSet::unlabelled(1, 1, 1, vec![0; 10]));
+        let indices: Vec<usize> = (0..10).collect();
+        let items: Vec<anyhow::Result<Batch>> = epoch(
+            set,
+            Arc::new(Fragile { bad: 5 }),
+            &indices,
+            &cfg(2, false),
+            0,
+        )
+        .collect();
+        // Batches 1 and 2 arrive, batch 3 (images 4, 5) fails, and nothing follows it.
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[1].is_ok());
+        let e = items[2].as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("batch 3 of 5") && e.contains("image 5 is bad"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn batches_are_the_same_whatever_the_thread_count() {
+        let set = Arc::new(ImageSet::unlabelled(1, 1, 1, vec![0; 37]));
+        let indices: Vec<usize> = (0..37).collect();
+        let maker = Fragile { bad: usize::MAX };
+        let cfg = cfg(8, true);
+        // Batches are built on the calling thread's rayon pool, in parallel over images.
+        let run = |threads: usize| -> Vec<(Vec<f32>, Vec<i64>)> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let order = epoch_order(&indices, &cfg, 2);
+            pool.install(|| {
+                (0..batches_per_epoch(order.len(), &cfg))
+                    .map(|b| {
+                        let at = b * cfg.batch_size;
+                        let idx = &order[at..at + cfg.batch_size];
+                        let batch = build_batch(&set, &maker, idx, cfg.seed, 2, at);
+                        (batch.inputs, batch.targets)
+                    })
+                    .collect()
+            })
+        };
+        let one = run(1);
+        assert_eq!(
+            one.len(),
+            4,
+            "37 images, batches of 8, the last partial one dropped"
+        );
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+        // And the background loader gives the very same batches.
+        let loaded: Vec<(Vec<f32>, Vec<i64>)> =
+            epoch(set.clone(), Arc::new(maker), &indices, &cfg, 2)
+                .map(|b| {
+                    let b = b.unwrap();
+                    (b.inputs, b.targets)
+                })
+                .collect();
+        assert_eq!(one, loaded);
+        // Shuffled: not the identity order.
+        assert_ne!(one[0].1, (0..8).collect::<Vec<i64>>());
+    }
 }

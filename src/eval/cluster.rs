@@ -111,11 +111,17 @@ fn seed_centres(
 }
 
 /// Cluster the rows of `data` (`n × d`, row-major) into `k` groups.
-pub fn kmeans(data: &[f32], d: usize, k: usize, cfg: &KMeansConfig, dev: &Device) -> KMeans {
-    let n = data.len() / d;
-    assert!(
+pub fn kmeans(
+    data: &[f32],
+    d: usize,
+    k: usize,
+    cfg: &KMeansConfig,
+    dev: &Device,
+) -> anyhow::Result<KMeans> {
+    let n = data.len() / d.max(1);
+    anyhow::ensure!(
         k >= 1 && k <= n,
-        "k-means needs 1 ≤ k ≤ n (k = {k}, n = {n})"
+        "k-means into {k} clusters needs at least {k} points, got {n}"
     );
     let x = Tensor::<2>::from_data(TensorData::new(data.to_vec(), [n, d]), dev);
     let xn = x.clone().powi_scalar(2).sum_dim(1).reshape([n]);
@@ -177,7 +183,7 @@ pub fn kmeans(data: &[f32], d: usize, k: usize, cfg: &KMeansConfig, dev: &Device
             best = Some(result);
         }
     }
-    best.expect("at least one start")
+    Ok(best.expect("at least one start"))
 }
 
 /// Rows: clusters, columns: classes.
@@ -273,16 +279,16 @@ pub fn evaluate(
     classes: usize,
     cfg: &KMeansConfig,
     dev: &Device,
-) -> ClusterScores {
-    let km = kmeans(data, d, classes, cfg, dev);
+) -> anyhow::Result<ClusterScores> {
+    let km = kmeans(data, d, classes, cfg, dev)?;
     let t = contingency(&km.assign, labels, classes, classes);
-    ClusterScores {
+    Ok(ClusterScores {
         k: classes,
         nmi: nmi(&t),
         ari: ari(&t),
         purity: purity(&t),
         inertia: km.inertia,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -346,10 +352,15 @@ mod tests {
         }
         let dev = Device::flex();
         let cfg = KMeansConfig::default();
-        let km = kmeans(&data, 2, 3, &cfg, &dev);
+        let km = kmeans(&data, 2, 3, &cfg, &dev).unwrap();
         let t = contingency(&km.assign, &labels, 3, 3);
         assert!(close(nmi(&t), 1.0) && close(purity(&t), 1.0), "{t:?}");
-        assert_eq!(kmeans(&data, 2, 3, &cfg, &dev), km);
+        assert_eq!(kmeans(&data, 2, 3, &cfg, &dev).unwrap(), km);
+        // More clusters than points is an error, not a panic.
+        let e = kmeans(&data[..4], 2, 3, &cfg, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs at least 3 points, got 2"), "{e}");
     }
 }
 
@@ -405,7 +416,7 @@ mod reference {
                 seed,
                 ..KMeansConfig::default()
             };
-            let s = evaluate(&x, 16, &y, 6, &cfg, &dev);
+            let s = evaluate(&x, 16, &y, 6, &cfg, &dev).unwrap();
             assert!(
                 (s.nmi - 0.8866).abs() < 0.01,
                 "seed {seed}: NMI {} vs scikit-learn's 0.8866",

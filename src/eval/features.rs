@@ -98,7 +98,7 @@ pub fn extract(
     batch_size: usize,
     dev: &Device,
     progress: Option<&str>,
-) -> Features {
+) -> anyhow::Result<Features> {
     extract_taps(
         backbone, set, view, target_dim, batch_size, dev, progress, None,
     )
@@ -116,7 +116,7 @@ pub fn extract_taps(
     dev: &Device,
     progress: Option<&str>,
     only: Option<usize>,
-) -> Features {
+) -> anyhow::Result<Features> {
     let keep = |t: usize| only.is_none_or(|o| o == t);
     let taps: Vec<String> = backbone
         .tap_names()
@@ -144,7 +144,8 @@ pub fn extract_taps(
     let mut dims = vec![0; taps.len()];
     let mut grids = vec![0; taps.len()];
     let mut labels = Vec::with_capacity(n);
-    for batch in rx.iter() {
+    for batch in rx {
+        let batch = batch?;
         labels.extend(batch.targets.iter().map(|&t| t.max(0) as u16));
         let b = batch.shape[0];
         let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
@@ -172,14 +173,14 @@ pub fn extract_taps(
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    Features {
+    Ok(Features {
         taps,
         dims,
         grids,
         data,
         labels,
         n,
-    }
+    })
 }
 
 /// Scale every row of an `n × d` matrix to unit L2 norm (zero rows stay zero).

@@ -40,6 +40,32 @@ pub struct FinetuneConfig {
     pub test_images: Option<usize>,
 }
 
+impl FinetuneConfig {
+    /// Refuse settings no fine-tuning can run with, before any work.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(!self.fractions.is_empty(), "no label fraction given");
+        for &f in &self.fractions {
+            anyhow::ensure!(
+                f > 0.0 && f <= 1.0,
+                "a label fraction must be in (0, 1], got {f}"
+            );
+        }
+        anyhow::ensure!(!self.seeds.is_empty(), "no seed given");
+        anyhow::ensure!(self.epochs >= 1, "fine-tuning needs at least 1 epoch");
+        anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        anyhow::ensure!(
+            self.optim.lr.is_finite() && self.optim.lr >= 0.0,
+            "the learning rate must be a finite number ≥ 0, got {}",
+            self.optim.lr
+        );
+        anyhow::ensure!(
+            self.test_images != Some(0),
+            "--test-images must be at least 1"
+        );
+        Ok(())
+    }
+}
+
 impl Default for FinetuneConfig {
     fn default() -> Self {
         let mut optim = OptimConfig::rotnet();
@@ -238,7 +264,8 @@ pub fn classify(
     };
     let indices: Vec<usize> = (0..test.len()).collect();
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    for batch in loader::epoch(test, view, &indices, &cfg, 0).iter() {
+    for batch in loader::epoch(test, view, &indices, &cfg, 0) {
+        let batch = batch?;
         labels.extend(batch.targets.iter().map(|&t| t.max(0) as u16));
         let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
         scores.extend(
@@ -268,6 +295,7 @@ pub fn finetune_run(
     dev: &Device,
     progress: bool,
 ) -> Result<(FinetuneReport, PathBuf)> {
+    cfg.validate()?;
     let rc = RunConfig::load(run)?;
     let run = std::fs::canonicalize(run).unwrap_or_else(|_| run.to_path_buf());
     if checkpoint::latest(&run)?.is_none() {

@@ -43,6 +43,43 @@ pub struct EvalConfig {
     pub kmeans: KMeansConfig,
 }
 
+impl EvalConfig {
+    /// Refuse settings no evaluation can run with, before any work (a zero count reached a
+    /// division or an empty probe and crashed).
+    pub fn validate(&self) -> Result<()> {
+        let p = &self.probe;
+        anyhow::ensure!(self.probe_dim >= 1, "--probe-dim must be at least 1");
+        anyhow::ensure!(p.epochs >= 1, "--probe-epochs must be at least 1");
+        anyhow::ensure!(
+            p.batch_size >= 1 && self.batch_size >= 1,
+            "batch sizes must be at least 1"
+        );
+        anyhow::ensure!(
+            p.optim.lr.is_finite() && p.optim.lr > 0.0,
+            "the probe's learning rate must be a finite number > 0, got {}",
+            p.optim.lr
+        );
+        anyhow::ensure!(
+            self.train_images != Some(0) && self.test_images != Some(0),
+            "--train-images and --test-images must be at least 1"
+        );
+        anyhow::ensure!(!self.knn.is_empty(), "no kNN setting");
+        for s in &self.knn {
+            anyhow::ensure!(
+                s.k >= 1 && s.t.is_finite() && s.t > 0.0,
+                "kNN needs k ≥ 1 and a temperature > 0, got k = {} T = {}",
+                s.k,
+                s.t
+            );
+        }
+        anyhow::ensure!(
+            self.kmeans.restarts >= 1 && self.kmeans.max_iters >= 1,
+            "k-means needs at least one start and one iteration"
+        );
+        Ok(())
+    }
+}
+
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
@@ -74,6 +111,35 @@ pub fn labelled_splits(
     crate::run::check_fits(rc, &train, data, "train")?;
     crate::run::check_fits(rc, &test, data, "test")?;
     Ok((train, test))
+}
+
+/// Whether `cfg` can evaluate on the labelled splits of `data` (before hours of
+/// pretraining are spent on a run whose evaluation would then be refused).
+pub fn preflight(data: &Path, cfg: &EvalConfig, cache: &CacheOptions) -> Result<()> {
+    cfg.validate()?;
+    let train = open_split(data, Split::Train, cache)?;
+    let test = open_split(data, Split::Test, cache)?;
+    check_splits(&train, &test, data)?;
+    let n = |set: &ImageSet, take: Option<usize>| take.map_or(set.len(), |t| t.min(set.len()));
+    check_counts(
+        cfg,
+        train.num_classes(),
+        n(&train, cfg.train_images),
+        n(&test, cfg.test_images),
+    )
+}
+
+fn check_counts(cfg: &EvalConfig, classes: usize, train: usize, test: usize) -> Result<()> {
+    let _ = cfg;
+    if train == 0 {
+        bail!("no labelled training images to evaluate with");
+    }
+    if test < classes {
+        bail!(
+            "k-means clusters the test images into {classes} groups (one per class), so the evaluation needs at least {classes} test images; got {test}"
+        );
+    }
+    Ok(())
 }
 
 /// [`labelled_splits`]' checks that need no run: labels, classes, no shared image.
@@ -145,6 +211,7 @@ pub fn evaluate_run(
     dev: &Device,
     progress: bool,
 ) -> Result<(EvalReport, PathBuf)> {
+    cfg.validate()?;
     let rc = RunConfig::load(run)?;
     dev.seed(cfg.seed);
     let (backbone, epoch) = load_backbone(&rc, run, random_init, dev)?;
@@ -159,6 +226,7 @@ pub fn evaluate_run(
     let classes = train.num_classes();
     let tr_idx = subset_indices(train.len(), cfg.train_images, cfg.seed);
     let te_idx = subset_indices(test.len(), cfg.test_images, cfg.seed + 1);
+    check_counts(cfg, classes, tr_idx.len(), te_idx.len())?;
     let train = Arc::new(train.subset(&tr_idx));
     let test = Arc::new(test.subset(&te_idx));
     let view = Arc::new(EvalView::for_run(&rc));
@@ -170,7 +238,7 @@ pub fn evaluate_run(
         cfg.batch_size,
         dev,
         progress.then_some("train"),
-    );
+    )?;
     let fte = features::extract(
         &backbone,
         test.clone(),
@@ -179,7 +247,7 @@ pub fn evaluate_run(
         cfg.batch_size,
         dev,
         progress.then_some("test"),
-    );
+    )?;
     let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress);
     let mut rows = Vec::new();
     for (t, probe) in probes.into_iter().enumerate() {
@@ -196,7 +264,7 @@ pub fn evaluate_run(
             &cfg.knn,
             dev,
         );
-        let cluster = cluster::evaluate(&b, d, &fte.labels, classes, &cfg.kmeans, dev);
+        let cluster = cluster::evaluate(&b, d, &fte.labels, classes, &cfg.kmeans, dev)?;
         rows.push(LayerRow {
             layer: ftr.taps[t].clone(),
             dim: d,

@@ -62,6 +62,21 @@ impl BackboneConfig {
             input_size,
         }
     }
+    /// Refuse a network that cannot be built (a zero width crashed burn's batch norm).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.width >= 1, "--width must be at least 1");
+        anyhow::ensure!(
+            self.arch != Arch::Nin || self.blocks >= 1,
+            "NIN needs at least 1 block (--blocks)"
+        );
+        anyhow::ensure!(self.in_channels >= 1, "the input needs at least 1 channel");
+        anyhow::ensure!(
+            self.input_size >= 1,
+            "the input needs at least 1 pixel a side"
+        );
+        Ok(())
+    }
+
     pub fn init(&self, dev: &Device) -> Backbone {
         match self.arch {
             Arch::Nin => Backbone::Nin(Nin::new(self.in_channels, self.blocks, self.width, dev)),

@@ -104,6 +104,26 @@ impl JigsawConfig {
 /// A permutation of the 9 cells: input slot `i` shows the tile of cell `p[i]`.
 pub type Perm = [u8; 9];
 
+/// Every entry a permutation of the tiles 0..=8, and no two the same (a duplicate makes
+/// two classes indistinguishable; a tile index out of range would crash the loader).
+pub fn check_perms(perms: &[Perm]) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in perms.iter().enumerate() {
+        let mut sorted = *p;
+        sorted.sort_unstable();
+        anyhow::ensure!(
+            sorted == [0, 1, 2, 3, 4, 5, 6, 7, 8],
+            "entry {i} ({p:?}) is not a permutation of the tiles 0..=8"
+        );
+        anyhow::ensure!(
+            seen.insert(*p),
+            "entry {i} ({p:?}) repeats an earlier permutation"
+        );
+    }
+    anyhow::ensure!(perms.len() >= 2, "a jigsaw needs at least 2 permutations");
+    Ok(())
+}
+
 fn hamming(a: &Perm, b: &Perm) -> u32 {
     a.iter().zip(b).filter(|(x, y)| x != y).count() as u32
 }
@@ -199,24 +219,39 @@ impl Jigsaw {
         })
     }
 
-    /// Load the run's saved set, or generate it (and save it) on first use.
-    pub fn perms_for_run(cfg: &JigsawConfig, run: &Path) -> anyhow::Result<Vec<Perm>> {
+    /// The set saved in the run, checked (count, each a permutation, no duplicates);
+    /// `None` when the run has none yet.
+    pub fn saved_perms(cfg: &JigsawConfig, run: &Path) -> anyhow::Result<Option<Vec<Perm>>> {
         let path = run.join("permutations.json");
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)?;
-            let perms: Vec<Perm> = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: not a permutation list: {e}", path.display()))?;
-            anyhow::ensure!(
-                perms.len() == cfg.permutations,
-                "{} holds {} permutations but the run's config asks for {}",
-                path.display(),
-                perms.len(),
-                cfg.permutations
-            );
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let perms: Vec<Perm> = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a permutation list: {e}", path.display()))?;
+        anyhow::ensure!(
+            perms.len() == cfg.permutations,
+            "{} holds {} permutations but the run's config asks for {}",
+            path.display(),
+            perms.len(),
+            cfg.permutations
+        );
+        check_perms(&perms).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Some(perms))
+    }
+
+    /// Load the run's saved set ([`Jigsaw::saved_perms`]), or generate it and save it on
+    /// first use.
+    pub fn perms_for_run(cfg: &JigsawConfig, run: &Path) -> anyhow::Result<Vec<Perm>> {
+        if let Some(perms) = Self::saved_perms(cfg, run)? {
             return Ok(perms);
         }
         let perms = permutation_set(cfg.permutations, cfg.selection, cfg.permutation_seed);
-        crate::fsutil::write_bytes(&path, serde_json::to_string(&perms)?.as_bytes())?;
+        crate::fsutil::write_bytes(
+            &run.join("permutations.json"),
+            serde_json::to_string(&perms)?.as_bytes(),
+        )?;
         Ok(perms)
     }
 

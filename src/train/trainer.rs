@@ -95,6 +95,30 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
 }
 
+impl TrainConfig {
+    /// Refuse settings no training can run with, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        let o = &self.optim;
+        anyhow::ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        anyhow::ensure!(
+            o.lr.is_finite() && o.lr >= 0.0,
+            "the learning rate must be a finite number ≥ 0, got {}",
+            o.lr
+        );
+        anyhow::ensure!(
+            o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+            "the weight decay must be a finite number ≥ 0, got {}",
+            o.weight_decay
+        );
+        anyhow::ensure!(
+            self.keep_checkpoints >= 1,
+            "at least one checkpoint must be kept"
+        );
+        Ok(())
+    }
+}
+
 /// What a finished (or stopped) training call leaves behind.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
@@ -178,21 +202,19 @@ impl Trainer<'_> {
                 ),
             }
         }
+        if indices.is_empty() {
+            bail!("no training images");
+        }
         let lcfg = LoaderConfig {
             batch_size: cfg.batch_size,
             shuffle: true,
-            drop_last: true,
+            // A partial last batch is dropped, unless it is the only one: images fewer than
+            // a batch (a 1% fine-tuning subset) train as one smaller batch.
+            drop_last: indices.len() >= cfg.batch_size,
             seed: cfg.seed,
             prefetch: self.prefetch,
         };
         let nb = loader::batches_per_epoch(indices.len(), &lcfg);
-        if nb == 0 {
-            bail!(
-                "{} training images are fewer than one batch of {}; lower --batch-size",
-                indices.len(),
-                cfg.batch_size
-            );
-        }
         let log_path = self.run.join("metrics.jsonl");
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -225,7 +247,11 @@ impl Trainer<'_> {
             let mut epoch_images = 0u64;
             let mut lr = 0.0;
             let mut timed: Option<(Instant, u64)> = None;
-            for (b, batch) in rx.iter().enumerate() {
+            let mut batches = 0;
+            for (b, batch) in rx.enumerate() {
+                // A loader failure stops the run before anything of this epoch is kept.
+                let batch = batch?;
+                batches += 1;
                 if let Some(t) = self.timing {
                     if b == TIMING_WARMUP.min(t.steps) {
                         let _ = self.device.sync();
@@ -300,6 +326,12 @@ impl Trainer<'_> {
                 bar.set_position(b as u64 + 1);
             }
             bar.finish_and_clear();
+            if self.timing.is_none() && batches != nb {
+                bail!(
+                    "epoch {} ended after {batches} of {nb} batches; nothing of it was kept",
+                    epoch + 1
+                );
+            }
             if self.timing.is_some() {
                 let _ = self.device.sync();
                 let (t, before) = timed.unwrap_or((t0, 0));
