@@ -1121,8 +1121,8 @@ fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
         for (name, count) in h.classes.iter().zip(set.class_counts()) {
             println!("    {name:<16} {count}");
         }
-        if !h.skipped.is_empty() {
-            println!("    skipped {} unreadable image(s)", h.skipped.len());
+        if let Some(s) = h.skipped_summary() {
+            println!("    {s}");
         }
         if let Some(p) = &set.cache_path {
             println!("    cache: {}", p.display());

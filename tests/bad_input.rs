@@ -418,3 +418,60 @@ fn zero_and_oversized_counts_are_named_errors_and_leave_nothing_behind() {
         "64",
     ]);
 }
+
+/// Issue 16, item 12: `--skip-bad` did not cover the first file of a folder (it fixes the
+/// image size and was decoded outside the skipping), and counted images of another size as
+/// "unreadable".
+#[test]
+fn skip_bad_covers_the_first_file_and_names_what_it_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a-broken.jpg"), b"not an image at all").unwrap();
+    write_png(&dir.path().join("b.png"), 32, 32);
+    write_png(&dir.path().join("c.png"), 32, 32);
+    write_png(&dir.path().join("d.png"), 20, 20);
+    // Without --skip-bad the first file stops it, by name.
+    let e = err_of(dir.path(), Split::Unlabeled);
+    assert!(
+        e.contains("a-broken.jpg") && e.contains("cannot decode"),
+        "{e}"
+    );
+    let opts = pretext::data::CacheOptions {
+        dir: None,
+        skip_bad: true,
+        progress: false,
+        ..Default::default()
+    };
+    let set = data::open(dir.path(), Split::Unlabeled, &opts).unwrap();
+    assert_eq!((set.len(), set.header.h), (2, 32));
+    let summary = set.header.skipped_summary().unwrap();
+    assert!(
+        summary.starts_with("2 image(s) skipped")
+            && summary.contains("1 unreadable")
+            && summary.contains("1 smaller than 32×32"),
+        "{summary}"
+    );
+    // The command line says the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["data", "inspect", "--skip-bad", "--no-cache", "--quiet"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("1 unreadable, 1 smaller than 32×32"),
+        "{text}"
+    );
+    // Nothing readable at all is an error, not an empty set.
+    let bad = tempfile::tempdir().unwrap();
+    fs::write(bad.path().join("x.jpg"), b"no").unwrap();
+    let e = format!(
+        "{:#}",
+        data::open(bad.path(), Split::Unlabeled, &opts).unwrap_err()
+    );
+    assert!(e.contains("none of its 1 image(s) can be decoded"), "{e}");
+}

@@ -97,9 +97,13 @@ pub struct Header {
     pub classes: Vec<String>,
     /// Where each image came from (a file path, or `file#record`), for messages and search.
     pub sources: Vec<String>,
-    /// Images skipped with `--skip-bad`.
+    /// Images skipped with `--skip-bad`: why, one line each.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// How many of them decoded fine but were smaller than the set's size (the others
+    /// could not be read at all).
+    #[serde(default)]
+    pub skipped_small: usize,
     pub fingerprint: u64,
     /// Set when this split was carved out of a tree without split folders (see [`Holdout`]).
     #[serde(default)]
@@ -155,6 +159,7 @@ impl ImageSet {
             classes: vec![],
             sources: (0..n).map(|i| format!("image-{i}")).collect(),
             skipped: vec![],
+            skipped_small: 0,
             fingerprint: 0,
             holdout: None,
         };
@@ -216,6 +221,7 @@ impl ImageSet {
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
             sources: indices.iter().map(|&i| h.sources[i].clone()).collect(),
             skipped: vec![],
+            skipped_small: 0,
             ..(**h).clone()
         };
         ImageSet::from_parts(header, pixels)
@@ -246,6 +252,34 @@ impl ImageSet {
             .map(|(q, &m)| ((q / count - (m as f64).powi(2)).max(1e-8)).sqrt() as f32)
             .collect();
         (mean, std)
+    }
+}
+
+impl Header {
+    /// What `--skip-bad` left out, by kind ("3 image(s) skipped: 2 unreadable, 1 smaller
+    /// than 32×32"), or `None` when nothing was.
+    pub fn skipped_summary(&self) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let small = self.skipped_small;
+        let unreadable = self.skipped.len() - small;
+        let mut kinds = vec![];
+        if unreadable > 0 {
+            kinds.push(format!("{unreadable} unreadable"));
+        }
+        if small > 0 {
+            kinds.push(format!(
+                "{small} smaller than {}×{} (--image-size brings every image to one size)",
+                self.w, self.h
+            ));
+        }
+        Some(format!(
+            "{} image(s) skipped (--skip-bad): {}; first: {}",
+            self.skipped.len(),
+            kinds.join(", "),
+            self.skipped[0]
+        ))
     }
 }
 
@@ -379,6 +413,7 @@ mod tests {
             classes: vec!["a".into(), "b".into()],
             sources: vec!["x".into(), "y".into()],
             skipped: vec![],
+            skipped_small: 0,
             fingerprint: 42,
             holdout: None,
         };

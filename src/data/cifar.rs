@@ -156,6 +156,7 @@ pub fn open(
             skipped: vec![],
             fingerprint: fp,
             holdout: None,
+            skipped_small: 0,
         };
         Ok(ImageSet::from_parts(header, pixels))
     })

@@ -256,12 +256,38 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, 
 }
 
 fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet, DataError> {
-    // The first image fixes the size when the user did not choose one.
+    // The first readable image fixes the size when the user did not choose one (with
+    // --skip-bad, unreadable files before it are skipped and counted like any other).
     let size = match opts.image_size {
         Some(s) => s,
         None => {
-            let first = decode_file(&listing.files[0], None)?;
-            first.width().min(first.height())
+            let mut first = None;
+            let mut why = None;
+            for f in &listing.files {
+                match decode_file(f, None) {
+                    Ok(img) => {
+                        first = Some(img.width().min(img.height()));
+                        break;
+                    }
+                    Err(e) if opts.skip_bad => {
+                        why.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match first {
+                Some(s) => s,
+                None => {
+                    return Err(DataError::format(
+                        &listing.root,
+                        format!(
+                            "none of its {} image(s) can be decoded (--skip-bad); first: {}",
+                            listing.files.len(),
+                            why.map(|e| e.to_string()).unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
         }
     };
     let n = listing.files.len();
@@ -288,6 +314,7 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
     let mut labels = listing.labels.as_ref().map(|_| Vec::with_capacity(n));
     let mut sources = Vec::with_capacity(n);
     let mut skipped = Vec::new();
+    let mut skipped_small = 0;
     for (i, r) in decoded.into_iter().enumerate() {
         match r {
             Ok(img) => {
@@ -297,20 +324,15 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
                 }
                 sources.push(listing.files[i].to_string_lossy().into_owned());
             }
-            Err(e) if opts.skip_bad => skipped.push(e.to_string()),
+            Err(e) if opts.skip_bad => {
+                skipped_small += matches!(e, DataError::TooSmall { .. }) as usize;
+                skipped.push(e.to_string());
+            }
             Err(e) => return Err(e),
         }
     }
     if sources.is_empty() {
         return Err(DataError::Empty { path: listing.root });
-    }
-    if !skipped.is_empty() {
-        eprintln!(
-            "warning: skipped {} unreadable image(s) under {} (--skip-bad); first: {}",
-            skipped.len(),
-            listing.root.display(),
-            skipped[0]
-        );
     }
     let header = Header {
         n: sources.len(),
@@ -321,8 +343,12 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
         classes: listing.classes,
         sources,
         skipped,
+        skipped_small,
         fingerprint: fp,
         holdout: listing.holdout,
     };
+    if let Some(s) = header.skipped_summary() {
+        eprintln!("warning: {}: {s}", listing.root.display());
+    }
     Ok(ImageSet::from_parts(header, pixels))
 }

@@ -99,6 +99,7 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, 
             skipped: vec![],
             fingerprint: fp,
             holdout: None,
+            skipped_small: 0,
         };
         Ok(ImageSet::from_parts(header, pixels))
     })
