@@ -23,10 +23,12 @@ pub fn atomic_write(
     }
     let tmp = tmp_path(path);
     let result = write(&tmp).and_then(|()| {
-        if let Ok(f) = std::fs::File::open(&tmp) {
-            let _ = f.sync_all();
-        }
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("flushing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+        // The rename itself is durable only once the directory is flushed.
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -37,4 +39,16 @@ pub fn atomic_write(
 /// Atomically write bytes.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     atomic_write(path, |tmp| Ok(std::fs::write(tmp, bytes)?))
+}
+
+/// Flush a directory's entries (a rename or a new file in it) to disk.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("flushing the folder {}", dir.display()))
 }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod embed;
 pub mod eval;
+pub mod fault;
 pub mod fsutil;
 pub mod models;
 pub mod plot;

@@ -129,6 +129,45 @@ pub struct TrainOutcome {
     pub images_per_second: f64,
 }
 
+/// Make the metrics log agree with the checkpoint training resumes from: drop the lines
+/// of steps and epochs after it (a run killed mid-epoch redoes that epoch, and must not log
+/// its first steps twice) and any torn last line, and add the checkpoint's own epoch line
+/// if the run was killed before writing it.
+pub fn repair_log(path: &Path, state: &TrainState) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = String::new();
+    let mut has_epoch = false;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let keep = match v["kind"].as_str() {
+            Some("step") => v["step"].as_u64().is_some_and(|s| s <= state.step),
+            Some("epoch") => {
+                let e = v["epoch"].as_u64().unwrap_or(u64::MAX);
+                has_epoch |= e == state.epoch as u64;
+                e <= state.epoch as u64
+            }
+            _ => true,
+        };
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if !has_epoch && let Some(rec) = &state.log {
+        kept.push_str(&format!("{rec}\n"));
+    }
+    if kept != text {
+        crate::fsutil::write_bytes(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Mean cross-entropy of `logits` against integer `targets`.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let [_, k] = logits.dims();
@@ -216,6 +255,9 @@ impl Trainer<'_> {
         };
         let nb = loader::batches_per_epoch(indices.len(), &lcfg);
         let log_path = self.run.join("metrics.jsonl");
+        if self.timing.is_none() {
+            repair_log(&log_path, &state)?;
+        }
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -277,6 +319,7 @@ impl Trainer<'_> {
                 pending_score.push(stats.score_sum);
                 pending_inputs += stats.count;
                 state.step += 1;
+                crate::fault::pause_at(&format!("step:{}", state.step));
                 if (b + 1) % cfg.log_every.max(1) == 0 || b + 1 == nb {
                     // One read-back per interval: on a GPU every read is a sync.
                     let l: f64 = Tensor::cat(std::mem::take(&mut pending_loss), 0)
@@ -354,9 +397,15 @@ impl Trainer<'_> {
                 "seconds": dt,
                 "images_per_second": ips,
             });
+            // The checkpoint first, then its line in the log: a run killed between the two
+            // writes the line from the checkpoint when it resumes (see `repair_log`), so the
+            // log never holds an epoch the checkpoints do not.
+            state.log = Some(rec.clone());
+            checkpoint::save(self.run, &model, &optim, &state, cfg.keep_checkpoints)?;
+            crate::fault::pause_at(&format!("epoch-log:{}", state.epoch));
             writeln!(log, "{rec}")?;
             log.flush()?;
-            checkpoint::save(self.run, &model, &optim, &state, cfg.keep_checkpoints)?;
+            log.sync_data()?;
             if self.progress {
                 eprintln!(
                     "epoch {}/{}: loss {:.4}, pretext {score_name} {:.4}, {:.1} images/s, {:.0} s",
