@@ -1,6 +1,7 @@
 //! End to end on a slice of the real CIFAR-10: rotation pretraining learns (loss falls,
-//! pretext accuracy well above the 25% of chance), the frozen features beat chance (10%)
-//! under the linear probe and kNN, and a stopped run resumes from its checkpoint.
+//! pretext accuracy well above the 25% of chance), its frozen features beat the same
+//! network at random init on the same images by a margin (kNN, k-means), and a stopped run
+//! resumes from its checkpoint.
 
 mod common;
 
@@ -77,7 +78,7 @@ fn setup() -> Setup {
 }
 
 #[test]
-fn rotation_pretraining_learns_and_its_features_beat_chance() {
+fn rotation_pretraining_learns_and_its_features_beat_random_init() {
     let Setup {
         data,
         tmp,
@@ -113,24 +114,11 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
     let ecfg = eval_config(Some(2000), Some(1000), 15, 0.01, 9216, 0);
     let (report, out) = evaluate_run(&run, &data, false, &ecfg, &cache, &dev, false).unwrap();
     eprintln!("{}", report.markdown());
-    let best = report.best_layer().unwrap();
-    assert!(
-        best.linear.top1 > 0.25,
-        "linear probe must clearly beat chance (10%): {}",
-        best.linear.top1
-    );
     assert!(report.rows.iter().all(|r| r.linear.top5 > r.linear.top1));
-    assert!(
-        report.rows.iter().any(|r| r.knn[0].top1 > 0.2),
-        "kNN must beat chance"
-    );
     // k-means on every layer, scored against the labels.
     for r in &report.rows {
         let c = r.cluster.as_ref().expect("clustering scores");
-        assert!(
-            c.nmi > 0.0 && c.nmi <= 1.0 && c.purity >= 0.1 && c.ari < 1.0,
-            "{c:?}"
-        );
+        assert!(c.nmi > 0.0 && c.nmi <= 1.0 && c.ari < 1.0, "{c:?}");
     }
     assert!(
         std::fs::read_to_string(out.join("eval.csv"))
@@ -150,7 +138,41 @@ fn rotation_pretraining_learns_and_its_features_beat_chance() {
     let (random, _) = evaluate_run(&run, &data, true, &ecfg, &cache, &dev, false).unwrap();
     eprintln!("{}", random.markdown());
     assert_eq!(random.method, "random-init");
+    assert_eq!(random.checkpoint_epoch, 0);
+    assert_eq!(
+        (random.train_images, random.test_images),
+        (report.train_images, report.test_images),
+        "the same images"
+    );
     assert!(tmp.path().join("run/eval-random-init/eval.json").exists());
+
+    // Learning happened: the pretrained network beats the same network at random init, on
+    // the same images, by a margin (a random network already beats chance, so chance is no
+    // bar; a checkpoint that was never loaded fails this). Measured here: best kNN top-1
+    // 37.2% vs 31.1%, mean k-means NMI 0.143 vs 0.089. The linear probe on 2,000 images
+    // does not separate them after this little pretraining (42.7% vs 42.6%), so it is not
+    // the yardstick.
+    let best_knn =
+        |r: &pretext::eval::EvalReport| r.rows.iter().map(|x| x.knn[0].top1).fold(0.0, f64::max);
+    let mean_nmi = |r: &pretext::eval::EvalReport| {
+        r.rows
+            .iter()
+            .map(|x| x.cluster.as_ref().unwrap().nmi)
+            .sum::<f64>()
+            / r.rows.len() as f64
+    };
+    assert!(
+        best_knn(&report) > best_knn(&random) + 0.03,
+        "kNN: pretrained {} vs random init {}",
+        best_knn(&report),
+        best_knn(&random)
+    );
+    assert!(
+        mean_nmi(&report) > mean_nmi(&random) + 0.02,
+        "k-means NMI: pretrained {} vs random init {}",
+        mean_nmi(&report),
+        mean_nmi(&random)
+    );
 }
 
 #[test]

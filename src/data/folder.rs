@@ -352,3 +352,104 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
     }
     Ok(ImageSet::from_parts(header, pixels))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, b"").unwrap();
+    }
+
+    fn names(l: &Listing) -> Vec<String> {
+        l.files
+            .iter()
+            .map(|f| f.strip_prefix(&l.root).unwrap().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_tree_lists_sorted_with_classes_in_folder_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for f in [
+            "train/dog/b.png",
+            "train/dog/a.JPG",
+            "train/cat/z.jpeg",
+            "train/cat/notes.txt",
+        ] {
+            touch(&r.join(f));
+        }
+        touch(&r.join("test/cat/1.png"));
+        fs::create_dir_all(r.join("train/empty")).unwrap();
+        let l = list(r, Split::Train, Holdout::default()).unwrap();
+        // Sorted, extensions of any case, other files ignored, empty class folders skipped.
+        assert_eq!(names(&l), ["cat/z.jpeg", "dog/a.JPG", "dog/b.png"]);
+        assert_eq!(l.classes, ["cat", "dog"]);
+        assert_eq!(l.labels, Some(vec![0, 1, 1]));
+        assert!(l.holdout.is_none(), "split folders: nothing held out");
+        // Images beside class folders are refused, naming both counts.
+        touch(&r.join("train/stray.png"));
+        let e = list(r, Split::Train, Holdout::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("mixes 1 images at the top level with 3 class folders"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_held_out_split_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        // 6 of class a, 3 of class b. A quarter held out: round(1.5) = 2 of a, round(0.75)
+        // = 1 of b; at least one and never the whole class.
+        for i in 0..6 {
+            touch(&r.join(format!("a/{i}.png")));
+        }
+        for i in 0..3 {
+            touch(&r.join(format!("b/{i}.png")));
+        }
+        let h = Holdout {
+            fraction: 0.25,
+            seed: 3,
+        };
+        let test = list(r, Split::Test, h).unwrap();
+        let train = list(r, Split::Train, h).unwrap();
+        assert_eq!(test.labels, Some(vec![0, 0, 1]));
+        assert_eq!(train.labels, Some(vec![0, 0, 0, 0, 1, 1]));
+        assert_eq!(test.holdout, Some(h));
+        let (te, tr) = (names(&test), names(&train));
+        assert!(te.iter().all(|f| !tr.contains(f)));
+        assert_eq!(te.len() + tr.len(), 9);
+        // A tiny fraction still holds one image out of each class; a huge one leaves one in.
+        let tiny = Holdout {
+            fraction: 0.01,
+            seed: 0,
+        };
+        assert_eq!(list(r, Split::Test, tiny).unwrap().files.len(), 2);
+        let huge = Holdout {
+            fraction: 0.99,
+            seed: 0,
+        };
+        assert_eq!(list(r, Split::Train, huge).unwrap().files.len(), 2);
+        // Fractions outside (0, 1) and a class of one image are refused by name.
+        let e = list(
+            r,
+            Split::Test,
+            Holdout {
+                fraction: 1.0,
+                seed: 0,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("--test-fraction"), "{e}");
+        touch(&r.join("c/only.png"));
+        let e = list(r, Split::Test, h).err().unwrap().to_string();
+        assert!(e.contains("class \"c\" has 1 image(s)"), "{e}");
+    }
+}

@@ -234,4 +234,66 @@ mod tests {
             0
         );
     }
+
+    /// Five labelled 8×8 images, features of a small NIN: the rows do not depend on how the
+    /// set is batched, row i is image i alone, labels follow the rows, and each tap is
+    /// pooled to the grid `pool_grid` chooses.
+    #[test]
+    fn features_are_per_image_whatever_the_batching() {
+        let dev = Device::flex();
+        dev.seed(5);
+        let mut cfg = crate::models::BackboneConfig::new(crate::models::Arch::Nin, 8);
+        cfg.width = 8;
+        cfg.blocks = 2;
+        let backbone = cfg.init(&dev);
+        let pixels: Vec<u8> = (0..5 * 8 * 8 * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let header = crate::data::cache::Header {
+            n: 5,
+            h: 8,
+            w: 8,
+            c: 3,
+            labels: Some(vec![2, 0, 1, 2, 0]),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            sources: (0..5).map(|i| format!("img{i}")).collect(),
+            skipped: vec![],
+            skipped_small: 0,
+            fingerprint: 0,
+            holdout: None,
+        };
+        let set = Arc::new(ImageSet::from_parts(header, pixels));
+        let norm = Normalize {
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+        };
+        let view = Arc::new(EvalView::new(8, 8, InputTransform::Rgb, norm));
+        let run = |set: Arc<ImageSet>, batch: usize| {
+            extract(&backbone, set, view.clone(), 64, batch, &dev, None).unwrap()
+        };
+        let whole = run(set.clone(), 5);
+        let pairs = run(set.clone(), 2);
+        assert_eq!(whole.labels, vec![2, 0, 1, 2, 0]);
+        assert_eq!(pairs.labels, whole.labels);
+        assert_eq!(whole.taps, vec!["block1", "block2"]);
+        let close = |a: &[f32], b: &[f32]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0))
+        };
+        for t in 0..2 {
+            assert_eq!(whole.data[t].len(), 5 * whole.dims[t]);
+            let c = backbone.tap_channels()[t];
+            assert_eq!(whole.dims[t], c * whole.grids[t] * whole.grids[t]);
+            assert!(close(&whole.data[t], &pairs.data[t]), "tap {t}: batching");
+            let third = run(Arc::new(set.subset(&[3])), 1);
+            assert!(
+                close(whole.row(t, 3), third.row(t, 0)),
+                "tap {t}: image 3 alone"
+            );
+            assert!(
+                !close(whole.row(t, 3), whole.row(t, 2)),
+                "tap {t}: rows differ"
+            );
+        }
+    }
 }

@@ -200,3 +200,54 @@ pub fn evaluate(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standardizer_by_hand() {
+        // Rows (1, 2) and (3, 6): mean (2, 4), biased variance (1, 4).
+        let (m, inv) = standardizer(&[1.0, 2.0, 3.0, 6.0], 2);
+        assert_eq!(m, vec![2.0, 4.0]);
+        assert!((inv[0] - 1.0 / (1.0f32 + 1e-5).sqrt()).abs() < 1e-6);
+        assert!((inv[1] - 1.0 / (4.0f32 + 1e-5).sqrt()).abs() < 1e-6);
+    }
+
+    fn features(rows: Vec<[f32; 2]>, labels: Vec<u16>) -> Features {
+        Features {
+            taps: vec!["t".into()],
+            dims: vec![2],
+            grids: vec![1],
+            n: rows.len(),
+            data: vec![rows.into_iter().flatten().collect()],
+            labels,
+        }
+    }
+
+    /// The test features are standardised with the training set's statistics, never their
+    /// own: a test set shifted by +10 along the separating axis falls entirely on one side
+    /// (50% on two balanced classes), where its own statistics would re-centre it (100%).
+    #[test]
+    fn test_features_use_the_training_statistics() {
+        let mut rows = vec![];
+        let mut labels = vec![];
+        for i in 0..40 {
+            let class = i % 2;
+            let jitter = (i as f32 * 0.37).sin() * 0.1;
+            rows.push([if class == 0 { -1.0 } else { 1.0 } + jitter, jitter * 3.0]);
+            labels.push(class as u16);
+        }
+        let train = features(rows.clone(), labels.clone());
+        let shifted: Vec<[f32; 2]> = rows.iter().map(|r| [r[0] + 10.0, r[1]]).collect();
+        let test = features(shifted, labels);
+        let cfg = ProbeConfig {
+            epochs: 20,
+            batch_size: 8,
+            ..ProbeConfig::default()
+        };
+        let r = evaluate(&train, &test, 2, &cfg, &Device::flex(), false);
+        assert_eq!(r[0].train_top1, 1.0, "separable training set");
+        assert_eq!(r[0].top1, 0.5, "every shifted test row lands in one class");
+    }
+}

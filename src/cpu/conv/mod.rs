@@ -234,32 +234,64 @@ mod tests {
             (2, 3, 3, 1, 0, 7, 1),
         ];
         for (ci, co, k, s, p, side, n) in cases {
-            let conv = Conv2dConfig::new([ci, co], [k, k])
-                .with_stride([s, s])
-                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-                .with_bias(false)
-                .init(&dev);
-            let x = Tensor::<4>::random([n, ci, side, side], Distribution::Normal(0.0, 1.0), &dev)
-                .require_grad();
-            assert!(
-                fast_path(&conv, &x).is_some(),
-                "{ci}->{co} k{k}: not on our path"
-            );
-            let y_ours = conv2d(&conv, x.clone());
-            let y_burn = conv.forward(x.clone());
-            let what = format!("{ci}->{co} k{k} s{s} p{p} {side}px n{n}");
-            assert_eq!(y_ours.dims(), y_burn.dims(), "{what}");
-            let e = rel_err(y_ours.clone(), y_burn.clone());
-            assert!(e < 1e-4, "forward {what}: {e}");
-            // A random upstream gradient, the same for both.
-            let r = Tensor::<4>::random(y_burn.dims(), Distribution::Normal(0.0, 1.0), &dev);
-            let g_ours = (y_ours * r.clone()).sum().backward();
-            let g_burn = (y_burn * r).sum().backward();
-            let dx = rel_err(x.grad(&g_ours).unwrap(), x.grad(&g_burn).unwrap());
-            assert!(dx < 1e-4, "input gradient {what}: {dx}");
-            let w = conv.weight.val();
-            let dw = rel_err(w.grad(&g_ours).unwrap(), w.grad(&g_burn).unwrap());
-            assert!(dw < 1e-4, "weight gradient {what}: {dw}");
+            check_against_burn(&dev, [ci, co], [k, k], [s, s], [p, p], [side, side], n);
+        }
+    }
+
+    /// Forward, input gradient and weight gradient of one convolution, ours against burn's.
+    fn check_against_burn(
+        dev: &Device,
+        [ci, co]: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        [ph, pw]: [usize; 2],
+        [h, w]: [usize; 2],
+        n: usize,
+    ) {
+        let conv = Conv2dConfig::new([ci, co], kernel)
+            .with_stride(stride)
+            .with_padding(PaddingConfig2d::Explicit(ph, pw, ph, pw))
+            .with_bias(false)
+            .init(dev);
+        let x =
+            Tensor::<4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), dev).require_grad();
+        let what = format!("{ci}->{co} k{kernel:?} s{stride:?} p{ph},{pw} {h}×{w} n{n}");
+        assert!(fast_path(&conv, &x).is_some(), "{what}: not on our path");
+        let y_ours = conv2d(&conv, x.clone());
+        let y_burn = conv.forward(x.clone());
+        assert_eq!(y_ours.dims(), y_burn.dims(), "{what}");
+        let e = rel_err(y_ours.clone(), y_burn.clone());
+        assert!(e < 1e-4, "forward {what}: {e}");
+        // A random upstream gradient, the same for both.
+        let r = Tensor::<4>::random(y_burn.dims(), Distribution::Normal(0.0, 1.0), dev);
+        let g_ours = (y_ours * r.clone()).sum().backward();
+        let g_burn = (y_burn * r).sum().backward();
+        let dx = rel_err(x.grad(&g_ours).unwrap(), x.grad(&g_burn).unwrap());
+        assert!(dx < 1e-4, "input gradient {what}: {dx}");
+        let wt = conv.weight.val();
+        let dw = rel_err(wt.grad(&g_ours).unwrap(), wt.grad(&g_burn).unwrap());
+        assert!(dw < 1e-4, "weight gradient {what}: {dw}");
+    }
+
+    /// With more images than threads, the batch is split into one slice per thread (each
+    /// with its own weight-gradient partial sum): that branch, with non-square kernels,
+    /// strides, paddings and images, under pools of 2 and 3 threads.
+    #[test]
+    fn matches_burn_with_more_images_than_threads_and_non_square_kernels() {
+        let dev = Device::flex().autodiff();
+        dev.seed(11);
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                assert_eq!(rayon::current_num_threads(), threads);
+                check_against_burn(&dev, [3, 5], [3, 1], [1, 1], [1, 0], [9, 7], 7);
+                check_against_burn(&dev, [4, 6], [1, 5], [2, 1], [0, 2], [8, 11], 8);
+                check_against_burn(&dev, [2, 4], [2, 3], [1, 2], [1, 1], [6, 9], 5);
+                check_against_burn(&dev, [6, 3], [1, 1], [1, 1], [0, 0], [5, 5], 9);
+            });
         }
     }
 
