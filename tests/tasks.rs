@@ -84,7 +84,7 @@ fn evaluates(r: &Ran) {
             pretext::models::Backbone::Nin(n) => n.blocks[0].convs[0].conv.weight.val(),
             _ => unreachable!("NIN runs"),
         };
-        first.into_data().to_vec::<f32>().unwrap()
+        first.into_data().try_to_vec::<f32>().unwrap()
     };
     assert_ne!(
         weights(false),
