@@ -1097,7 +1097,20 @@ fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
         .into_iter()
         .filter(|s| path.join(format!("{}_X.bin", s.name())).is_file())
         .collect(),
-        _ => vec![data::Split::Train, data::Split::Test],
+        // The splits whose files are there (a missing file of a present split is named
+        // when it is read).
+        data::Format::Cifar10 => [
+            (data::Split::Train, "data_batch_1.bin"),
+            (data::Split::Test, "test_batch.bin"),
+        ]
+        .into_iter()
+        .filter(|(_, f)| path.join(f).is_file())
+        .map(|(s, _)| s)
+        .collect(),
+        data::Format::Cifar100 => [data::Split::Train, data::Split::Test]
+            .into_iter()
+            .filter(|s| path.join(format!("{}.bin", s.name())).is_file())
+            .collect(),
     };
     for split in splits {
         let set = data::open(path, split, cache)?;

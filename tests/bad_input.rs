@@ -259,6 +259,14 @@ fn zero_and_oversized_counts_are_named_errors_and_leave_nothing_behind() {
         ),
         (&["pretrain", "--lr", "NaN"], "learning rate"),
         (
+            &["pretrain", "--image-size", "0"],
+            "--image-size must be at least 1",
+        ),
+        (
+            &["pretrain", "--test-fraction", "1.5"],
+            "--test-fraction must be between 0 and 1",
+        ),
+        (
             &["pretrain", "--task", "jigsaw", "--permutations", "0"],
             "permutations",
         ),
@@ -388,7 +396,7 @@ fn zero_and_oversized_counts_are_named_errors_and_leave_nothing_behind() {
         );
         refused += 1;
     }
-    assert_eq!(refused, 24);
+    assert_eq!(refused, 26);
     // A batch larger than the images trains as one smaller batch, and so does a fine-tuning
     // subset smaller than its batch (6 images, batch 64).
     ok(&[

@@ -63,6 +63,26 @@ impl std::fmt::Display for Holdout {
     }
 }
 
+impl CacheOptions {
+    /// Refuse options no data set can be opened with (`root` names the data in the error).
+    pub fn validate(&self, root: &Path) -> Result<(), DataError> {
+        if self.image_size == Some(0) {
+            return Err(DataError::format(
+                root,
+                "--image-size must be at least 1 pixel",
+            ));
+        }
+        let f = self.holdout.fraction;
+        if !(f > 0.0 && f < 1.0) {
+            return Err(DataError::format(
+                root,
+                format!("--test-fraction must be between 0 and 1 (exclusive), got {f}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for CacheOptions {
     fn default() -> Self {
         Self {
@@ -327,14 +347,25 @@ pub fn load(path: &Path, fingerprint: u64) -> Option<ImageSet> {
     if map.len() < 16 || &map[..8] != MAGIC {
         return None;
     }
-    let hlen = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
-    let header: Header = serde_json::from_slice(map.get(16..16 + hlen)?).ok()?;
+    let hlen = usize::try_from(u64::from_le_bytes(map[8..16].try_into().ok()?)).ok()?;
+    let header: Header = serde_json::from_slice(map.get(16..16usize.checked_add(hlen)?)?).ok()?;
     if header.fingerprint != fingerprint {
         return None;
     }
     let offset = (16 + hlen).div_ceil(64) * 64;
-    let need = header.n * header.h * header.w * header.c;
-    if map.len() != offset + need {
+    // Checked: a damaged header must make a cache miss, not an overflow.
+    let need = header
+        .n
+        .checked_mul(header.h)?
+        .checked_mul(header.w)?
+        .checked_mul(header.c)?;
+    if map.len() != offset.checked_add(need)? {
+        return None;
+    }
+    let labels_fit = header.labels.as_ref().is_none_or(|l| {
+        l.len() == header.n && l.iter().all(|&y| (y as usize) < header.classes.len())
+    });
+    if !labels_fit || header.sources.len() != header.n {
         return None;
     }
     Some(ImageSet {

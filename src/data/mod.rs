@@ -137,6 +137,7 @@ pub fn detect_format(root: &Path) -> Result<Format, DataError> {
 
 /// Open one split of the data set under `root`, decoding into (or reusing) the cache.
 pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> anyhow::Result<ImageSet> {
+    opts.validate(root)?;
     let format = detect_format(root)?;
     let set = match format {
         Format::Folder => folder::open(root, split, opts)?,
