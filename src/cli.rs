@@ -55,7 +55,9 @@ pub struct Common {
     #[arg(long, short, global = true)]
     pub quiet: bool,
     /// A class-per-folder tree without train/ and test/ folders: the fraction of each class
-    /// held out as its test split (default 0.1, or what the run recorded).
+    /// held out as its test split (default 0.1, or what the run recorded; 0: none, for
+    /// pretraining only). Evaluation refuses a split that shares images with what the run
+    /// pretrained on.
     #[arg(long, global = true)]
     pub test_fraction: Option<f64>,
     /// Seed of that held-out split (default 0, or what the run recorded).
@@ -75,16 +77,23 @@ impl Common {
         c.image_size = self.image_size;
         c.skip_bad = self.skip_bad;
         c.progress = !self.quiet;
-        c.holdout = self.holdout(Holdout::default());
+        c.holdout = self.holdout(Some(Holdout::default()));
         c
     }
 
-    /// The held-out split: the flags where given, else `base`.
-    fn holdout(&self, base: Holdout) -> Holdout {
-        Holdout {
-            fraction: self.test_fraction.unwrap_or(base.fraction),
-            seed: self.split_seed.unwrap_or(base.seed),
-        }
+    /// The held-out split: the flags where given, else `base` (`--test-fraction 0`: none).
+    fn holdout(&self, base: Option<Holdout>) -> Option<Holdout> {
+        let fraction = match (self.test_fraction, base) {
+            (Some(0.0), _) => return None,
+            (Some(f), _) => f,
+            (None, Some(b)) => b.fraction,
+            // A run without a held-out split keeps none unless a fraction is given.
+            (None, None) => return None,
+        };
+        Some(Holdout {
+            fraction,
+            seed: self.split_seed.or(base.map(|b| b.seed)).unwrap_or(0),
+        })
     }
 
     /// [`Common::cache`] for a command on an existing run: the run's held-out split unless
@@ -466,7 +475,7 @@ fn task_list(names: &[String]) -> Result<Vec<TaskKind>> {
     Ok(out)
 }
 
-pub fn study_config(a: &StudyArgs) -> Result<crate::study::StudyConfig> {
+pub fn study_config(a: &StudyArgs, cache: &CacheOptions) -> Result<crate::study::StudyConfig> {
     let Some(data) = a.data.clone() else {
         bail!("--data is required to start a study (or pass --resume to continue one)");
     };
@@ -507,6 +516,7 @@ pub fn study_config(a: &StudyArgs) -> Result<crate::study::StudyConfig> {
         ),
         finetune,
         finetune_tasks,
+        holdout: cache.holdout,
     })
 }
 
@@ -923,7 +933,12 @@ pub fn main_with(cli: Cli) -> Result<()> {
             let cfg = if a.resume {
                 crate::study::Study::load_config(&a.out)?
             } else {
-                study_config(&a)?
+                study_config(&a, &cache)?
+            };
+            // Every step of the study uses the held-out split it recorded.
+            let cache = CacheOptions {
+                holdout: cfg.holdout,
+                ..cache
             };
             let study = crate::study::Study {
                 out: &a.out,
@@ -1008,10 +1023,18 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 9216,
                 0,
             );
-            // The evaluation is checked before the pretraining it follows.
-            let data = match &a.pretrain.data {
-                Some(d) if !a.pretrain.resume => d.clone(),
-                _ => RunConfig::load(&a.pretrain.out)?.data,
+            // The evaluation is checked before the pretraining it follows, with the split
+            // the run trains with: a resumed run's own.
+            let (data, cache) = match (&a.pretrain.data, a.pretrain.resume) {
+                (Some(d), false) => (d.clone(), cache),
+                (None, false) => {
+                    bail!("--data is required to start a run (or pass --resume to continue one)")
+                }
+                (_, true) => {
+                    let rc = RunConfig::load(&a.pretrain.out)?;
+                    let cache = cli.common.cache_for_run(&rc);
+                    (rc.data, cache)
+                }
             };
             eval::preflight(&data, &cfg, &cache)?;
             let rc = pretrain(&a.pretrain, &cache, &dev, progress)?;

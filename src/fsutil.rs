@@ -41,14 +41,27 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     atomic_write(path, |tmp| Ok(std::fs::write(tmp, bytes)?))
 }
 
-/// Flush a directory's entries (a rename or a new file in it) to disk.
+/// Flush a directory's entries (a rename or a new file in it) to disk. File systems that
+/// cannot flush a directory (some network and FUSE mounts answer EINVAL; Windows cannot
+/// open one) are let be: there the rename is as durable as they make it.
 pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    if !cfg!(unix) {
+        return Ok(());
+    }
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     };
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("flushing the folder {}", dir.display()))
+    match std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(())
+        }
+        r => r.with_context(|| format!("flushing the folder {}", dir.display())),
+    }
 }

@@ -38,8 +38,10 @@ pub struct RunConfig {
     pub split: Split,
     /// The test split held out of a labelled tree without split folders (pretraining never
     /// sees it; evaluation tests on it). Unused for data with split folders or files.
+    /// `None`: nothing held out — runs made before held-out splits existed, which pretrained
+    /// on the whole tree, or `--test-fraction 0`.
     #[serde(default)]
-    pub holdout: Holdout,
+    pub holdout: Option<Holdout>,
     /// Images of the split used for pretraining (`None`: all).
     pub train_images: Option<usize>,
     pub image_size: usize,
@@ -318,7 +320,11 @@ impl Pretrain<'_> {
                         sc.classes
                     );
                 }
-                if let Some(from) = &sc.init_from {
+                // The source run is needed only to start: a run with checkpoints of its own
+                // resumes without it.
+                if let Some(from) = &sc.init_from
+                    && checkpoint::latest(self.run)?.is_none()
+                {
                     let other = RunConfig::load(from)?;
                     if other.backbone != cfg.backbone || other.input != cfg.input {
                         bail!(

@@ -60,6 +60,11 @@ pub struct StudyConfig {
     pub finetune: FinetuneConfig,
     /// Tasks whose checkpoints are fine-tuned on few labels.
     pub finetune_tasks: Vec<TaskKind>,
+    /// The test split held out of a class tree without split folders (see
+    /// [`crate::data::Holdout`]); every method's run and every evaluation uses it. `None`
+    /// in studies made before held-out splits existed.
+    #[serde(default)]
+    pub holdout: Option<crate::data::Holdout>,
 }
 
 /// What one method's steps measured.

@@ -99,10 +99,10 @@ fn a_tree_without_split_folders_gets_a_disjoint_held_out_test_split() {
         te
     );
     let other = CacheOptions {
-        holdout: data::Holdout {
+        holdout: Some(data::Holdout {
             fraction: 0.1,
             seed: 1,
-        },
+        }),
         ..no_cache()
     };
     assert_ne!(
@@ -151,6 +151,26 @@ fn evaluation_refuses_a_test_split_that_holds_training_images() {
         "{e}"
     );
     assert!(!run.join("eval-random-init").exists());
+    // The same with a test tree of links to the training files, one link per file.
+    fs::remove_file(root.join("test")).unwrap();
+    for class in CLASSES {
+        fs::create_dir_all(root.join("test").join(class)).unwrap();
+        for i in 0..2 {
+            let name = format!("{i:04}.jpg");
+            std::os::unix::fs::symlink(
+                root.join("train").join(class).join(&name),
+                root.join("test").join(class).join(format!("link-{name}")),
+            )
+            .unwrap();
+        }
+    }
+    let e = evaluate_run(&run, &root, true, &ecfg, &cache, &Device::flex(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("6 test image(s) are also training images"),
+        "{e}"
+    );
 }
 
 /// Item 4: fine-tuning did not check that the test split's classes are the train split's,
@@ -385,21 +405,14 @@ fn a_failing_loader_stops_the_run_with_its_error_and_keeps_nothing_of_the_epoch(
     let model = pretext::models::head::ClassifierNet::new(&backbone, 2, &dev);
     let set = std::sync::Arc::new(data::ImageSet::unlabelled(1, 1, 1, vec![0; 64]));
     let indices: Vec<usize> = (0..64).collect();
-    let cfg = run_config(&tiny_args(Path::new("."), &run), &no_cache());
-    let train = match cfg {
-        Ok(c) => c.train,
-        Err(_) => {
-            // No data is needed for the training settings: build them by hand.
-            pretext::train::TrainConfig {
-                epochs: 2,
-                batch_size: 16,
-                optim: pretext::train::OptimConfig::rotnet(),
-                schedule: pretext::train::Schedule::Constant,
-                seed: 0,
-                log_every: 1,
-                keep_checkpoints: 2,
-            }
-        }
+    let train = pretext::train::TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        optim: pretext::train::OptimConfig::rotnet(),
+        schedule: pretext::train::Schedule::Constant,
+        seed: 0,
+        log_every: 1,
+        keep_checkpoints: 2,
     };
     let trainer = Trainer {
         run: &run,
@@ -464,4 +477,100 @@ fn a_bad_permutation_file_is_refused_before_training() {
         assert!(e.contains("permutations.json") && e.contains(why), "{e}");
         assert!(!run.join("config.toml").exists(), "nothing written");
     }
+}
+
+/// Review of item 1: the evaluation's own train and test splits were compared, but not the
+/// images the run pretrained on. Evaluating with another held-out split than the run's (or
+/// a run that held nothing out) would test on pretraining images; the run's own split is
+/// the default, and any other that overlaps is refused.
+#[test]
+fn evaluation_never_tests_on_images_the_run_pretrained_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    class_tree(&root, 20);
+    let pretext = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(args)
+            .args(["--quiet", "--no-cache"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let out = pretext(&[
+        "pretrain",
+        "--data",
+        "tree",
+        "--out",
+        "r",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--split-seed",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["eval", "--run", "r", "--probe-epochs", "1"];
+        a.extend(extra);
+        pretext(&a)
+    };
+    // No flags: the run's own split (seed 3), named in the report.
+    let out = eval(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = pretext::eval::EvalReport::read(&tmp.path().join("r/eval")).unwrap();
+    assert!(report.test_split.as_deref().unwrap().contains("(seed 3)"));
+    // Another seed, or a larger fraction, would test on pretraining images: refused.
+    for flags in [&["--split-seed", "4"][..], &["--test-fraction", "0.3"]] {
+        let out = eval(flags);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(err.contains("among the images the run trained on"), "{err}");
+    }
+    // A smaller fraction of the same seed is a subset of the run's test images: allowed.
+    let out = eval(&["--test-fraction", "0.05"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A run that held nothing out (made before held-out splits, or --test-fraction 0)
+    // trained on the whole tree: evaluating it on that tree is refused.
+    let out = pretext(&[
+        "pretrain",
+        "--data",
+        "tree",
+        "--out",
+        "all",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--test-fraction",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pretext(&["eval", "--run", "all", "--test-fraction", "0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("held out nothing (it trained on the whole tree)"),
+        "{err}"
+    );
 }

@@ -29,14 +29,16 @@ pub struct CacheOptions {
     pub skip_bad: bool,
     /// Print progress while decoding.
     pub progress: bool,
-    /// How a labelled image tree without `train/` and `test/` folders is split.
-    pub holdout: Holdout,
+    /// How a labelled image tree without `train/` and `test/` folders is split; `None`:
+    /// not at all (every split is the whole tree — for pretraining only, since evaluation
+    /// refuses a test split that is its train split).
+    pub holdout: Option<Holdout>,
 }
 
 /// The test split carved out of a labelled image tree that has no `train/` and `test/`
-/// folders: `fraction` of every class (at least one image), chosen with `seed`; the train
-/// split is the rest. Without it the same images would be both, and every protocol would
-/// report training accuracy as test accuracy.
+/// folders: `fraction` of every class of two or more images (at least one image, never
+/// all), chosen with `seed`; the train split is the rest. Without it the same images would
+/// be both, and every protocol would report training accuracy as test accuracy.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Holdout {
     pub fraction: f64,
@@ -54,10 +56,12 @@ impl Default for Holdout {
 
 impl std::fmt::Display for Holdout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Rounded: 0.07 is "7%", not "7.000000000000001%".
+        let pct = format!("{:.3}", 100.0 * self.fraction);
+        let pct = pct.trim_end_matches('0').trim_end_matches('.');
         write!(
             f,
-            "test = {}% of each class held out (seed {}), train = the rest",
-            100.0 * self.fraction,
+            "test = {pct}% of each class held out (seed {}), train = the rest",
             self.seed
         )
     }
@@ -72,11 +76,15 @@ impl CacheOptions {
                 "--image-size must be at least 1 pixel",
             ));
         }
-        let f = self.holdout.fraction;
-        if !(f > 0.0 && f < 1.0) {
+        if let Some(h) = self.holdout
+            && !(h.fraction > 0.0 && h.fraction < 1.0)
+        {
             return Err(DataError::format(
                 root,
-                format!("--test-fraction must be between 0 and 1 (exclusive), got {f}"),
+                format!(
+                    "--test-fraction must be between 0 and 1 (0 turns the held-out split off), got {}",
+                    h.fraction
+                ),
             ));
         }
         Ok(())
@@ -90,7 +98,7 @@ impl Default for CacheOptions {
             image_size: None,
             skip_bad: false,
             progress: true,
-            holdout: Holdout::default(),
+            holdout: Some(Holdout::default()),
         }
     }
 }
@@ -282,7 +290,7 @@ impl Header {
         if self.skipped.is_empty() {
             return None;
         }
-        let small = self.skipped_small;
+        let small = self.skipped_small.min(self.skipped.len());
         let unreadable = self.skipped.len() - small;
         let mut kinds = vec![];
         if unreadable > 0 {

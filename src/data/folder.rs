@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::imageops::FilterType;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::cache::{self, CacheOptions, FNV_START, Header, Holdout, ImageSet, fnv1a};
@@ -71,7 +68,7 @@ pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DataError> {
 /// List the images of `split` (sorted, so the order never depends on the file system).
 /// A labelled tree without split folders is split by `holdout`: `Test` lists the held-out
 /// images, `Train` and `Unlabeled` the rest, so pretraining never sees the test images.
-pub fn list(root: &Path, split: Split, holdout: Holdout) -> Result<Listing, DataError> {
+pub fn list(root: &Path, split: Split, holdout: Option<Holdout>) -> Result<Listing, DataError> {
     if !root.exists() {
         return Err(DataError::Missing {
             path: root.to_path_buf(),
@@ -132,10 +129,9 @@ pub fn list(root: &Path, split: Split, holdout: Holdout) -> Result<Listing, Data
             classes,
             holdout: None,
         };
-        if has_split_folders(root) {
-            listing
-        } else {
-            hold_out(listing, split == Split::Test, holdout)?
+        match holdout {
+            Some(h) if !has_split_folders(root) => hold_out(listing, split == Split::Test, h)?,
+            _ => listing,
         }
     };
     if listing.files.is_empty() {
@@ -144,15 +140,18 @@ pub fn list(root: &Path, split: Split, holdout: Holdout) -> Result<Listing, Data
     Ok(listing)
 }
 
-/// The held-out images of every class (`test`), or the rest: per class, a seeded shuffle of
-/// its files, the first `round(fraction × count)` (at least 1, at most count − 1) held out.
+/// The held-out images of every class (`test`), or the rest. Per class, the files are
+/// ranked by a hash of (seed, file name) and the first `round(fraction × count)` (at least
+/// 1, at most count − 1) are held out; a class of one image keeps it for training. Ranking
+/// by name rather than shuffling by position keeps the split stable when files are added
+/// or removed: each change moves at most one image of its class across.
 fn hold_out(all: Listing, test: bool, h: Holdout) -> Result<Listing, DataError> {
     if !(h.fraction > 0.0 && h.fraction < 1.0) {
         return Err(DataError::format(
             &all.root,
             format!(
                 "has no train/ and test/ folders, so a test split is held out of each class; \
-                 --test-fraction must be between 0 and 1 (exclusive), got {}",
+                 --test-fraction must be between 0 and 1 (0 turns it off), got {}",
                 h.fraction
             ),
         ));
@@ -162,25 +161,21 @@ fn hold_out(all: Listing, test: bool, h: Holdout) -> Result<Listing, DataError> 
     for (i, &l) in labels.iter().enumerate() {
         by_class[l as usize].push(i);
     }
+    let rank = |i: usize| {
+        let name = all.files[i].file_name().unwrap_or_default();
+        fnv1a(
+            name.as_encoded_bytes(),
+            fnv1a(&h.seed.to_le_bytes(), FNV_START),
+        )
+    };
     let mut held = vec![false; labels.len()];
-    for (c, mut members) in by_class.into_iter().enumerate() {
+    for mut members in by_class {
         if members.len() < 2 {
-            return Err(DataError::format(
-                &all.root,
-                format!(
-                    "has no train/ and test/ folders, and class {:?} has {} image(s): \
-                     holding a test image out of it needs at least 2 \
-                     (or give the tree train/ and test/ folders)",
-                    all.classes[c],
-                    members.len()
-                ),
-            ));
+            continue;
         }
         let take =
             ((h.fraction * members.len() as f64).round() as usize).clamp(1, members.len() - 1);
-        members.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            h.seed ^ (c as u64).wrapping_mul(0x9E3779B97F4A7C15),
-        ));
+        members.sort_by_key(|&i| (rank(i), i));
         for &i in &members[..take] {
             held[i] = true;
         }
@@ -383,7 +378,7 @@ mod tests {
         }
         touch(&r.join("test/cat/1.png"));
         fs::create_dir_all(r.join("train/empty")).unwrap();
-        let l = list(r, Split::Train, Holdout::default()).unwrap();
+        let l = list(r, Split::Train, Some(Holdout::default())).unwrap();
         // Sorted, extensions of any case, other files ignored, empty class folders skipped.
         assert_eq!(names(&l), ["cat/z.jpeg", "dog/a.JPG", "dog/b.png"]);
         assert_eq!(l.classes, ["cat", "dog"]);
@@ -391,7 +386,7 @@ mod tests {
         assert!(l.holdout.is_none(), "split folders: nothing held out");
         // Images beside class folders are refused, naming both counts.
         touch(&r.join("train/stray.png"));
-        let e = list(r, Split::Train, Holdout::default())
+        let e = list(r, Split::Train, Some(Holdout::default()))
             .err()
             .unwrap()
             .to_string();
@@ -413,43 +408,37 @@ mod tests {
         for i in 0..3 {
             touch(&r.join(format!("b/{i}.png")));
         }
-        let h = Holdout {
+        let h = Some(Holdout {
             fraction: 0.25,
             seed: 3,
-        };
+        });
         let test = list(r, Split::Test, h).unwrap();
         let train = list(r, Split::Train, h).unwrap();
         assert_eq!(test.labels, Some(vec![0, 0, 1]));
         assert_eq!(train.labels, Some(vec![0, 0, 0, 0, 1, 1]));
-        assert_eq!(test.holdout, Some(h));
+        assert_eq!(test.holdout, h);
         let (te, tr) = (names(&test), names(&train));
         assert!(te.iter().all(|f| !tr.contains(f)));
         assert_eq!(te.len() + tr.len(), 9);
         // A tiny fraction still holds one image out of each class; a huge one leaves one in.
-        let tiny = Holdout {
-            fraction: 0.01,
-            seed: 0,
-        };
-        assert_eq!(list(r, Split::Test, tiny).unwrap().files.len(), 2);
-        let huge = Holdout {
-            fraction: 0.99,
-            seed: 0,
-        };
-        assert_eq!(list(r, Split::Train, huge).unwrap().files.len(), 2);
-        // Fractions outside (0, 1) and a class of one image are refused by name.
-        let e = list(
-            r,
-            Split::Test,
-            Holdout {
-                fraction: 1.0,
-                seed: 0,
-            },
-        )
-        .err()
-        .unwrap();
+        let with = |fraction: f64| Some(Holdout { fraction, seed: 0 });
+        assert_eq!(list(r, Split::Test, with(0.01)).unwrap().files.len(), 2);
+        assert_eq!(list(r, Split::Train, with(0.99)).unwrap().files.len(), 2);
+        // Stable: a new file moves at most one image of its class across, so a run's
+        // test images stay test images when its tree grows.
+        touch(&r.join("a/6.png"));
+        let grown = names(&list(r, Split::Test, h).unwrap());
+        let moved = te.iter().filter(|f| !grown.contains(f)).count();
+        assert!(moved <= 1, "{te:?} → {grown:?}");
+        // Fractions outside (0, 1) are refused; no split leaves every split the whole tree.
+        let e = list(r, Split::Test, with(1.0)).err().unwrap();
         assert!(e.to_string().contains("--test-fraction"), "{e}");
+        assert_eq!(list(r, Split::Test, None).unwrap().files.len(), 10);
+        // A class of one image keeps it for training.
         touch(&r.join("c/only.png"));
-        let e = list(r, Split::Test, h).err().unwrap().to_string();
-        assert!(e.contains("class \"c\" has 1 image(s)"), "{e}");
+        let test = list(r, Split::Test, h).unwrap();
+        let train = list(r, Split::Train, h).unwrap();
+        assert!(!test.labels.unwrap().contains(&2));
+        assert_eq!(train.labels.unwrap().iter().filter(|&&l| l == 2).count(), 1);
     }
 }

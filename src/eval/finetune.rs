@@ -98,6 +98,9 @@ pub struct FinetuneRow {
     /// The sub-run that was trained and tested.
     #[serde(default)]
     pub run: String,
+    /// For `pretrained`: the epoch of the run's checkpoint it started from.
+    #[serde(default)]
+    pub init_epoch: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -298,12 +301,18 @@ pub fn finetune_run(
     cfg.validate()?;
     let rc = RunConfig::load(run)?;
     let run = std::fs::canonicalize(run).unwrap_or_else(|_| run.to_path_buf());
-    if checkpoint::latest(&run)?.is_none() {
+    let Some((_, parent)) = checkpoint::latest(&run)? else {
         bail!(
             "{}: no checkpoint to fine-tune (train first)",
             run.display()
         );
-    }
+    };
+    // Which checkpoint a pretrained sub-run starts from is part of its identity: after
+    // more pretraining, the old fine-tunings are not the new checkpoint's.
+    let parent_state = serde_json::to_string(&checkpoint::TrainState {
+        log: None,
+        ..parent.clone()
+    })?;
     let (train, test) = super::labelled_splits(&rc, data, cache)?;
     let test = Arc::new(test.subset(&subset_indices(test.len(), cfg.test_images, 1)));
     let classes = train.num_classes();
@@ -350,11 +359,12 @@ pub fn finetune_run(
                 };
                 // A sub-run is named by its whole configuration, so other settings train
                 // other sub-runs instead of reporting old ones under the new settings.
-                let parent = match shared_baselines {
-                    Some(pool) if !pretrained => pool.to_path_buf(),
-                    _ => run.join("finetune"),
+                let (folder, identity) = match shared_baselines {
+                    Some(pool) if !pretrained => (pool.to_path_buf(), String::new()),
+                    _ if !pretrained => (run.join("finetune"), String::new()),
+                    _ => (run.join("finetune"), parent_state.clone()),
                 };
-                let dir = parent.join(format!("{name}-{}", config_hash(&sub)?));
+                let dir = folder.join(format!("{name}-{}", config_hash(&sub, &identity)?));
                 let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
                 if !done {
                     if progress {
@@ -394,6 +404,7 @@ pub fn finetune_run(
                     top1,
                     top5,
                     run: dir.display().to_string(),
+                    init_epoch: pretrained.then_some(parent.epoch),
                 });
             }
         }
@@ -410,10 +421,13 @@ pub fn finetune_run(
     Ok((report, out))
 }
 
-/// First 8 hex digits of the MD5 of a configuration's TOML: a name for "this exact run".
-fn config_hash(rc: &RunConfig) -> Result<String> {
+/// First 8 hex digits of the MD5 of a configuration's TOML (and `extra`): a name for
+/// "this exact run".
+fn config_hash(rc: &RunConfig, extra: &str) -> Result<String> {
     use md5::{Digest, Md5};
-    let digest = Md5::digest(toml::to_string(rc)?.as_bytes());
+    let mut text = toml::to_string(rc)?;
+    text.push_str(extra);
+    let digest = Md5::digest(text.as_bytes());
     Ok(digest[..4].iter().map(|b| format!("{b:02x}")).collect())
 }
 

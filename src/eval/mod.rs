@@ -110,7 +110,76 @@ pub fn labelled_splits(
     check_splits(&train, &test, data)?;
     crate::run::check_fits(rc, &train, data, "train")?;
     crate::run::check_fits(rc, &test, data, "test")?;
+    check_not_pretrained_on(rc, data, &test)?;
     Ok((train, test))
+}
+
+/// Refuse test images the run itself trained on: on its own image tree, a held-out split
+/// other than the one it recorded (another `--test-fraction` or `--split-seed`, a resumed
+/// study or run with other flags), or a run that held nothing out, would put its
+/// pretraining images in the test split — with labels only the evaluation's own train and
+/// test splits are compared, which this would not catch. The run's images are listed
+/// (without decoding) with the split it recorded.
+pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> Result<()> {
+    let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if same(&rc.data) != same(data)
+        || crate::data::detect_format(data)? != crate::data::Format::Folder
+    {
+        // Another data set, or a binary release whose splits are separate files.
+        return Ok(());
+    }
+    let trained = crate::data::folder::list(&rc.data, rc.split, rc.holdout)?;
+    let mut resolver = Resolver::default();
+    let seen: std::collections::HashSet<PathBuf> = trained
+        .files
+        .iter()
+        .map(|f| resolver.resolve(&f.to_string_lossy()))
+        .collect();
+    let shared: Vec<&String> = test
+        .header
+        .sources
+        .iter()
+        .filter(|s| seen.contains(&resolver.resolve(s)))
+        .collect();
+    if let Some(first) = shared.first() {
+        bail!(
+            "{}: {} test image(s) are among the images the run trained on (first: {first}):              it held out {}, and these test images were drawn with {}. Evaluate with the              run's own split (leave out --test-fraction and --split-seed), or on other data",
+            data.display(),
+            shared.len(),
+            rc.holdout
+                .map_or("nothing (it trained on the whole tree)".to_string(), |h| h
+                    .to_string()),
+            test.header
+                .holdout
+                .map_or("no held-out split".to_string(), |h| h.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// Where an image really is: its folder with symbolic links resolved (once per folder:
+/// 60k `canonicalize` calls would cost a second), and the file itself when it is a link
+/// (a test tree of links into the train tree is the same images).
+#[derive(Default)]
+struct Resolver {
+    folders: std::collections::HashMap<PathBuf, PathBuf>,
+}
+
+impl Resolver {
+    fn resolve(&mut self, source: &str) -> PathBuf {
+        let p = Path::new(source);
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => self
+                .folders
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into()))
+                .join(name),
+            _ => p.to_path_buf(),
+        }
+    }
 }
 
 /// Whether `cfg` can evaluate on the labelled splits of `data` (before hours of
@@ -165,27 +234,20 @@ pub fn check_splits(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<()
 }
 
 /// Refuse train and test splits that share an image (by the file or record it came from,
-/// with the folders' symbolic links resolved).
+/// symbolic links resolved).
 pub fn check_disjoint(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<()> {
-    // One `canonicalize` per folder, not per image: 60k calls would cost a second.
-    let mut folders: std::collections::HashMap<PathBuf, PathBuf> = Default::default();
-    let mut resolve = |s: &String| -> PathBuf {
-        let p = Path::new(s);
-        match (p.parent(), p.file_name()) {
-            (Some(dir), Some(name)) => folders
-                .entry(dir.to_path_buf())
-                .or_insert_with(|| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into()))
-                .join(name),
-            _ => p.to_path_buf(),
-        }
-    };
-    let seen: std::collections::HashSet<PathBuf> =
-        train.header.sources.iter().map(&mut resolve).collect();
+    let mut resolver = Resolver::default();
+    let seen: std::collections::HashSet<PathBuf> = train
+        .header
+        .sources
+        .iter()
+        .map(|s| resolver.resolve(s))
+        .collect();
     let shared: Vec<&String> = test
         .header
         .sources
         .iter()
-        .filter(|s| seen.contains(&resolve(s)))
+        .filter(|s| seen.contains(&resolver.resolve(s)))
         .collect();
     if let Some(first) = shared.first() {
         bail!(

@@ -111,11 +111,18 @@ pub fn save<M: Module>(
     Ok(dir)
 }
 
-/// Temporary checkpoint directories (`.epoch-NNNN.tmpPID`) of runs killed while writing.
+/// Temporary checkpoint directories (`.epoch-NNNN.tmpPID`) of runs killed while writing:
+/// this process's own, and those whose process is gone (on Linux, where that can be seen).
 fn remove_stale_temporaries(root: &Path) -> Result<()> {
+    let alive = |pid: &str| {
+        pid != std::process::id().to_string()
+            && cfg!(target_os = "linux")
+            && Path::new("/proc").join(pid).exists()
+    };
     for e in fs::read_dir(root)?.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".epoch-") && name.contains(".tmp") {
+        let pid = name.rsplit_once(".tmp").map(|(_, p)| p.to_string());
+        if name.starts_with(".epoch-") && pid.is_some_and(|p| !alive(&p)) {
             fs::remove_dir_all(e.path())
                 .with_context(|| format!("removing {}", e.path().display()))?;
         }
@@ -332,11 +339,15 @@ mod tests {
     fn stale_temporary_directories_are_removed() {
         let run = tempfile::tempdir().unwrap();
         let root = root(run.path());
-        fs::create_dir_all(root.join(".epoch-0002.tmp4242")).unwrap();
-        fs::write(root.join(".epoch-0002.tmp4242/model.bpk"), b"half").unwrap();
+        // Process 999999999 cannot exist (Linux pids stop at 2^22); process 1 always does,
+        // and its write may still be going on.
+        fs::create_dir_all(root.join(".epoch-0002.tmp999999999")).unwrap();
+        fs::write(root.join(".epoch-0002.tmp999999999/model.bpk"), b"half").unwrap();
+        fs::create_dir_all(root.join(".epoch-0003.tmp1")).unwrap();
         fake_checkpoint(&root, 1);
         remove_stale_temporaries(&root).unwrap();
-        assert!(!root.join(".epoch-0002.tmp4242").exists());
+        assert!(!root.join(".epoch-0002.tmp999999999").exists());
+        assert!(root.join(".epoch-0003.tmp1").exists());
         assert!(root.join("epoch-0001").exists());
     }
 }
