@@ -115,7 +115,7 @@ pub struct TaskBenchRow {
 /// and `pipeline_steps` loader-only batches, each after two of warm-up, in scratch runs
 /// under `scratch` (removed afterwards).
 pub fn measure_task(
-    args: &crate::cli::PretrainArgs,
+    spec: &crate::config::PretrainSpec,
     steps: usize,
     pipeline_steps: usize,
     cache: &crate::data::CacheOptions,
@@ -123,7 +123,7 @@ pub fn measure_task(
     scratch: &std::path::Path,
 ) -> anyhow::Result<TaskBenchRow> {
     use crate::train::trainer::Timing;
-    let rc = crate::cli::run_config(args, cache)?;
+    let rc = spec.resolve(cache)?;
     let time = |steps: usize, train: bool| -> anyhow::Result<f64> {
         let dir = scratch.join(format!("{}-{train}", rc.task.name()));
         let _ = std::fs::remove_dir_all(&dir);

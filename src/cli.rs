@@ -1,21 +1,21 @@
-//! The `pretext` command line (clap).
+//! The `pretext` command line (clap): argument definitions mapped onto the library's
+//! specifications ([`crate::config`]), and a dispatch. Nothing is resolved here.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::data::augment::AugmentConfig;
+use crate::config::{EvalSpec, PretrainSpec, StudySpec, TaskFields};
 use crate::data::{self, CacheOptions, Holdout};
-use crate::eval::{self, EvalConfig};
-use crate::models::{Arch, BackboneConfig};
-use crate::run::InputTransform;
-use crate::run::{Pretrain, RunConfig, normalize_for, open_split};
+use crate::eval;
+use crate::models::Arch;
+use crate::run::{Pretrain, RunConfig};
+use crate::tasks::TaskKind;
 use crate::tasks::colorization::ColourTarget;
 use crate::tasks::inpainting::MaskKind;
 use crate::tasks::jigsaw::{self, Selection};
-use crate::tasks::{TaskConfig, TaskKind};
-use crate::train::{OptimConfig, OptimKind, Schedule, TrainConfig};
+use crate::train::OptimKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -440,84 +440,64 @@ fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
 }
 
 impl PretrainArgs {
-    /// The flags at their command-line defaults (`pretext pretrain` with nothing given),
-    /// for callers that set a few (the study, the bench).
-    pub fn defaults() -> Self {
-        let cli = Cli::parse_from(["pretext", "pretrain"]);
-        match cli.command {
-            Command::Pretrain(a) => a,
-            _ => unreachable!("parsed a pretrain command"),
+    /// The run these flags ask for.
+    pub fn spec(&self) -> PretrainSpec {
+        PretrainSpec {
+            data: self.data.clone(),
+            backbone: self.backbone,
+            width: self.width,
+            blocks: self.blocks,
+            task: self.task,
+            task_fields: TaskFields {
+                angles: self.angles,
+                permutations: self.permutations,
+                selection: self.selection,
+                mask: self.mask,
+                colour_target: self.colour_target,
+                label_fraction: self.label_fraction,
+                subset_seed: self.subset_seed,
+                init_from: self.init_from.clone(),
+            },
+            task_config: self.task_config.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            train_images: self.train_images,
+            optim: self.optim,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule.clone(),
+            crop: self.crop,
+            pad: self.pad,
+            seed: self.seed,
         }
     }
 }
 
-/// `all`, `none` or comma-separated task names.
-fn task_list(names: &[String]) -> Result<Vec<TaskKind>> {
-    use clap::ValueEnum;
-    let mut out = Vec::new();
-    for n in names {
-        match n.trim() {
-            "all" => out.extend(TaskKind::PRETEXT),
-            "none" | "" => {}
-            other => out.push(TaskKind::from_str(other, true).map_err(|_| {
-                anyhow::anyhow!(
-                    "unknown task {other:?}; expected all, none or some of rotation, jigsaw, relative-position, inpainting, colorization"
-                )
-            })?),
+impl StudyArgs {
+    /// The study these flags ask for.
+    pub fn spec(&self) -> StudySpec {
+        StudySpec {
+            data: self.data.clone(),
+            tasks: self.tasks.clone(),
+            budget: self.budget.clone(),
+            max_epochs: self.max_epochs,
+            supervised: !self.no_supervised,
+            backbone: self.backbone,
+            width: self.width,
+            blocks: self.blocks,
+            train_images: self.train_images,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            eval_train_images: self.eval_train_images,
+            eval_test_images: self.eval_test_images,
+            probe_epochs: self.probe_epochs,
+            finetune: self.finetune.clone(),
+            fractions: self.fractions.clone(),
+            seeds: self.seeds.clone(),
+            finetune_epochs: self.finetune_epochs,
         }
     }
-    let mut seen = Vec::new();
-    out.retain(|t| {
-        let new = !seen.contains(t);
-        seen.push(*t);
-        new
-    });
-    Ok(out)
-}
-
-pub fn study_config(a: &StudyArgs, cache: &CacheOptions) -> Result<crate::study::StudyConfig> {
-    let Some(data) = a.data.clone() else {
-        bail!("--data is required to start a study (or pass --resume to continue one)");
-    };
-    let data = std::fs::canonicalize(&data).unwrap_or(data);
-    let tasks = task_list(&a.tasks)?;
-    let mut finetune_tasks = task_list(&a.finetune)?;
-    if a.finetune.iter().any(|f| f.trim() == "all") {
-        finetune_tasks.retain(|t| tasks.contains(t));
-    }
-    let mut finetune = crate::eval::finetune::FinetuneConfig {
-        fractions: a.fractions.clone(),
-        seeds: a.seeds.clone(),
-        epochs: a.finetune_epochs,
-        test_images: a.eval_test_images,
-        ..Default::default()
-    };
-    finetune.optim.lr = 0.01;
-    Ok(crate::study::StudyConfig {
-        data,
-        tasks,
-        supervised: !a.no_supervised,
-        budget_seconds: crate::study::parse_budget(&a.budget)?,
-        max_epochs: a.max_epochs,
-        backbone: a.backbone,
-        width: a.width,
-        blocks: a.blocks,
-        train_images: a.train_images,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        seed: a.seed,
-        eval: eval_config(
-            a.eval_train_images,
-            a.eval_test_images,
-            a.probe_epochs,
-            0.01,
-            9216,
-            a.seed,
-        ),
-        finetune,
-        finetune_tasks,
-        holdout: cache.holdout,
-    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -532,213 +512,6 @@ pub struct RunArgs {
     pub eval_test_images: Option<usize>,
     #[arg(long, default_value_t = 30)]
     pub probe_epochs: usize,
-}
-
-fn schedule(name: &str) -> Result<Schedule> {
-    Ok(match name {
-        "step" => Schedule::rotnet(),
-        "cosine" => Schedule::Cosine {
-            min_factor: 0.0,
-            warmup: 0.0,
-        },
-        "constant" => Schedule::Constant,
-        other => bail!("unknown schedule {other:?}; expected step, cosine or constant"),
-    })
-}
-
-/// Resolve pretraining flags into a run configuration (opens the data to size things).
-pub fn run_config(a: &PretrainArgs, cache: &CacheOptions) -> Result<RunConfig> {
-    let Some(data_root) = a.data.clone() else {
-        bail!("--data is required to start a run (or pass --resume to continue one)");
-    };
-    // Absolute, so the run can be resumed or evaluated from any working directory.
-    let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
-    let supervised = a.task == TaskKind::Supervised;
-    // Labels live in the train split (STL-10's unlabeled split has none).
-    let split = if supervised {
-        data::Split::Train
-    } else {
-        data::pretrain_split(&data_root)?
-    };
-    let set = open_split(&data_root, split, cache)?;
-    let size = set.header.h.min(set.header.w);
-    let crop = a.crop.unwrap_or(size);
-    let mut task = task_config(a, crop)?;
-    // Fine-tuning starts from another run: its network, input and normalisation.
-    let from = match &task {
-        TaskConfig::Supervised(s) => s
-            .init_from
-            .as_ref()
-            .map(|p| RunConfig::load(p))
-            .transpose()?,
-        _ => None,
-    };
-    if let TaskConfig::Supervised(s) = &mut task {
-        s.classes = set.num_classes();
-        if !set.is_labelled() {
-            bail!(
-                "{}: supervised training needs labels (class folders), and the {} split has none",
-                data_root.display(),
-                split.name()
-            );
-        }
-    }
-    let crop = from.as_ref().map_or(crop, |f| f.augment.crop);
-    let pixel_task = matches!(
-        task,
-        TaskConfig::Inpainting(_) | TaskConfig::Colorization(_)
-    );
-    let pad = a.pad.unwrap_or(if pixel_task { 0 } else { 4 });
-    if crop > size + 2 * pad {
-        bail!("--crop {crop} is larger than the {size}px images plus 2×{pad} padding");
-    }
-    let input = match (&task, &from) {
-        (_, Some(f)) => f.input,
-        (TaskConfig::Colorization(_), _) => InputTransform::Lightness,
-        _ => InputTransform::Rgb,
-    };
-    let mut backbone = BackboneConfig::new(a.backbone, crop);
-    if let Some(w) = a.width {
-        backbone.width = w;
-    }
-    backbone.blocks = a.blocks;
-    backbone.in_channels = input.channels(set.header.c);
-    if let Some(f) = &from {
-        backbone = f.backbone.clone();
-    }
-    let adam = matches!(task, TaskConfig::Inpainting(_));
-    let mut optim = OptimConfig::rotnet();
-    if adam {
-        // Pathak et al.: Adam, lr 2e-4, β1 0.5, no weight decay.
-        optim.kind = OptimKind::Adam;
-        optim.lr = 2e-4;
-        optim.betas = (0.5, 0.999);
-        optim.weight_decay = 0.0;
-    }
-    if let Some(k) = a.optim {
-        optim.kind = k;
-    }
-    if let Some(lr) = a.lr {
-        optim.lr = lr;
-    }
-    if let Some(wd) = a.weight_decay {
-        optim.weight_decay = wd;
-    }
-    let sched = a
-        .schedule
-        .clone()
-        .unwrap_or_else(|| if adam { "constant" } else { "step" }.to_string());
-    Ok(RunConfig {
-        data: data_root,
-        split,
-        holdout: cache.holdout,
-        train_images: a.train_images,
-        image_size: size,
-        input,
-        backbone,
-        task,
-        augment: AugmentConfig {
-            crop,
-            pad,
-            flip: true,
-        },
-        normalize: from
-            .as_ref()
-            .map_or_else(|| normalize_for(&set, input), |f| f.normalize.clone()),
-        train: TrainConfig {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            optim,
-            schedule: schedule(&sched)?,
-            seed: a.seed,
-            log_every: 10,
-            keep_checkpoints: 2,
-        },
-    })
-}
-
-/// The task's configuration: its paper defaults at this crop size (or the `[task]` table
-/// of `--task-config`), then the command-line overrides.
-fn task_config(a: &PretrainArgs, crop: usize) -> Result<TaskConfig> {
-    let mut task = match &a.task_config {
-        Some(path) => {
-            #[derive(serde::Deserialize)]
-            struct File {
-                task: TaskConfig,
-            }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            toml::from_str::<File>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: not a [task] table: {e}", path.display()))?
-                .task
-        }
-        None => a.task.default_config(crop),
-    };
-    match &mut task {
-        // A flag overrides the file (or the defaults) only when it was given.
-        TaskConfig::Rotation(r) => {
-            if let Some(n) = a.angles {
-                r.angles = n;
-            }
-        }
-        TaskConfig::Jigsaw(j) => {
-            if let Some(n) = a.permutations {
-                j.permutations = n;
-            }
-            if let Some(s) = a.selection {
-                j.selection = s;
-            }
-        }
-        TaskConfig::RelativePosition(_) => {}
-        TaskConfig::Inpainting(i) => {
-            if let Some(m) = a.mask {
-                i.mask = m;
-            }
-        }
-        TaskConfig::Colorization(c) => {
-            if let Some(t) = a.colour_target {
-                c.target = t;
-            }
-        }
-        TaskConfig::Supervised(s) => {
-            if let Some(f) = a.label_fraction {
-                s.label_fraction = Some(f);
-            }
-            if let Some(seed) = a.subset_seed {
-                s.subset_seed = seed;
-            }
-            if let Some(p) = &a.init_from {
-                s.init_from = Some(p.clone());
-            }
-            // Absolute, so the run can be resumed or evaluated from any working directory.
-            s.init_from = s
-                .init_from
-                .take()
-                .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-        }
-    }
-    Ok(task)
-}
-
-pub fn eval_config(
-    train_images: Option<usize>,
-    test_images: Option<usize>,
-    probe_epochs: usize,
-    probe_lr: f64,
-    probe_dim: usize,
-    seed: u64,
-) -> EvalConfig {
-    let mut c = EvalConfig {
-        train_images,
-        test_images,
-        probe_dim,
-        seed,
-        ..EvalConfig::default()
-    };
-    c.probe.epochs = probe_epochs;
-    c.probe.optim.lr = probe_lr;
-    c.probe.seed = seed;
-    c
 }
 
 pub fn main_with(cli: Cli) -> Result<()> {
@@ -803,7 +576,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 }
             }
             if let Some(data) = data {
-                let mut kinds = task_list(&tasks)?;
+                let mut kinds = TaskKind::parse_list(&tasks)?;
                 if tasks.iter().any(|t| t.trim() == "all") {
                     kinds.push(TaskKind::Supervised);
                 }
@@ -813,14 +586,14 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 );
                 println!("|---|---|---|---|---|---|---|---|---|");
                 for task in kinds {
-                    let a = PretrainArgs {
+                    let a = PretrainSpec {
                         data: Some(data.clone()),
                         width: Some(task_width),
                         task,
                         batch_size: batch,
                         // Enough images for every timed batch in one epoch.
                         train_images: Some(batch * (4 * steps + 4).max(20)),
-                        ..PretrainArgs::defaults()
+                        ..PretrainSpec::default()
                     };
                     let r = crate::bench::measure_task(
                         &a,
@@ -933,7 +706,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
             let cfg = if a.resume {
                 crate::study::Study::load_config(&a.out)?
             } else {
-                study_config(&a, &cache)?
+                a.spec().resolve(&cache)?
             };
             // Every step of the study uses the held-out split it recorded.
             let cache = CacheOptions {
@@ -999,14 +772,15 @@ pub fn main_with(cli: Cli) -> Result<()> {
             let rc = RunConfig::load(&a.run)?;
             let cache = cli.common.cache_for_run(&rc);
             let data = a.data.clone().unwrap_or(rc.data);
-            let cfg = eval_config(
-                a.train_images,
-                a.test_images,
-                a.probe_epochs,
-                a.probe_lr,
-                a.probe_dim,
-                a.seed,
-            );
+            let cfg = EvalSpec {
+                train_images: a.train_images,
+                test_images: a.test_images,
+                probe_epochs: a.probe_epochs,
+                probe_lr: a.probe_lr,
+                probe_dim: a.probe_dim,
+                seed: a.seed,
+            }
+            .resolve();
             let (report, out) =
                 eval::evaluate_run(&a.run, &data, a.random_init, &cfg, &cache, &dev, progress)?;
             println!("{}", report.markdown());
@@ -1015,14 +789,13 @@ pub fn main_with(cli: Cli) -> Result<()> {
         }
         Command::Run(a) => {
             let dev = crate::device::parse(&cli.common.device)?;
-            let cfg = eval_config(
-                a.eval_train_images,
-                a.eval_test_images,
-                a.probe_epochs,
-                0.01,
-                9216,
-                0,
-            );
+            let cfg = EvalSpec {
+                train_images: a.eval_train_images,
+                test_images: a.eval_test_images,
+                probe_epochs: a.probe_epochs,
+                ..EvalSpec::default()
+            }
+            .resolve();
             // The evaluation is checked before the pretraining it follows, with the split
             // the run trains with: a resumed run's own.
             let (data, cache) = match (&a.pretrain.data, a.pretrain.resume) {
@@ -1069,7 +842,7 @@ fn pretrain(
     let cfg = if a.resume {
         None
     } else {
-        Some(run_config(a, cache)?)
+        Some(a.spec().resolve(cache)?)
     };
     let p = Pretrain {
         run: &a.out,

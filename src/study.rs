@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::PretrainArgs;
+use crate::config::PretrainSpec;
 use crate::data::{CacheOptions, Split};
 use crate::eval::finetune::{FinetuneConfig, finetune_run};
 use crate::eval::report::{Comparison, gather};
@@ -226,7 +226,7 @@ impl Study<'_> {
         // Every method's run as it will be configured, so a setting none can train with is
         // refused before the study folder exists.
         for m in self.methods() {
-            let rc = crate::cli::run_config(&self.pretrain_args(m), self.cache)?;
+            let rc = self.pretrain_spec(m).resolve(self.cache)?;
             rc.train.validate()?;
             rc.backbone.validate()?;
             rc.task.validate(&rc.augment)?;
@@ -235,12 +235,11 @@ impl Study<'_> {
     }
 
     /// The pretraining flags of one method.
-    fn pretrain_args(&self, task: TaskKind) -> PretrainArgs {
+    fn pretrain_spec(&self, task: TaskKind) -> PretrainSpec {
         let c = &self.cfg;
         let adam = task == TaskKind::Inpainting;
-        PretrainArgs {
+        PretrainSpec {
             data: Some(c.data.clone()),
-            out: self.out.join(method_name(task)),
             backbone: c.backbone,
             width: c.width,
             blocks: c.blocks,
@@ -250,7 +249,7 @@ impl Study<'_> {
             lr: (!adam).then_some(c.lr),
             schedule: (!adam).then(|| "cosine".to_string()),
             seed: c.seed,
-            ..PretrainArgs::defaults()
+            ..PretrainSpec::default()
         }
     }
 
@@ -269,7 +268,7 @@ impl Study<'_> {
         let name = method_name(task);
         let dir = self.out.join(name);
         if !RunConfig::path(&dir).exists() {
-            let mut rc = crate::cli::run_config(&self.pretrain_args(task), self.cache)?;
+            let mut rc = self.pretrain_spec(task).resolve(self.cache)?;
             let scratch = self.out.join(".calibration").join(name);
             let _ = std::fs::remove_dir_all(&scratch);
             if self.progress {

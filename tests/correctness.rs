@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use burn::tensor::Device;
-use pretext::cli::{PretrainArgs, eval_config, run_config};
+use pretext::config::{PretrainSpec, TaskFields};
 use pretext::data::{self, CacheOptions, Split};
 use pretext::eval::evaluate_run;
 use pretext::eval::finetune::{FinetuneConfig, finetune_run};
@@ -42,13 +42,13 @@ fn no_cache() -> CacheOptions {
 }
 
 /// Flags for a tiny, fast NIN-8 rotation run on `data`.
-fn tiny_args(data: &Path, out: &Path) -> PretrainArgs {
-    PretrainArgs {
+fn tiny_args(data: &Path) -> PretrainSpec {
+    PretrainSpec {
         width: Some(8),
         epochs: 1,
         batch_size: 16,
         train_images: None,
-        ..common::pretrain_args(data, out, TaskKind::Rotation)
+        ..common::pretrain_spec(data, TaskKind::Rotation)
     }
 }
 
@@ -112,10 +112,10 @@ fn a_tree_without_split_folders_gets_a_disjoint_held_out_test_split() {
 
     // Evaluated end to end, the numbers name the held-out split and come from it.
     let run = tmp.path().join("run");
-    let cfg = run_config(&tiny_args(&root, &run), &cache).unwrap();
+    let cfg = tiny_args(&root).resolve(&cache).unwrap();
     fs::create_dir_all(&run).unwrap();
     cfg.save(&run).unwrap();
-    let mut ecfg = eval_config(None, None, 2, 0.01, 512, 0);
+    let mut ecfg = common::eval_config(None, None, 2, 512);
     ecfg.knn = vec![pretext::eval::knn::KnnSetting { k: 1, t: 0.07 }];
     let (report, _) =
         evaluate_run(&run, &root, true, &ecfg, &cache, &Device::flex(), false).unwrap();
@@ -139,10 +139,10 @@ fn evaluation_refuses_a_test_split_that_holds_training_images() {
     std::os::unix::fs::symlink(root.join("train"), root.join("test")).unwrap();
     let cache = no_cache();
     let run = tmp.path().join("run");
-    let cfg = run_config(&tiny_args(&root, &run), &cache).unwrap();
+    let cfg = tiny_args(&root).resolve(&cache).unwrap();
     fs::create_dir_all(&run).unwrap();
     cfg.save(&run).unwrap();
-    let ecfg = eval_config(None, None, 1, 0.01, 512, 0);
+    let ecfg = common::eval_config(None, None, 1, 512);
     let e = evaluate_run(&run, &root, true, &ecfg, &cache, &Device::flex(), false)
         .unwrap_err()
         .to_string();
@@ -186,7 +186,7 @@ fn finetuning_refuses_test_classes_that_differ_from_the_train_classes() {
     let run = tmp.path().join("run");
     pretrain(
         &run,
-        Some(run_config(&tiny_args(&root, &run), &cache).unwrap()),
+        Some(tiny_args(&root).resolve(&cache).unwrap()),
         &cache,
     );
     let cfg = FinetuneConfig {
@@ -233,19 +233,22 @@ fn a_finetuning_resumed_before_its_first_checkpoint_starts_from_the_pretrained_b
     let base = tmp.path().join("base");
     pretrain(
         &base,
-        Some(run_config(&tiny_args(&root, &base), &cache).unwrap()),
+        Some(tiny_args(&root).resolve(&cache).unwrap()),
         &cache,
     );
     // Fine-tuning with a learning rate of 0: the weights it ends with are the ones it
     // started from.
     let ft = tmp.path().join("ft");
-    let a = PretrainArgs {
+    let a = PretrainSpec {
         task: TaskKind::Supervised,
-        init_from: Some(base.clone()),
+        task_fields: TaskFields {
+            init_from: Some(base.clone()),
+            ..Default::default()
+        },
         lr: Some(0.0),
-        ..tiny_args(&root, &ft)
+        ..tiny_args(&root)
     };
-    let cfg = run_config(&a, &cache).unwrap();
+    let cfg = a.resolve(&cache).unwrap();
     // Killed before its first checkpoint: the run directory and its config exist.
     Pretrain {
         run: &ft,
@@ -274,7 +277,7 @@ fn finetuning_with_other_settings_trains_its_own_sub_runs() {
     let run = tmp.path().join("run");
     pretrain(
         &run,
-        Some(run_config(&tiny_args(&root, &run), &cache).unwrap()),
+        Some(tiny_args(&root).resolve(&cache).unwrap()),
         &cache,
     );
     let dev = Device::flex();
@@ -317,18 +320,21 @@ fn task_config_values_hold_unless_a_flag_is_given() {
     let cache = no_cache();
     let file = tmp.path().join("task.toml");
     fs::write(&file, "[task]\nname = \"rotation\"\nangles = 8\n").unwrap();
-    let a = PretrainArgs {
+    let a = PretrainSpec {
         task_config: Some(file.clone()),
-        ..tiny_args(&root, &tmp.path().join("r"))
+        ..tiny_args(&root)
     };
-    let angles = |a: &PretrainArgs| match run_config(a, &cache).unwrap().task {
+    let angles = |a: &PretrainSpec| match a.resolve(&cache).unwrap().task {
         pretext::tasks::TaskConfig::Rotation(r) => r.angles,
         other => panic!("{other:?}"),
     };
     assert_eq!(angles(&a), 8, "the file's value");
     assert_eq!(
-        angles(&PretrainArgs {
-            angles: Some(4),
+        angles(&PretrainSpec {
+            task_fields: TaskFields {
+                angles: Some(4),
+                ..Default::default()
+            },
             ..a.clone()
         }),
         4,
@@ -338,7 +344,7 @@ fn task_config_values_hold_unless_a_flag_is_given() {
     let base = tmp.path().join("base");
     pretrain(
         &base,
-        Some(run_config(&tiny_args(&root, &base), &cache).unwrap()),
+        Some(tiny_args(&root).resolve(&cache).unwrap()),
         &cache,
     );
     fs::write(
@@ -349,12 +355,12 @@ fn task_config_values_hold_unless_a_flag_is_given() {
         ),
     )
     .unwrap();
-    let a = PretrainArgs {
+    let a = PretrainSpec {
         task: TaskKind::Supervised,
         task_config: Some(file),
-        ..tiny_args(&root, &tmp.path().join("s"))
+        ..tiny_args(&root)
     };
-    match run_config(&a, &cache).unwrap().task {
+    match a.resolve(&cache).unwrap().task {
         pretext::tasks::TaskConfig::Supervised(s) => {
             assert_eq!(s.label_fraction, Some(0.5));
             assert_eq!(s.subset_seed, 7);
@@ -448,12 +454,15 @@ fn a_bad_permutation_file_is_refused_before_training() {
     class_tree(&root.join("train"), 8);
     let cache = no_cache();
     let run = tmp.path().join("run");
-    let a = PretrainArgs {
+    let a = PretrainSpec {
         task: TaskKind::Jigsaw,
-        permutations: Some(2),
-        ..tiny_args(&root, &run)
+        task_fields: TaskFields {
+            permutations: Some(2),
+            ..Default::default()
+        },
+        ..tiny_args(&root)
     };
-    let cfg = run_config(&a, &cache).unwrap();
+    let cfg = a.resolve(&cache).unwrap();
     fs::create_dir_all(&run).unwrap();
     for (perms, why) in [
         (

@@ -8,36 +8,31 @@ mod common;
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use pretext::cli::{PretrainArgs, eval_config, run_config};
+use pretext::config::PretrainSpec;
 use pretext::data::CacheOptions;
 use pretext::eval::evaluate_run;
 use pretext::run::Pretrain;
 use pretext::tasks::TaskKind;
 use pretext::train::OptimKind;
 
-fn args(data: &std::path::Path, out: &std::path::Path) -> PretrainArgs {
-    PretrainArgs {
+fn args(data: &std::path::Path) -> PretrainSpec {
+    PretrainSpec {
         optim: Some(OptimKind::Sgd),
         lr: Some(0.1),
         weight_decay: Some(5e-4),
         schedule: Some("step".into()),
         pad: Some(4),
-        ..common::pretrain_args(data, out, TaskKind::Rotation)
+        ..common::pretrain_spec(data, TaskKind::Rotation)
     }
 }
 
 /// A 3-epoch run on `images` images of a NIN of `width`, for the checkpoint tests.
-fn small_args(
-    data: &std::path::Path,
-    out: &std::path::Path,
-    images: usize,
-    width: usize,
-) -> PretrainArgs {
-    PretrainArgs {
+fn small_args(data: &std::path::Path, images: usize, width: usize) -> PretrainSpec {
+    PretrainSpec {
         train_images: Some(images),
         epochs: 3,
         width: Some(width),
-        ..args(data, out)
+        ..args(data)
     }
 }
 
@@ -86,8 +81,8 @@ fn rotation_pretraining_learns_and_its_features_beat_random_init() {
         run,
         dev,
     } = setup();
-    let a = args(&data, &run);
-    let cfg = run_config(&a, &cache).unwrap();
+    let a = args(&data);
+    let cfg = a.resolve(&cache).unwrap();
     let p = pretrain(&run, &dev, &cache, None);
     let (_, outcome) = p.run(Some(cfg), false).unwrap();
     let (l, acc) = (&outcome.epoch_losses, &outcome.epoch_scores);
@@ -111,7 +106,7 @@ fn rotation_pretraining_learns_and_its_features_beat_random_init() {
         4
     );
 
-    let ecfg = eval_config(Some(2000), Some(1000), 15, 0.01, 9216, 0);
+    let ecfg = common::eval_config(Some(2000), Some(1000), 15, 9216);
     let (report, out) = evaluate_run(&run, &data, false, &ecfg, &cache, &dev, false).unwrap();
     eprintln!("{}", report.markdown());
     assert!(report.rows.iter().all(|r| r.linear.top5 > r.linear.top1));
@@ -184,8 +179,8 @@ fn a_stopped_run_resumes_from_its_last_checkpoint() {
         run,
         dev,
     } = setup();
-    let a = small_args(&data, &run, 256, 16);
-    let cfg = run_config(&a, &cache).unwrap();
+    let a = small_args(&data, 256, 16);
+    let cfg = a.resolve(&cache).unwrap();
     // First call stops after one epoch, as if killed after its checkpoint.
     let p = pretrain(&run, &dev, &cache, Some(1));
     let (_, first) = p.run(Some(cfg.clone()), false).unwrap();
@@ -225,8 +220,8 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         run,
         dev,
     } = setup();
-    let a = small_args(&data, &run, 128, 8);
-    let mut cfg = run_config(&a, &cache).unwrap();
+    let a = small_args(&data, 128, 8);
+    let mut cfg = a.resolve(&cache).unwrap();
     cfg.train.log_every = 1;
     let p = pretrain(&run, &dev, &cache, Some(1));
     p.run(Some(cfg), false).unwrap();

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
-use pretext::cli::{eval_config, run_config};
 use pretext::data::Split;
 use pretext::embed::{EmbedRequest, embed, read, search};
 use pretext::eval::evaluate_run;
@@ -17,11 +16,11 @@ use pretext::run::{Pretrain, open_split, subset_indices};
 use pretext::tasks::TaskKind;
 
 fn small_run(dir: &Path, cache: &pretext::data::CacheOptions) {
-    let mut a = common::pretrain_args(&common::cifar_root(), dir, TaskKind::Rotation);
+    let mut a = common::pretrain_spec(&common::cifar_root(), TaskKind::Rotation);
     a.width = Some(16);
     a.train_images = Some(256);
     a.epochs = 1;
-    let cfg = run_config(&a, cache).unwrap();
+    let cfg = a.resolve(cache).unwrap();
     Pretrain {
         run: dir,
         device: &Device::flex(),
@@ -140,7 +139,7 @@ fn data_of_another_image_size_is_refused_saying_what_differs() {
     ] {
         let data = tmp.path().join(name);
         other_data(&data, side);
-        let ecfg = eval_config(None, None, 1, 0.01, 9216, 0);
+        let ecfg = common::eval_config(None, None, 1, 9216);
         let errors = [
             evaluate_run(&run, &data, false, &ecfg, &cache, &dev, false)
                 .err()

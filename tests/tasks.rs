@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use pretext::cli::{PretrainArgs, eval_config, run_config};
+use pretext::config::PretrainSpec;
 use pretext::data::loader::{SampleMaker, SampleOut};
 use pretext::data::{ImageSet, Split};
 use pretext::eval::evaluate_run;
@@ -26,14 +26,14 @@ struct Ran {
     _tmp: tempfile::TempDir,
 }
 
-fn pretrain(task: TaskKind, tweak: impl FnOnce(&mut PretrainArgs)) -> Ran {
+fn pretrain(task: TaskKind, tweak: impl FnOnce(&mut PretrainSpec)) -> Ran {
     let tmp = tempfile::tempdir().unwrap();
     let data = common::cifar_root();
     let cache = common::cache_opts(&tmp.path().join("cache"));
     let run = tmp.path().join("run");
-    let mut a = common::pretrain_args(&data, &run, task);
+    let mut a = common::pretrain_spec(&data, task);
     tweak(&mut a);
-    let cfg = run_config(&a, &cache).unwrap();
+    let cfg = a.resolve(&cache).unwrap();
     let dev = Device::flex();
     let p = Pretrain {
         run: &run,
@@ -71,7 +71,7 @@ fn training_images(r: &Ran) -> (std::sync::Arc<ImageSet>, Vec<usize>) {
 /// that was never loaded would leave), and the best kNN accuracy is no worse than random
 /// init's on the same images.
 fn evaluates(r: &Ran) {
-    let ecfg = eval_config(Some(1000), Some(500), 5, 0.01, 9216, 0);
+    let ecfg = common::eval_config(Some(1000), Some(500), 5, 9216);
     let dev = Device::flex();
     let (report, _) = evaluate_run(&r.run, &r.data, false, &ecfg, &r.cache, &dev, false).unwrap();
     let (random, _) = evaluate_run(&r.run, &r.data, true, &ecfg, &r.cache, &dev, false).unwrap();

@@ -70,6 +70,30 @@ impl TaskKind {
         TaskKind::Colorization,
     ];
 
+    /// `all` (the pretext tasks), `none` or comma-separated task names, each once.
+    pub fn parse_list(names: &[String]) -> anyhow::Result<Vec<TaskKind>> {
+        use clap::ValueEnum;
+        let mut out = Vec::new();
+        for n in names {
+            match n.trim() {
+                "all" => out.extend(TaskKind::PRETEXT),
+                "none" | "" => {}
+                other => out.push(TaskKind::from_str(other, true).map_err(|_| {
+                    anyhow::anyhow!(
+                        "unknown task {other:?}; expected all, none or some of rotation, jigsaw, relative-position, inpainting, colorization"
+                    )
+                })?),
+            }
+        }
+        let mut seen = Vec::new();
+        out.retain(|t| {
+            let new = !seen.contains(t);
+            seen.push(*t);
+            new
+        });
+        Ok(out)
+    }
+
     /// The task's paper defaults, scaled to images of `side` pixels.
     pub fn default_config(self, side: usize) -> TaskConfig {
         match self {

@@ -49,40 +49,36 @@ pub fn cache_opts(dir: &Path) -> pretext::data::CacheOptions {
     }
 }
 
-/// Pretraining flags for a small NIN-32 run of `task` on 2,000 images (tests override).
+/// The specification of a small NIN-32 run of `task` on 2,000 images (tests override).
 #[allow(dead_code)]
-pub fn pretrain_args(
-    data: &Path,
-    out: &Path,
-    task: pretext::tasks::TaskKind,
-) -> pretext::cli::PretrainArgs {
-    pretext::cli::PretrainArgs {
+pub fn pretrain_spec(data: &Path, task: pretext::tasks::TaskKind) -> pretext::config::PretrainSpec {
+    pretext::config::PretrainSpec {
         data: Some(data.to_path_buf()),
-        out: out.to_path_buf(),
-        resume: false,
-        backbone: pretext::models::Arch::Nin,
         width: Some(32),
-        blocks: 4,
         task,
-        angles: None,
-        permutations: None,
-        selection: None,
-        mask: None,
-        colour_target: None,
-        task_config: None,
-        label_fraction: None,
-        subset_seed: None,
-        init_from: None,
         epochs: 4,
         batch_size: 64,
         train_images: Some(2000),
-        optim: None,
-        lr: None,
-        weight_decay: None,
-        schedule: None,
-        crop: None,
-        pad: None,
         seed: 1,
-        stop_after: None,
+        ..Default::default()
     }
+}
+
+/// An evaluation protocol: these image counts, probe epochs and pooled size, the rest at
+/// its defaults.
+#[allow(dead_code)]
+pub fn eval_config(
+    train_images: Option<usize>,
+    test_images: Option<usize>,
+    probe_epochs: usize,
+    probe_dim: usize,
+) -> pretext::eval::EvalConfig {
+    pretext::config::EvalSpec {
+        train_images,
+        test_images,
+        probe_epochs,
+        probe_dim,
+        ..Default::default()
+    }
+    .resolve()
 }

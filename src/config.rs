@@ -1,0 +1,586 @@
+//! What a user asks for, as plain data, and its resolution into the configurations the
+//! library runs. The command line, `study` and `bench` all build these specifications;
+//! nothing here parses arguments (the CLI maps its flags onto them), so the library can be
+//! driven without a command line and the resolution rules are tested here, once.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::data::augment::AugmentConfig;
+use crate::data::lab::InputTransform;
+use crate::data::{self, CacheOptions};
+use crate::eval::EvalConfig;
+use crate::eval::finetune::FinetuneConfig;
+use crate::models::{Arch, BackboneConfig};
+use crate::run::{RunConfig, normalize_for, open_split};
+use crate::tasks::colorization::ColourTarget;
+use crate::tasks::inpainting::MaskKind;
+use crate::tasks::jigsaw::Selection;
+use crate::tasks::{TaskConfig, TaskKind};
+use crate::train::{OptimConfig, OptimKind, Schedule, TrainConfig};
+
+/// A pretraining run as asked for. `None` fields take the task's or the data's default
+/// when the run is resolved ([`PretrainSpec::resolve`]); the defaults of the others are
+/// [`PretrainSpec::default`]'s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PretrainSpec {
+    /// An image folder (class folders, flat, or train/ + test/), or a binary release.
+    pub data: Option<PathBuf>,
+    pub backbone: Arch,
+    /// Base width (NIN: 192 in the paper; AlexNet conv1 / ResNet stem: 64).
+    pub width: Option<usize>,
+    /// NIN blocks.
+    pub blocks: usize,
+    pub task: TaskKind,
+    /// Task fields given one by one; each overrides the task file or the defaults only
+    /// when given.
+    pub task_fields: TaskFields,
+    /// A TOML file whose `[task]` table replaces the task's defaults.
+    pub task_config: Option<PathBuf>,
+    pub epochs: usize,
+    /// Source images per batch (rotation feeds 4× as many inputs).
+    pub batch_size: usize,
+    /// A seeded random subset of this many images.
+    pub train_images: Option<usize>,
+    pub optim: Option<OptimKind>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    /// `step`, `cosine` or `constant`.
+    pub schedule: Option<String>,
+    pub crop: Option<usize>,
+    pub pad: Option<usize>,
+    pub seed: u64,
+}
+
+/// Task settings that can be given one by one (the rest only in a task file).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskFields {
+    /// Rotation: 4 or 8 angles.
+    pub angles: Option<usize>,
+    /// Jigsaw: size of the permutation set.
+    pub permutations: Option<usize>,
+    pub selection: Option<Selection>,
+    /// Inpainting: mask type.
+    pub mask: Option<MaskKind>,
+    /// Colorization: hue/chroma or a*/b* histograms.
+    pub colour_target: Option<ColourTarget>,
+    /// Supervised: fraction of each class (a balanced subset).
+    pub label_fraction: Option<f64>,
+    pub subset_seed: Option<u64>,
+    /// Supervised: start from this run's backbone.
+    pub init_from: Option<PathBuf>,
+}
+
+impl Default for PretrainSpec {
+    fn default() -> Self {
+        Self {
+            data: None,
+            backbone: Arch::Nin,
+            width: None,
+            blocks: 4,
+            task: TaskKind::Rotation,
+            task_fields: TaskFields::default(),
+            task_config: None,
+            epochs: 5,
+            batch_size: 128,
+            train_images: None,
+            optim: None,
+            lr: None,
+            weight_decay: None,
+            schedule: None,
+            crop: None,
+            pad: None,
+            seed: 0,
+        }
+    }
+}
+
+/// A schedule by name.
+pub fn schedule(name: &str) -> Result<Schedule> {
+    Ok(match name {
+        "step" => Schedule::rotnet(),
+        "cosine" => Schedule::Cosine {
+            min_factor: 0.0,
+            warmup: 0.0,
+        },
+        "constant" => Schedule::Constant,
+        other => bail!("unknown schedule {other:?}; expected step, cosine or constant"),
+    })
+}
+
+impl PretrainSpec {
+    /// The run configuration: opens the data (through the cache) to size things, takes
+    /// the task's paper defaults at that size (or the task file), then what was given.
+    pub fn resolve(&self, cache: &CacheOptions) -> Result<RunConfig> {
+        let Some(data_root) = self.data.clone() else {
+            bail!("--data is required to start a run (or pass --resume to continue one)");
+        };
+        // Absolute, so the run can be resumed or evaluated from any working directory.
+        let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
+        let supervised = self.task == TaskKind::Supervised;
+        // Labels live in the train split (STL-10's unlabeled split has none).
+        let split = if supervised {
+            data::Split::Train
+        } else {
+            data::pretrain_split(&data_root)?
+        };
+        let set = open_split(&data_root, split, cache)?;
+        let size = set.header.h.min(set.header.w);
+        let crop = self.crop.unwrap_or(size);
+        let mut task = self.task_config(crop)?;
+        // Fine-tuning starts from another run: its network, input and normalisation.
+        let from = match &task {
+            TaskConfig::Supervised(s) => s
+                .init_from
+                .as_ref()
+                .map(|p| RunConfig::load(p))
+                .transpose()?,
+            _ => None,
+        };
+        if let TaskConfig::Supervised(s) = &mut task {
+            s.classes = set.num_classes();
+            if !set.is_labelled() {
+                bail!(
+                    "{}: supervised training needs labels (class folders), and the {} split has none",
+                    data_root.display(),
+                    split.name()
+                );
+            }
+        }
+        let crop = from.as_ref().map_or(crop, |f| f.augment.crop);
+        let pixel_task = matches!(
+            task,
+            TaskConfig::Inpainting(_) | TaskConfig::Colorization(_)
+        );
+        let pad = self.pad.unwrap_or(if pixel_task { 0 } else { 4 });
+        if crop > size + 2 * pad {
+            bail!("--crop {crop} is larger than the {size}px images plus 2×{pad} padding");
+        }
+        let input = match (&task, &from) {
+            (_, Some(f)) => f.input,
+            (TaskConfig::Colorization(_), _) => InputTransform::Lightness,
+            _ => InputTransform::Rgb,
+        };
+        let mut backbone = BackboneConfig::new(self.backbone, crop);
+        if let Some(w) = self.width {
+            backbone.width = w;
+        }
+        backbone.blocks = self.blocks;
+        backbone.in_channels = input.channels(set.header.c);
+        if let Some(f) = &from {
+            backbone = f.backbone.clone();
+        }
+        let adam = matches!(task, TaskConfig::Inpainting(_));
+        let mut optim = OptimConfig::rotnet();
+        if adam {
+            // Pathak et al.: Adam, lr 2e-4, β1 0.5, no weight decay.
+            optim.kind = OptimKind::Adam;
+            optim.lr = 2e-4;
+            optim.betas = (0.5, 0.999);
+            optim.weight_decay = 0.0;
+        }
+        if let Some(k) = self.optim {
+            optim.kind = k;
+        }
+        if let Some(lr) = self.lr {
+            optim.lr = lr;
+        }
+        if let Some(wd) = self.weight_decay {
+            optim.weight_decay = wd;
+        }
+        let sched = self
+            .schedule
+            .clone()
+            .unwrap_or_else(|| if adam { "constant" } else { "step" }.to_string());
+        Ok(RunConfig {
+            data: data_root,
+            split,
+            holdout: cache.holdout,
+            train_images: self.train_images,
+            image_size: size,
+            input,
+            backbone,
+            task,
+            augment: AugmentConfig {
+                crop,
+                pad,
+                flip: true,
+            },
+            normalize: from
+                .as_ref()
+                .map_or_else(|| normalize_for(&set, input), |f| f.normalize.clone()),
+            train: TrainConfig {
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                optim,
+                schedule: schedule(&sched)?,
+                seed: self.seed,
+                log_every: 10,
+                keep_checkpoints: 2,
+            },
+        })
+    }
+
+    /// The task's configuration: its paper defaults at this crop size (or the `[task]`
+    /// table of the task file), then the fields that were given.
+    fn task_config(&self, crop: usize) -> Result<TaskConfig> {
+        let mut task = match &self.task_config {
+            Some(path) => {
+                #[derive(serde::Deserialize)]
+                struct File {
+                    task: TaskConfig,
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                toml::from_str::<File>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: not a [task] table: {e}", path.display()))?
+                    .task
+            }
+            None => self.task.default_config(crop),
+        };
+        let f = &self.task_fields;
+        // A field overrides the file (or the defaults) only when it was given.
+        match &mut task {
+            TaskConfig::Rotation(r) => {
+                if let Some(n) = f.angles {
+                    r.angles = n;
+                }
+            }
+            TaskConfig::Jigsaw(j) => {
+                if let Some(n) = f.permutations {
+                    j.permutations = n;
+                }
+                if let Some(s) = f.selection {
+                    j.selection = s;
+                }
+            }
+            TaskConfig::RelativePosition(_) => {}
+            TaskConfig::Inpainting(i) => {
+                if let Some(m) = f.mask {
+                    i.mask = m;
+                }
+            }
+            TaskConfig::Colorization(c) => {
+                if let Some(t) = f.colour_target {
+                    c.target = t;
+                }
+            }
+            TaskConfig::Supervised(s) => {
+                if let Some(fr) = f.label_fraction {
+                    s.label_fraction = Some(fr);
+                }
+                if let Some(seed) = f.subset_seed {
+                    s.subset_seed = seed;
+                }
+                if let Some(p) = &f.init_from {
+                    s.init_from = Some(p.clone());
+                }
+                // Absolute, so the run can be resumed or evaluated from any working
+                // directory.
+                s.init_from = s
+                    .init_from
+                    .take()
+                    .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+            }
+        }
+        Ok(task)
+    }
+}
+
+/// An evaluation as asked for ([`EvalSpec::resolve`] gives the protocol).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSpec {
+    /// Labelled training images for the probes and kNN (a seeded subset; `None`: all).
+    pub train_images: Option<usize>,
+    /// Test images (`None`: all).
+    pub test_images: Option<usize>,
+    pub probe_epochs: usize,
+    pub probe_lr: f64,
+    /// Pooled feature size per layer.
+    pub probe_dim: usize,
+    pub seed: u64,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        let d = EvalConfig::default();
+        Self {
+            train_images: None,
+            test_images: None,
+            probe_epochs: d.probe.epochs,
+            probe_lr: d.probe.optim.lr,
+            probe_dim: d.probe_dim,
+            seed: d.seed,
+        }
+    }
+}
+
+impl EvalSpec {
+    pub fn resolve(&self) -> EvalConfig {
+        let mut c = EvalConfig {
+            train_images: self.train_images,
+            test_images: self.test_images,
+            probe_dim: self.probe_dim,
+            seed: self.seed,
+            ..EvalConfig::default()
+        };
+        c.probe.epochs = self.probe_epochs;
+        c.probe.optim.lr = self.probe_lr;
+        c.probe.seed = self.seed;
+        c
+    }
+}
+
+/// A study as asked for ([`StudySpec::resolve`] gives the study's configuration).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudySpec {
+    /// Labelled data with train and test splits.
+    pub data: Option<PathBuf>,
+    /// Pretext tasks: names, `all` or `none`.
+    pub tasks: Vec<String>,
+    /// Pretraining wall-clock time per method: 90s, 10m, 1.5h.
+    pub budget: String,
+    pub max_epochs: usize,
+    pub supervised: bool,
+    pub backbone: Arch,
+    pub width: Option<usize>,
+    pub blocks: usize,
+    pub train_images: Option<usize>,
+    pub batch_size: usize,
+    /// SGD learning rate (cosine) of every method but inpainting.
+    pub lr: f64,
+    pub seed: u64,
+    pub eval_train_images: Option<usize>,
+    pub eval_test_images: Option<usize>,
+    pub probe_epochs: usize,
+    /// Tasks fine-tuned on few labels: names, `all` or `none`.
+    pub finetune: Vec<String>,
+    pub fractions: Vec<f64>,
+    pub seeds: Vec<u64>,
+    pub finetune_epochs: usize,
+}
+
+impl StudySpec {
+    pub fn resolve(&self, cache: &CacheOptions) -> Result<crate::study::StudyConfig> {
+        let Some(data) = self.data.clone() else {
+            bail!("--data is required to start a study (or pass --resume to continue one)");
+        };
+        let data = std::fs::canonicalize(&data).unwrap_or(data);
+        let tasks = TaskKind::parse_list(&self.tasks)?;
+        let mut finetune_tasks = TaskKind::parse_list(&self.finetune)?;
+        if self.finetune.iter().any(|f| f.trim() == "all") {
+            finetune_tasks.retain(|t| tasks.contains(t));
+        }
+        let mut finetune = FinetuneConfig {
+            fractions: self.fractions.clone(),
+            seeds: self.seeds.clone(),
+            epochs: self.finetune_epochs,
+            test_images: self.eval_test_images,
+            ..Default::default()
+        };
+        finetune.optim.lr = 0.01;
+        Ok(crate::study::StudyConfig {
+            data,
+            tasks,
+            supervised: self.supervised,
+            budget_seconds: crate::study::parse_budget(&self.budget)?,
+            max_epochs: self.max_epochs,
+            backbone: self.backbone,
+            width: self.width,
+            blocks: self.blocks,
+            train_images: self.train_images,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            eval: EvalSpec {
+                train_images: self.eval_train_images,
+                test_images: self.eval_test_images,
+                probe_epochs: self.probe_epochs,
+                seed: self.seed,
+                ..EvalSpec::default()
+            }
+            .resolve(),
+            finetune,
+            finetune_tasks,
+            holdout: cache.holdout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::TaskConfig;
+
+    /// A flat folder of four 32×32 PNGs, opened without a cache.
+    fn images() -> (tempfile::TempDir, CacheOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..4u8 {
+            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, i * 60]))
+                .save(dir.path().join(format!("{i}.png")))
+                .unwrap();
+        }
+        let cache = CacheOptions {
+            dir: None,
+            progress: false,
+            ..CacheOptions::default()
+        };
+        (dir, cache)
+    }
+
+    fn spec(dir: &tempfile::TempDir, task: TaskKind) -> PretrainSpec {
+        PretrainSpec {
+            data: Some(dir.path().to_path_buf()),
+            task,
+            ..PretrainSpec::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_each_tasks_paper_at_the_image_size() {
+        let (dir, cache) = images();
+        let rot = spec(&dir, TaskKind::Rotation).resolve(&cache).unwrap();
+        assert_eq!((rot.augment.crop, rot.augment.pad), (32, 4));
+        assert_eq!(rot.input, InputTransform::Rgb);
+        assert_eq!(rot.backbone, {
+            let mut b = BackboneConfig::new(Arch::Nin, 32);
+            b.in_channels = 3;
+            b
+        });
+        assert_eq!(rot.task, TaskConfig::Rotation(Default::default()));
+        assert_eq!(
+            (rot.train.epochs, rot.train.batch_size, rot.train.seed),
+            (5, 128, 0)
+        );
+        assert_eq!(rot.train.optim, OptimConfig::rotnet());
+        assert_eq!(rot.train.schedule, Schedule::rotnet());
+        // Inpainting: Pathak et al.'s Adam 2e-4, β1 0.5, no decay, constant; no padding
+        // (its targets would include the black border).
+        let inp = spec(&dir, TaskKind::Inpainting).resolve(&cache).unwrap();
+        assert_eq!(inp.augment.pad, 0);
+        assert_eq!(inp.train.optim.kind, OptimKind::Adam);
+        assert_eq!(
+            (
+                inp.train.optim.lr,
+                inp.train.optim.betas,
+                inp.train.optim.weight_decay
+            ),
+            (2e-4, (0.5, 0.999), 0.0)
+        );
+        assert_eq!(inp.train.schedule, Schedule::Constant);
+        // Colorization: the backbone sees L* only.
+        let col = spec(&dir, TaskKind::Colorization).resolve(&cache).unwrap();
+        assert_eq!(col.input, InputTransform::Lightness);
+        assert_eq!((col.backbone.in_channels, col.augment.pad), (1, 0));
+    }
+
+    #[test]
+    fn what_is_given_overrides_the_defaults() {
+        let (dir, cache) = images();
+        let rc = PretrainSpec {
+            width: Some(16),
+            blocks: 2,
+            lr: Some(0.05),
+            weight_decay: Some(0.0),
+            optim: Some(OptimKind::Adam),
+            schedule: Some("cosine".into()),
+            crop: Some(28),
+            pad: Some(2),
+            epochs: 7,
+            seed: 9,
+            ..spec(&dir, TaskKind::Inpainting)
+        }
+        .resolve(&cache)
+        .unwrap();
+        assert_eq!(
+            (
+                rc.backbone.width,
+                rc.backbone.blocks,
+                rc.backbone.input_size
+            ),
+            (16, 2, 28)
+        );
+        assert_eq!((rc.augment.crop, rc.augment.pad), (28, 2));
+        assert_eq!(
+            (rc.train.optim.lr, rc.train.optim.weight_decay),
+            (0.05, 0.0)
+        );
+        assert_eq!(
+            rc.train.schedule,
+            Schedule::Cosine {
+                min_factor: 0.0,
+                warmup: 0.0
+            }
+        );
+        assert_eq!((rc.train.epochs, rc.train.seed), (7, 9));
+    }
+
+    #[test]
+    fn what_cannot_work_is_refused() {
+        let (dir, cache) = images();
+        let e = |s: PretrainSpec| s.resolve(&cache).unwrap_err().to_string();
+        assert!(e(PretrainSpec::default()).contains("--data is required"));
+        let bad_schedule = PretrainSpec {
+            schedule: Some("sawtooth".into()),
+            ..spec(&dir, TaskKind::Rotation)
+        };
+        assert!(e(bad_schedule).contains("unknown schedule \"sawtooth\""));
+        let big_crop = PretrainSpec {
+            crop: Some(41),
+            ..spec(&dir, TaskKind::Rotation)
+        };
+        assert!(e(big_crop).contains("larger than the 32px images plus 2×4 padding"));
+        // A flat folder has no labels to train a supervised baseline on.
+        assert!(e(spec(&dir, TaskKind::Supervised)).contains("needs labels"));
+    }
+
+    #[test]
+    fn the_eval_and_study_specifications_resolve_to_their_protocols() {
+        assert_eq!(EvalSpec::default().resolve(), EvalConfig::default());
+        let e = EvalSpec {
+            train_images: Some(10),
+            probe_epochs: 3,
+            probe_lr: 0.5,
+            seed: 4,
+            ..EvalSpec::default()
+        }
+        .resolve();
+        assert_eq!((e.train_images, e.probe.epochs), (Some(10), 3));
+        assert_eq!((e.probe.optim.lr, e.seed, e.probe.seed), (0.5, 4, 4));
+
+        let (dir, cache) = images();
+        let study = StudySpec {
+            data: Some(dir.path().to_path_buf()),
+            tasks: vec!["rotation".into(), "jigsaw".into(), "rotation".into()],
+            budget: "1.5m".into(),
+            max_epochs: 10,
+            supervised: true,
+            backbone: Arch::Nin,
+            width: Some(8),
+            blocks: 4,
+            train_images: None,
+            batch_size: 32,
+            lr: 0.03,
+            seed: 2,
+            eval_train_images: Some(100),
+            eval_test_images: Some(50),
+            probe_epochs: 4,
+            finetune: vec!["all".into()],
+            fractions: vec![0.1],
+            seeds: vec![0],
+            finetune_epochs: 2,
+        }
+        .resolve(&cache)
+        .unwrap();
+        assert_eq!(study.tasks, [TaskKind::Rotation, TaskKind::Jigsaw]);
+        assert_eq!(study.finetune_tasks, study.tasks, "all = the study's tasks");
+        assert_eq!(study.budget_seconds, 90.0);
+        assert_eq!(
+            (study.eval.test_images, study.finetune.test_images),
+            (Some(50), Some(50))
+        );
+        assert_eq!((study.eval.probe.epochs, study.eval.seed), (4, 2));
+        assert_eq!(study.holdout, cache.holdout);
+    }
+}
