@@ -143,12 +143,7 @@ pub fn measure_task(
     reset_peak_memory();
     let train = time(steps, true)?;
     let peak = peak_memory_mib();
-    let inputs_per_image = match &rc.task {
-        crate::tasks::TaskConfig::Rotation(r) => r.angles,
-        crate::tasks::TaskConfig::Jigsaw(_) => 9,
-        crate::tasks::TaskConfig::RelativePosition(_) => 2,
-        _ => 1,
-    };
+    let inputs_per_image = rc.task.task()?.inputs_per_image(&rc.task)?;
     Ok(TaskBenchRow {
         task: rc.task.name().to_string(),
         backbone: format!("{:?}", rc.backbone.arch),

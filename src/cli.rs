@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{EvalSpec, PretrainSpec, StudySpec, TaskFields};
+use crate::config::{EvalSpec, PretrainSpec, StudySpec};
 use crate::data::{self, CacheOptions, Holdout};
 use crate::eval;
 use crate::models::Arch;
 use crate::run::{Pretrain, RunConfig};
-use crate::tasks::TaskKind;
 use crate::tasks::colorization::ColourTarget;
 use crate::tasks::inpainting::MaskKind;
 use crate::tasks::jigsaw::{self, Selection};
@@ -256,9 +255,14 @@ pub struct PretrainArgs {
     /// NIN blocks.
     #[arg(long, default_value_t = 4)]
     pub blocks: usize,
-    /// The pretext task.
-    #[arg(long, value_enum, default_value = "rotation")]
-    pub task: TaskKind,
+    /// The pretext task (or `supervised`, the baseline).
+    #[arg(long, default_value = "rotation",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::tasks::all_names()))]
+    pub task: String,
+    /// A task setting, `KEY=VALUE` (repeatable; any field of the task's `[task]` table,
+    /// e.g. `--set cell=10`); the named flags below are shorthands for the common ones.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     /// Rotation angles: 4 (multiples of 90°, default) or 8 (multiples of 45°).
     #[arg(long)]
     pub angles: Option<usize>,
@@ -441,24 +445,15 @@ fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
 
 impl PretrainArgs {
     /// The run these flags ask for.
-    pub fn spec(&self) -> PretrainSpec {
-        PretrainSpec {
+    pub fn spec(&self) -> Result<PretrainSpec> {
+        Ok(PretrainSpec {
             data: self.data.clone(),
             backbone: self.backbone,
             width: self.width,
             blocks: self.blocks,
-            task: self.task,
-            task_fields: TaskFields {
-                angles: self.angles,
-                permutations: self.permutations,
-                selection: self.selection,
-                mask: self.mask,
-                colour_target: self.colour_target,
-                label_fraction: self.label_fraction,
-                subset_seed: self.subset_seed,
-                init_from: self.init_from.clone(),
-            },
+            task: self.task.clone(),
             task_config: self.task_config.clone(),
+            task_settings: self.task_settings()?,
             epochs: self.epochs,
             batch_size: self.batch_size,
             train_images: self.train_images,
@@ -469,7 +464,40 @@ impl PretrainArgs {
             crop: self.crop,
             pad: self.pad,
             seed: self.seed,
+        })
+    }
+
+    /// The task settings given: the named shorthands, then each `--set KEY=VALUE` (its
+    /// value read as TOML — `8`, `0.5`, `true`, `"max"` — or else as a string).
+    fn task_settings(&self) -> Result<Vec<(String, toml::Value)>> {
+        fn value<T: serde::Serialize>(v: &T) -> toml::Value {
+            toml::Value::try_from(v).expect("a flag's value is a TOML value")
         }
+        let mut out = vec![];
+        let mut put = |key: &str, v: Option<toml::Value>| {
+            if let Some(v) = v {
+                out.push((key.to_string(), v));
+            }
+        };
+        put("angles", self.angles.map(|v| value(&v)));
+        put("permutations", self.permutations.map(|v| value(&v)));
+        put("selection", self.selection.map(|v| value(&v)));
+        put("mask", self.mask.map(|v| value(&v)));
+        put("target", self.colour_target.map(|v| value(&v)));
+        put("label_fraction", self.label_fraction.map(|v| value(&v)));
+        put("subset_seed", self.subset_seed.map(|v| value(&v)));
+        put("init_from", self.init_from.as_ref().map(value));
+        for kv in &self.settings {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("--set {kv:?}: expected KEY=VALUE");
+            };
+            let v = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(v.to_string()));
+            out.push((k.trim().to_string(), v));
+        }
+        Ok(out)
     }
 }
 
@@ -576,9 +604,9 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 }
             }
             if let Some(data) = data {
-                let mut kinds = TaskKind::parse_list(&tasks)?;
+                let mut kinds = crate::tasks::parse_list(&tasks)?;
                 if tasks.iter().any(|t| t.trim() == "all") {
-                    kinds.push(TaskKind::Supervised);
+                    kinds.extend(crate::tasks::REGISTRY.iter().filter(|t| !t.is_pretext()));
                 }
                 let scratch = tempfile_dir("pretext-bench")?;
                 println!(
@@ -589,7 +617,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
                     let a = PretrainSpec {
                         data: Some(data.clone()),
                         width: Some(task_width),
-                        task,
+                        task: task.name().to_string(),
                         batch_size: batch,
                         // Enough images for every timed batch in one epoch.
                         train_images: Some(batch * (4 * steps + 4).max(20)),
@@ -763,7 +791,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::TrainSupervised(mut a) => {
-            a.task = TaskKind::Supervised;
+            a.task = "supervised".into();
             let dev = crate::device::parse(&cli.common.device)?;
             pretrain(&a, &cache, &dev, progress).map(|_| ())
         }
@@ -842,7 +870,7 @@ fn pretrain(
     let cfg = if a.resume {
         None
     } else {
-        Some(a.spec().resolve(cache)?)
+        Some(a.spec()?.resolve(cache)?)
     };
     let p = Pretrain {
         run: &a.out,

@@ -8,17 +8,13 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 use crate::data::augment::AugmentConfig;
-use crate::data::lab::InputTransform;
 use crate::data::{self, CacheOptions};
 use crate::eval::EvalConfig;
 use crate::eval::finetune::FinetuneConfig;
 use crate::models::{Arch, BackboneConfig};
 use crate::run::{RunConfig, normalize_for, open_split};
-use crate::tasks::colorization::ColourTarget;
-use crate::tasks::inpainting::MaskKind;
-use crate::tasks::jigsaw::Selection;
-use crate::tasks::{TaskConfig, TaskKind};
-use crate::train::{OptimConfig, OptimKind, Schedule, TrainConfig};
+use crate::tasks::{self, TaskConfig};
+use crate::train::{OptimKind, Schedule, TrainConfig};
 
 /// A pretraining run as asked for. `None` fields take the task's or the data's default
 /// when the run is resolved ([`PretrainSpec::resolve`]); the defaults of the others are
@@ -32,12 +28,14 @@ pub struct PretrainSpec {
     pub width: Option<usize>,
     /// NIN blocks.
     pub blocks: usize,
-    pub task: TaskKind,
-    /// Task fields given one by one; each overrides the task file or the defaults only
-    /// when given.
-    pub task_fields: TaskFields,
-    /// A TOML file whose `[task]` table replaces the task's defaults.
+    /// The task's name (see [`crate::tasks::REGISTRY`]).
+    pub task: String,
+    /// A TOML file whose `[task]` table replaces the task's defaults (its `name` then
+    /// names the task).
     pub task_config: Option<PathBuf>,
+    /// Task settings given one by one (`angles = 8`), applied over the file or the
+    /// defaults; a setting the task does not have is refused.
+    pub task_settings: Vec<(String, toml::Value)>,
     pub epochs: usize,
     /// Source images per batch (rotation feeds 4× as many inputs).
     pub batch_size: usize,
@@ -53,25 +51,6 @@ pub struct PretrainSpec {
     pub seed: u64,
 }
 
-/// Task settings that can be given one by one (the rest only in a task file).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TaskFields {
-    /// Rotation: 4 or 8 angles.
-    pub angles: Option<usize>,
-    /// Jigsaw: size of the permutation set.
-    pub permutations: Option<usize>,
-    pub selection: Option<Selection>,
-    /// Inpainting: mask type.
-    pub mask: Option<MaskKind>,
-    /// Colorization: hue/chroma or a*/b* histograms.
-    pub colour_target: Option<ColourTarget>,
-    /// Supervised: fraction of each class (a balanced subset).
-    pub label_fraction: Option<f64>,
-    pub subset_seed: Option<u64>,
-    /// Supervised: start from this run's backbone.
-    pub init_from: Option<PathBuf>,
-}
-
 impl Default for PretrainSpec {
     fn default() -> Self {
         Self {
@@ -79,9 +58,9 @@ impl Default for PretrainSpec {
             backbone: Arch::Nin,
             width: None,
             blocks: 4,
-            task: TaskKind::Rotation,
-            task_fields: TaskFields::default(),
+            task: "rotation".into(),
             task_config: None,
+            task_settings: vec![],
             epochs: 5,
             batch_size: 128,
             train_images: None,
@@ -118,50 +97,39 @@ impl PretrainSpec {
         };
         // Absolute, so the run can be resumed or evaluated from any working directory.
         let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
-        let supervised = self.task == TaskKind::Supervised;
-        // Labels live in the train split (STL-10's unlabeled split has none).
-        let split = if supervised {
-            data::Split::Train
-        } else {
+        let file = self.task_file()?;
+        let task = match &file {
+            Some(f) => f.task()?,
+            None => tasks::get(&self.task)?,
+        };
+        // A baseline trains on labels, which live in the train split (STL-10's unlabeled
+        // split has none).
+        let split = if task.is_pretext() {
             data::pretrain_split(&data_root)?
+        } else {
+            data::Split::Train
         };
         let set = open_split(&data_root, split, cache)?;
         let size = set.header.h.min(set.header.w);
         let crop = self.crop.unwrap_or(size);
-        let mut task = self.task_config(crop)?;
-        // Fine-tuning starts from another run: its network, input and normalisation.
-        let from = match &task {
-            TaskConfig::Supervised(s) => s
-                .init_from
-                .as_ref()
-                .map(|p| RunConfig::load(p))
-                .transpose()?,
-            _ => None,
-        };
-        if let TaskConfig::Supervised(s) = &mut task {
-            s.classes = set.num_classes();
-            if !set.is_labelled() {
-                bail!(
-                    "{}: supervised training needs labels (class folders), and the {} split has none",
-                    data_root.display(),
-                    split.name()
-                );
-            }
+        let mut task_cfg = file.unwrap_or_else(|| task.defaults(crop));
+        for (key, value) in &self.task_settings {
+            task_cfg.set(key, value.clone());
         }
+        let mut task_cfg = task.normalize(&task_cfg)?;
+        task.prepare(&mut task_cfg, &set, &data_root)?;
+        // Fine-tuning starts from another run: its network, input and normalisation.
+        let from = task
+            .init_from(&task_cfg)?
+            .map(|p| RunConfig::load(&p))
+            .transpose()?;
+        let defaults = task.training();
         let crop = from.as_ref().map_or(crop, |f| f.augment.crop);
-        let pixel_task = matches!(
-            task,
-            TaskConfig::Inpainting(_) | TaskConfig::Colorization(_)
-        );
-        let pad = self.pad.unwrap_or(if pixel_task { 0 } else { 4 });
+        let pad = self.pad.unwrap_or(defaults.pad);
         if crop > size + 2 * pad {
             bail!("--crop {crop} is larger than the {size}px images plus 2×{pad} padding");
         }
-        let input = match (&task, &from) {
-            (_, Some(f)) => f.input,
-            (TaskConfig::Colorization(_), _) => InputTransform::Lightness,
-            _ => InputTransform::Rgb,
-        };
+        let input = from.as_ref().map_or(defaults.input, |f| f.input);
         let mut backbone = BackboneConfig::new(self.backbone, crop);
         if let Some(w) = self.width {
             backbone.width = w;
@@ -171,15 +139,7 @@ impl PretrainSpec {
         if let Some(f) = &from {
             backbone = f.backbone.clone();
         }
-        let adam = matches!(task, TaskConfig::Inpainting(_));
-        let mut optim = OptimConfig::rotnet();
-        if adam {
-            // Pathak et al.: Adam, lr 2e-4, β1 0.5, no weight decay.
-            optim.kind = OptimKind::Adam;
-            optim.lr = 2e-4;
-            optim.betas = (0.5, 0.999);
-            optim.weight_decay = 0.0;
-        }
+        let mut optim = defaults.optim;
         if let Some(k) = self.optim {
             optim.kind = k;
         }
@@ -189,10 +149,10 @@ impl PretrainSpec {
         if let Some(wd) = self.weight_decay {
             optim.weight_decay = wd;
         }
-        let sched = self
-            .schedule
-            .clone()
-            .unwrap_or_else(|| if adam { "constant" } else { "step" }.to_string());
+        let schedule = match &self.schedule {
+            Some(name) => schedule(name)?,
+            None => defaults.schedule,
+        };
         Ok(RunConfig {
             data: data_root,
             split,
@@ -201,7 +161,7 @@ impl PretrainSpec {
             image_size: size,
             input,
             backbone,
-            task,
+            task: task_cfg,
             augment: AugmentConfig {
                 crop,
                 pad,
@@ -214,7 +174,7 @@ impl PretrainSpec {
                 epochs: self.epochs,
                 batch_size: self.batch_size,
                 optim,
-                schedule: schedule(&sched)?,
+                schedule,
                 seed: self.seed,
                 log_every: 10,
                 keep_checkpoints: 2,
@@ -222,69 +182,26 @@ impl PretrainSpec {
         })
     }
 
-    /// The task's configuration: its paper defaults at this crop size (or the `[task]`
-    /// table of the task file), then the fields that were given.
-    fn task_config(&self, crop: usize) -> Result<TaskConfig> {
-        let mut task = match &self.task_config {
-            Some(path) => {
-                #[derive(serde::Deserialize)]
-                struct File {
-                    task: TaskConfig,
-                }
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                toml::from_str::<File>(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: not a [task] table: {e}", path.display()))?
-                    .task
-            }
-            None => self.task.default_config(crop),
+    /// The `[task]` table of the task file, if one was given.
+    fn task_file(&self) -> Result<Option<TaskConfig>> {
+        let Some(path) = &self.task_config else {
+            return Ok(None);
         };
-        let f = &self.task_fields;
-        // A field overrides the file (or the defaults) only when it was given.
-        match &mut task {
-            TaskConfig::Rotation(r) => {
-                if let Some(n) = f.angles {
-                    r.angles = n;
-                }
-            }
-            TaskConfig::Jigsaw(j) => {
-                if let Some(n) = f.permutations {
-                    j.permutations = n;
-                }
-                if let Some(s) = f.selection {
-                    j.selection = s;
-                }
-            }
-            TaskConfig::RelativePosition(_) => {}
-            TaskConfig::Inpainting(i) => {
-                if let Some(m) = f.mask {
-                    i.mask = m;
-                }
-            }
-            TaskConfig::Colorization(c) => {
-                if let Some(t) = f.colour_target {
-                    c.target = t;
-                }
-            }
-            TaskConfig::Supervised(s) => {
-                if let Some(fr) = f.label_fraction {
-                    s.label_fraction = Some(fr);
-                }
-                if let Some(seed) = f.subset_seed {
-                    s.subset_seed = seed;
-                }
-                if let Some(p) = &f.init_from {
-                    s.init_from = Some(p.clone());
-                }
-                // Absolute, so the run can be resumed or evaluated from any working
-                // directory.
-                s.init_from = s
-                    .init_from
-                    .take()
-                    .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-            }
+        #[derive(serde::Deserialize)]
+        struct File {
+            task: TaskConfig,
         }
-        Ok(task)
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file = toml::from_str::<File>(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a [task] table: {e}", path.display()))?;
+        // Checked here, so an error names the file.
+        let task = file
+            .task
+            .task()
+            .and_then(|t| t.normalize(&file.task))
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        Ok(Some(task))
     }
 }
 
@@ -367,8 +284,14 @@ impl StudySpec {
             bail!("--data is required to start a study (or pass --resume to continue one)");
         };
         let data = std::fs::canonicalize(&data).unwrap_or(data);
-        let tasks = TaskKind::parse_list(&self.tasks)?;
-        let mut finetune_tasks = TaskKind::parse_list(&self.finetune)?;
+        let names = |list: &[String]| -> Result<Vec<String>> {
+            Ok(tasks::parse_list(list)?
+                .into_iter()
+                .map(|t| t.name().to_string())
+                .collect())
+        };
+        let tasks = names(&self.tasks)?;
+        let mut finetune_tasks = names(&self.finetune)?;
         if self.finetune.iter().any(|f| f.trim() == "all") {
             finetune_tasks.retain(|t| tasks.contains(t));
         }
@@ -411,7 +334,8 @@ impl StudySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::TaskConfig;
+    use crate::data::lab::InputTransform;
+    use crate::train::OptimConfig;
 
     /// A flat folder of four 32×32 PNGs, opened without a cache.
     fn images() -> (tempfile::TempDir, CacheOptions) {
@@ -429,10 +353,10 @@ mod tests {
         (dir, cache)
     }
 
-    fn spec(dir: &tempfile::TempDir, task: TaskKind) -> PretrainSpec {
+    fn spec(dir: &tempfile::TempDir, task: &str) -> PretrainSpec {
         PretrainSpec {
             data: Some(dir.path().to_path_buf()),
-            task,
+            task: task.into(),
             ..PretrainSpec::default()
         }
     }
@@ -440,7 +364,7 @@ mod tests {
     #[test]
     fn defaults_follow_each_tasks_paper_at_the_image_size() {
         let (dir, cache) = images();
-        let rot = spec(&dir, TaskKind::Rotation).resolve(&cache).unwrap();
+        let rot = spec(&dir, "rotation").resolve(&cache).unwrap();
         assert_eq!((rot.augment.crop, rot.augment.pad), (32, 4));
         assert_eq!(rot.input, InputTransform::Rgb);
         assert_eq!(rot.backbone, {
@@ -448,7 +372,10 @@ mod tests {
             b.in_channels = 3;
             b
         });
-        assert_eq!(rot.task, TaskConfig::Rotation(Default::default()));
+        assert_eq!(
+            rot.task,
+            TaskConfig::of("rotation", &crate::tasks::RotationConfig::default())
+        );
         assert_eq!(
             (rot.train.epochs, rot.train.batch_size, rot.train.seed),
             (5, 128, 0)
@@ -457,7 +384,7 @@ mod tests {
         assert_eq!(rot.train.schedule, Schedule::rotnet());
         // Inpainting: Pathak et al.'s Adam 2e-4, β1 0.5, no decay, constant; no padding
         // (its targets would include the black border).
-        let inp = spec(&dir, TaskKind::Inpainting).resolve(&cache).unwrap();
+        let inp = spec(&dir, "inpainting").resolve(&cache).unwrap();
         assert_eq!(inp.augment.pad, 0);
         assert_eq!(inp.train.optim.kind, OptimKind::Adam);
         assert_eq!(
@@ -470,7 +397,7 @@ mod tests {
         );
         assert_eq!(inp.train.schedule, Schedule::Constant);
         // Colorization: the backbone sees L* only.
-        let col = spec(&dir, TaskKind::Colorization).resolve(&cache).unwrap();
+        let col = spec(&dir, "colorization").resolve(&cache).unwrap();
         assert_eq!(col.input, InputTransform::Lightness);
         assert_eq!((col.backbone.in_channels, col.augment.pad), (1, 0));
     }
@@ -489,7 +416,7 @@ mod tests {
             pad: Some(2),
             epochs: 7,
             seed: 9,
-            ..spec(&dir, TaskKind::Inpainting)
+            ..spec(&dir, "inpainting")
         }
         .resolve(&cache)
         .unwrap();
@@ -523,16 +450,16 @@ mod tests {
         assert!(e(PretrainSpec::default()).contains("--data is required"));
         let bad_schedule = PretrainSpec {
             schedule: Some("sawtooth".into()),
-            ..spec(&dir, TaskKind::Rotation)
+            ..spec(&dir, "rotation")
         };
         assert!(e(bad_schedule).contains("unknown schedule \"sawtooth\""));
         let big_crop = PretrainSpec {
             crop: Some(41),
-            ..spec(&dir, TaskKind::Rotation)
+            ..spec(&dir, "rotation")
         };
         assert!(e(big_crop).contains("larger than the 32px images plus 2×4 padding"));
         // A flat folder has no labels to train a supervised baseline on.
-        assert!(e(spec(&dir, TaskKind::Supervised)).contains("needs labels"));
+        assert!(e(spec(&dir, "supervised")).contains("needs labels"));
     }
 
     #[test]
@@ -573,7 +500,7 @@ mod tests {
         }
         .resolve(&cache)
         .unwrap();
-        assert_eq!(study.tasks, [TaskKind::Rotation, TaskKind::Jigsaw]);
+        assert_eq!(study.tasks, ["rotation", "jigsaw"]);
         assert_eq!(study.finetune_tasks, study.tasks, "all = the study's tasks");
         assert_eq!(study.budget_seconds, 90.0);
         assert_eq!(

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -13,21 +12,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentConfig, Normalize};
-use crate::data::loader::SampleMaker;
 use crate::data::{self, CacheOptions, Holdout, ImageSet, Split};
 use crate::fsutil;
-use crate::models::context_encoder::ContextEncoder;
-use crate::models::head::ClassifierNet;
-use crate::models::hypercolumn::ColorNet;
-use crate::models::tiles::TileNet;
 use crate::models::{Backbone, BackboneConfig};
-use crate::tasks::supervised::balanced_subset;
-use crate::tasks::{
-    Colorization, ColorizationConfig, Inpainting, Jigsaw, PretextTask, RelativePosition, Rotation,
-    Supervised, TaskConfig,
-};
+use crate::tasks::{PretextTask, Task, TaskConfig};
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{self, TrainState};
+use crate::train::checkpoint;
 use crate::train::trainer::{Learner, Timing, TrainOutcome, Trainer};
 
 pub use crate::data::lab::InputTransform;
@@ -164,35 +154,15 @@ impl Pretrain<'_> {
             }
             (None, false) => bail!("no configuration given"),
         };
+        let task = cfg.task.task()?;
         // The run's own held-out split, whatever the caller's options say.
         let cache = &CacheOptions {
             holdout: cfg.holdout,
             ..self.cache.clone()
         };
         let set = open_split(&cfg.data, cfg.split, cache)?;
-        // Geometry is checked before the run directory exists, so a rejected configuration
-        // leaves nothing behind to --resume.
-        cfg.task.validate(&cfg.augment)?;
-        check_size(&set, cfg.task.min_image_size(&cfg.augment), &cfg.data)?;
-        cfg.augment
-            .check(set.header.h, set.header.w)
-            .with_context(|| format!("{}", cfg.data.display()))?;
-        let indices = match &cfg.task {
-            TaskConfig::Supervised(sc) => {
-                let Some(labels) = set.header.labels.as_deref() else {
-                    bail!(
-                        "{}: supervised training needs labels (class folders), and this split has none",
-                        cfg.data.display()
-                    );
-                };
-                match sc.label_fraction {
-                    Some(f) => balanced_subset(labels, sc.classes, f, sc.subset_seed)?,
-                    None => subset_indices(set.len(), cfg.train_images, cfg.train.seed),
-                }
-            }
-            _ => subset_indices(set.len(), cfg.train_images, cfg.train.seed),
-        };
-        self.check(&cfg, &set, &indices)?;
+        let indices = task.training_indices(&cfg, &set)?;
+        self.check(task, &cfg, &set, &indices)?;
         if !resume {
             std::fs::create_dir_all(self.run)
                 .with_context(|| format!("creating {}", self.run.display()))?;
@@ -200,183 +170,117 @@ impl Pretrain<'_> {
         }
         let train_dev = crate::device::training(self.device);
         train_dev.seed(cfg.train.seed);
-        let dev = &train_dev;
-        let b = &cfg.backbone;
-        let c = cfg.input.channels(set.header.c);
-        let outcome = match &cfg.task {
-            TaskConfig::Rotation(r) => {
-                let task = Rotation::new(r.clone(), cfg.augment.clone(), cfg.normalize.clone(), c)?;
-                let model = ClassifierNet::new(b, task.num_classes(), dev);
-                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
-            }
-            TaskConfig::Jigsaw(j) => {
-                let perms = Jigsaw::perms_for_run(j, self.run)?;
-                let task = Jigsaw::new(j.clone(), c, perms)?;
-                let model = tile_net(&cfg, dev)?;
-                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
-            }
-            TaskConfig::RelativePosition(r) => {
-                let task = RelativePosition::new(r.clone(), c)?;
-                let model = tile_net(&cfg, dev)?;
-                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
-            }
-            TaskConfig::Inpainting(i) => {
-                let task =
-                    Inpainting::new(i.clone(), cfg.augment.clone(), cfg.normalize.clone(), c)?;
-                let model = context_encoder(&cfg, dev)?;
-                let (task, model, set, outcome) =
-                    self.train(&cfg, task, model, set, &indices, resume, dev)?;
-                if self.timing.is_some() {
-                    return Ok((cfg, outcome));
-                }
-                let picks = preview_picks(&indices);
-                let sample = set.subset(&picks);
-                let generator = model.generator.valid();
-                let [cc, h, w] = task.input_shape();
-                let predict = |x: &[f32], n: usize| -> Vec<f32> {
-                    let t = burn::tensor::Tensor::<4>::from_data(
-                        burn::tensor::TensorData::new(x.to_vec(), [n, cc, h, w]),
-                        self.device,
-                    );
-                    generator
-                        .forward(t)
-                        .into_data()
-                        .try_into_vec::<f32>()
-                        .unwrap_or_default()
-                };
-                let rows = task.sample_rows(&sample, cfg.train.seed + 1, Some(&predict))?;
-                crate::preview::save(
-                    &crate::preview::sheet(&rows, (96 / cfg.augment.crop).max(1)),
-                    &self.run.join("inpainting.png"),
-                )?;
-                outcome
-            }
-            TaskConfig::Supervised(sc) => {
-                let task = Supervised {
-                    cfg: sc.clone(),
-                    augment: cfg.augment.clone(),
-                    norm: cfg.normalize.clone(),
-                    input: cfg.input,
-                    image_channels: set.header.c,
-                };
-                let mut model = ClassifierNet::new(b, sc.classes, dev);
-                if let Some(from) = &sc.init_from {
-                    let other = RunConfig::load(from)?;
-                    // Whenever training will not start from a checkpoint of its own: a run
-                    // resumed before its first checkpoint must not start from random init.
-                    if checkpoint::latest(self.run)?.is_none() {
-                        model.backbone = load_backbone(&other, from, false, dev)?.0;
-                    }
-                }
-                self.train(&cfg, task, model, set, &indices, resume, dev)?.3
-            }
-            TaskConfig::Colorization(k) => {
-                let task =
-                    Colorization::new(k.clone(), cfg.augment.clone(), cfg.normalize.clone())?;
-                let model = color_net(&cfg, dev);
-                let (task, model, set, outcome) =
-                    self.train(&cfg, task, model, set, &indices, resume, dev)?;
-                if self.timing.is_some() {
-                    return Ok((cfg, outcome));
-                }
-                let sample = set.subset(&preview_picks(&indices));
-                crate::tasks::colorization::colorized_sheet(
-                    &task,
-                    &model.valid(),
-                    &sample,
-                    &self.run.join("colorized.png"),
-                    self.device,
-                )?;
-                outcome
-            }
+        let job = Job {
+            run: self.run,
+            cfg: &cfg,
+            train_device: &train_dev,
+            device: self.device,
+            set,
+            indices,
+            resume,
+            progress: self.progress,
+            stop_after: self.stop_after,
+            timing: self.timing,
         };
+        let outcome = task.pretrain(&job)?;
         Ok((cfg, outcome))
     }
 
     /// Everything about a run that can be refused is refused here, before its directory
     /// exists: a rejected configuration leaves nothing behind to block a rerun or to be
     /// continued with `--resume`.
-    fn check(&self, cfg: &RunConfig, set: &ImageSet, indices: &[usize]) -> Result<()> {
+    fn check(
+        &self,
+        task: &dyn Task,
+        cfg: &RunConfig,
+        set: &ImageSet,
+        indices: &[usize],
+    ) -> Result<()> {
+        task.validate(&cfg.task, &cfg.augment)?;
+        check_size(
+            set,
+            task.min_image_size(&cfg.task, &cfg.augment)?,
+            &cfg.data,
+        )?;
+        cfg.augment
+            .check(set.header.h, set.header.w)
+            .with_context(|| format!("{}", cfg.data.display()))?;
         cfg.train.validate()?;
         cfg.backbone.validate()?;
         if indices.is_empty() {
             bail!("{}: no training images selected", cfg.data.display());
         }
-        match &cfg.task {
-            TaskConfig::Jigsaw(j) => {
-                Jigsaw::saved_perms(j, self.run)?;
-            }
-            TaskConfig::Supervised(sc) => {
-                if let Some(c) = set
-                    .header
-                    .labels
-                    .iter()
-                    .flatten()
-                    .find(|&&c| c as usize >= sc.classes)
-                {
-                    bail!(
-                        "{}: label {c} is past the run's {} classes",
-                        cfg.data.display(),
-                        sc.classes
-                    );
-                }
-                // The source run is needed only to start: a run with checkpoints of its own
-                // resumes without it.
-                if let Some(from) = &sc.init_from
-                    && checkpoint::latest(self.run)?.is_none()
-                {
-                    let other = RunConfig::load(from)?;
-                    if other.backbone != cfg.backbone || other.input != cfg.input {
-                        bail!(
-                            "{} was trained with another backbone or input ({:?} {:?}) than this run ({:?} {:?})",
-                            from.display(),
-                            other.backbone,
-                            other.input,
-                            cfg.backbone,
-                            cfg.input
-                        );
-                    }
-                    if checkpoint::latest(from)?.is_none() {
-                        bail!(
-                            "{}: no checkpoint to start from (train it first)",
-                            from.display()
-                        );
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+        task.check_run(cfg, self.run)
+    }
+}
+
+/// What a task's [`Task::pretrain`] gets: the run (folder, configuration, data) and the
+/// training loop.
+pub struct Job<'a> {
+    pub run: &'a Path,
+    pub cfg: &'a RunConfig,
+    /// The training device (autodiff), seeded with the run's seed.
+    pub train_device: &'a Device,
+    /// The plain device, for inference after training.
+    pub device: &'a Device,
+    pub set: Arc<ImageSet>,
+    /// The source images trained on.
+    pub indices: Vec<usize>,
+    pub resume: bool,
+    pub progress: bool,
+    pub stop_after: Option<usize>,
+    pub timing: Option<Timing>,
+}
+
+impl Job<'_> {
+    /// Channels of the backbone's input (the images' through the run's input transform).
+    pub fn channels(&self) -> usize {
+        self.cfg.input.channels(self.set.header.c)
     }
 
-    /// Preview, then train `model` on `task`; gives back what it was handed, trained.
-    #[allow(clippy::too_many_arguments)]
-    fn train<T: PretextTask, M: Learner>(
+    /// Whether pictures of the trained network are drawn (not when only timing).
+    pub fn draws(&self) -> bool {
+        self.timing.is_none()
+    }
+
+    /// Eight images spread over the whole training subset, so a sheet is not one class
+    /// of a sorted tree.
+    pub fn sample(&self) -> ImageSet {
+        self.set.subset(&preview_picks(&self.indices))
+    }
+
+    /// Preview, then train `model` on `task` (from the run's checkpoint when resuming);
+    /// gives back the task and the trained model.
+    pub fn fit<T: PretextTask, M: Learner>(
         &self,
-        cfg: &RunConfig,
         task: T,
         model: M,
-        set: Arc<ImageSet>,
-        indices: &[usize],
-        resume: bool,
-        dev: &Device,
-    ) -> Result<(Arc<T>, M, Arc<ImageSet>, TrainOutcome)> {
+    ) -> Result<(Arc<T>, M, TrainOutcome)> {
         let task = Arc::new(task);
-        if !resume || !self.run.join("preview.png").exists() {
-            let preview_set = set.subset(&preview_picks(indices));
-            task.preview(&preview_set, &self.run.join("preview.png"), cfg.train.seed)?;
+        if !self.resume || !self.run.join("preview.png").exists() {
+            task.preview(
+                &self.sample(),
+                &self.run.join("preview.png"),
+                self.cfg.train.seed,
+            )?;
         }
         let trainer = Trainer {
             run: self.run,
-            cfg: &cfg.train,
-            device: dev,
+            cfg: &self.cfg.train,
+            device: self.train_device,
             progress: self.progress,
             stop_after: self.stop_after,
             prefetch: 2,
             timing: self.timing,
         };
-        let (model, outcome) = trainer.fit(model, task.clone(), set.clone(), indices, resume)?;
-        Ok((task, model, set, outcome))
+        let (model, outcome) = trainer.fit(
+            model,
+            task.clone(),
+            self.set.clone(),
+            &self.indices,
+            self.resume,
+        )?;
+        Ok((task, model, outcome))
     }
 }
 
@@ -386,92 +290,32 @@ fn preview_picks(indices: &[usize]) -> Vec<usize> {
     indices.iter().step_by(step).take(8).copied().collect()
 }
 
-fn tile_net(cfg: &RunConfig, dev: &Device) -> Result<TileNet> {
-    Ok(match &cfg.task {
-        TaskConfig::Jigsaw(j) => TileNet::new(
-            &cfg.backbone,
-            j.tile,
-            9,
-            j.tile_features,
-            j.hidden,
-            j.permutations,
-            dev,
-        ),
-        TaskConfig::RelativePosition(r) => TileNet::new(
-            &cfg.backbone,
-            r.patch,
-            2,
-            r.patch_features,
-            r.hidden,
-            8,
-            dev,
-        ),
-        other => bail!("{} is not a tile task", other.name()),
-    })
-}
-
-fn context_encoder(cfg: &RunConfig, dev: &Device) -> Result<ContextEncoder> {
-    let TaskConfig::Inpainting(i) = &cfg.task else {
-        bail!("not an inpainting run");
-    };
-    ContextEncoder::new(
-        &cfg.backbone,
-        cfg.augment.crop,
-        i.disc_width,
-        i.lambda_rec,
-        i.lambda_adv,
-        dev,
-    )
-}
-
-fn color_net(cfg: &RunConfig, dev: &Device) -> ColorNet {
-    let k = match &cfg.task {
-        TaskConfig::Colorization(k) => k.clone(),
-        _ => ColorizationConfig::default(),
-    };
-    ColorNet::new(&cfg.backbone, k.hidden, k.bins, k.pixels, dev)
-}
-
 /// The backbone of a run, on `dev` as it is (call `.valid()` for inference): from its latest
-/// checkpoint, or freshly initialised (seeded by the caller's device seed) with
-/// `random_init`. Returns it with the checkpoint's epoch.
+/// checkpoint — its backbone's entries alone, no head is built — or, with `random_init`,
+/// as the task's network initialises it (seeded by the caller's device seed). Returns it
+/// with the checkpoint's epoch.
 pub fn load_backbone(
     cfg: &RunConfig,
     run: &Path,
     random_init: bool,
     dev: &Device,
 ) -> Result<(Backbone, usize)> {
-    let found = if random_init {
-        None
-    } else {
-        match checkpoint::latest(run)? {
-            Some(found) => Some(found),
-            None => bail!(
-                "{}: no checkpoint yet (train first, or pass --random-init)",
-                run.display()
-            ),
-        }
-    };
-    fn load<M: burn::module::Module>(m: M, found: &Option<(PathBuf, TrainState)>) -> Result<M> {
-        match found {
-            Some((dir, _)) => checkpoint::load_model(m, dir),
-            None => Ok(m),
-        }
+    let task = cfg.task.task()?;
+    if random_init {
+        return Ok((task.random_backbone(cfg, dev)?, 0));
     }
-    let backbone = match &cfg.task {
-        TaskConfig::Rotation(r) => {
-            load(ClassifierNet::new(&cfg.backbone, r.angles, dev), &found)?.backbone
-        }
-        TaskConfig::Jigsaw(_) | TaskConfig::RelativePosition(_) => {
-            load(tile_net(cfg, dev)?, &found)?.backbone
-        }
-        TaskConfig::Inpainting(_) => load(context_encoder(cfg, dev)?, &found)?.generator.backbone,
-        TaskConfig::Colorization(_) => load(color_net(cfg, dev), &found)?.backbone,
-        TaskConfig::Supervised(s) => {
-            load(ClassifierNet::new(&cfg.backbone, s.classes, dev), &found)?.backbone
-        }
+    let Some((dir, state)) = checkpoint::latest(run)? else {
+        bail!(
+            "{}: no checkpoint yet (train first, or pass --random-init)",
+            run.display()
+        );
     };
-    Ok((backbone, found.map_or(0, |(_, s)| s.epoch)))
+    let backbone = checkpoint::load_part(
+        cfg.backbone.init(dev),
+        &dir.join("model.bpk"),
+        task.backbone_path(),
+    )?;
+    Ok((backbone, state.epoch))
 }
 
 /// Normalisation statistics of a split as the network sees it (from up to 10k images).

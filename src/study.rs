@@ -27,8 +27,9 @@ use crate::eval::{EvalConfig, evaluate_run};
 use crate::fsutil;
 use crate::models::{Arch, BackboneConfig};
 use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
-use crate::tasks::TaskKind;
 use crate::tasks::supervised::balanced_subset;
+use crate::tasks::{self, Task};
+use crate::train::OptimKind;
 use crate::train::checkpoint;
 use crate::train::trainer::Timing;
 
@@ -39,7 +40,7 @@ const CALIBRATION_STEPS: usize = 10;
 pub struct StudyConfig {
     pub data: PathBuf,
     /// Pretext tasks, in the order they run.
-    pub tasks: Vec<TaskKind>,
+    pub tasks: Vec<String>,
     /// Also train the supervised baseline (all labels of the same training images).
     pub supervised: bool,
     /// Pretraining wall-clock seconds per method.
@@ -59,7 +60,7 @@ pub struct StudyConfig {
     pub eval: EvalConfig,
     pub finetune: FinetuneConfig,
     /// Tasks whose checkpoints are fine-tuned on few labels.
-    pub finetune_tasks: Vec<TaskKind>,
+    pub finetune_tasks: Vec<String>,
     /// The test split held out of a class tree without split folders (see
     /// [`crate::data::Holdout`]); every method's run and every evaluation uses it. `None`
     /// in studies made before held-out splits existed.
@@ -101,10 +102,6 @@ impl StudyLog {
         });
         self.methods.last_mut().expect("just pushed")
     }
-}
-
-pub fn method_name(t: TaskKind) -> &'static str {
-    t.default_config(32).name()
 }
 
 /// Parse "90s", "10m", "1.5h" or a bare number of seconds.
@@ -174,10 +171,11 @@ impl Study<'_> {
         fsutil::write_bytes(&self.log_path(), &serde_json::to_vec_pretty(log)?)
     }
 
-    fn methods(&self) -> Vec<TaskKind> {
+    /// The methods in the order they run: the tasks, then the supervised baseline.
+    fn methods(&self) -> Vec<String> {
         let mut m = self.cfg.tasks.clone();
         if self.cfg.supervised {
-            m.push(TaskKind::Supervised);
+            m.push(tasks::supervised::TASK.name().to_string());
         }
         m
     }
@@ -194,14 +192,15 @@ impl Study<'_> {
         if c.tasks.is_empty() && !c.supervised {
             bail!("the study has no method: name --tasks, or drop --no-supervised");
         }
-        if let Some(t) = c.tasks.iter().find(|t| **t == TaskKind::Supervised) {
-            bail!(
-                "{} is the baseline, not a pretext task: the study trains it unless --no-supervised",
-                method_name(*t)
-            );
+        for t in &c.tasks {
+            if !tasks::get(t)?.is_pretext() {
+                bail!(
+                    "{t} is the baseline, not a pretext task: the study trains it unless --no-supervised"
+                );
+            }
         }
         if let Some(t) = c.finetune_tasks.iter().find(|t| !c.tasks.contains(t)) {
-            bail!("fine-tuning {} needs it among --tasks", method_name(*t));
+            bail!("fine-tuning {t} needs it among --tasks");
         }
         let train = open_split(&c.data, Split::Train, self.cache)?;
         let Some(labels) = train.header.labels.as_deref() else {
@@ -226,31 +225,32 @@ impl Study<'_> {
         // Every method's run as it will be configured, so a setting none can train with is
         // refused before the study folder exists.
         for m in self.methods() {
-            let rc = self.pretrain_spec(m).resolve(self.cache)?;
+            let rc = self.pretrain_spec(&m)?.resolve(self.cache)?;
             rc.train.validate()?;
             rc.backbone.validate()?;
-            rc.task.validate(&rc.augment)?;
+            rc.task.task()?.validate(&rc.task, &rc.augment)?;
         }
         Ok(())
     }
 
-    /// The pretraining flags of one method.
-    fn pretrain_spec(&self, task: TaskKind) -> PretrainSpec {
+    /// The pretraining of one method: the study's common SGD rate and cosine schedule for
+    /// every task whose paper trains with SGD; the others keep their paper's optimizer.
+    fn pretrain_spec(&self, task: &str) -> Result<PretrainSpec> {
         let c = &self.cfg;
-        let adam = task == TaskKind::Inpainting;
-        PretrainSpec {
+        let sgd = tasks::get(task)?.training().optim.kind == OptimKind::Sgd;
+        Ok(PretrainSpec {
             data: Some(c.data.clone()),
             backbone: c.backbone,
             width: c.width,
             blocks: c.blocks,
-            task,
+            task: task.to_string(),
             batch_size: c.batch_size,
             train_images: c.train_images,
-            lr: (!adam).then_some(c.lr),
-            schedule: (!adam).then(|| "cosine".to_string()),
+            lr: sgd.then_some(c.lr),
+            schedule: sgd.then(|| "cosine".to_string()),
             seed: c.seed,
             ..PretrainSpec::default()
-        }
+        })
     }
 
     fn pretrainer<'b>(&'b self, run: &'b Path, timing: Option<Timing>) -> Pretrain<'b> {
@@ -264,11 +264,10 @@ impl Study<'_> {
         }
     }
 
-    fn pretrain(&self, task: TaskKind, log: &mut StudyLog) -> Result<()> {
-        let name = method_name(task);
+    fn pretrain(&self, name: &str, log: &mut StudyLog) -> Result<()> {
         let dir = self.out.join(name);
         if !RunConfig::path(&dir).exists() {
-            let mut rc = self.pretrain_spec(task).resolve(self.cache)?;
+            let mut rc = self.pretrain_spec(name)?.resolve(self.cache)?;
             let scratch = self.out.join(".calibration").join(name);
             let _ = std::fs::remove_dir_all(&scratch);
             if self.progress {
@@ -370,16 +369,13 @@ impl Study<'_> {
         }
         let mut log = self.read_log()?;
         let methods = self.methods();
-        for &m in &methods {
+        for m in &methods {
             self.pretrain(m, &mut log)?;
         }
-        let runs: Vec<PathBuf> = methods
-            .iter()
-            .map(|&m| self.out.join(method_name(m)))
-            .collect();
+        let runs: Vec<PathBuf> = methods.iter().map(|m| self.out.join(m)).collect();
         for (m, run) in methods.iter().zip(&runs) {
             if let Some(s) = self.evaluate(run, false)? {
-                log.entry(method_name(*m)).eval_seconds = Some(s);
+                log.entry(m).eval_seconds = Some(s);
                 self.save_log(&log)?;
             }
         }
@@ -399,13 +395,13 @@ impl Study<'_> {
             }
         }
         let pool = self.out.join("random-init-finetune");
-        for &t in &self.cfg.finetune_tasks {
-            let run = self.out.join(method_name(t));
+        for t in &self.cfg.finetune_tasks {
+            let run = self.out.join(t);
             if run.join("finetune").join("finetune.json").exists() {
                 continue;
             }
             if self.progress {
-                eprintln!("[study] few-label fine-tuning of {}", method_name(t));
+                eprintln!("[study] few-label fine-tuning of {t}");
             }
             let t0 = std::time::Instant::now();
             finetune_run(
@@ -417,7 +413,7 @@ impl Study<'_> {
                 self.device,
                 self.progress,
             )?;
-            log.entry(method_name(t)).finetune_seconds = Some(t0.elapsed().as_secs_f64());
+            log.entry(t).finetune_seconds = Some(t0.elapsed().as_secs_f64());
             self.save_log(&log)?;
         }
         let comparison = gather(&runs)?;
@@ -434,11 +430,7 @@ impl Study<'_> {
         let c = &self.cfg;
         let mut s = format!(
             "# Study: {} on {}\n\nPretraining budget {:.0} s of wall-clock time per method (sized by timing {CALIBRATION_STEPS} steps on this machine), {:?} width {}, {} pretraining images, batch {}; SGD lr {} cosine for every method but inpainting (Adam 2e-4, β1 0.5, as its paper).\n\n| method | epochs | images seen | images/s (timed) | pretraining s | final loss | final pretext score | eval s | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|\n",
-            self.methods()
-                .iter()
-                .map(|m| method_name(*m))
-                .collect::<Vec<_>>()
-                .join(", "),
+            self.methods().join(", "),
             c.data.display(),
             c.budget_seconds,
             c.backbone,

@@ -7,12 +7,12 @@ use std::fs;
 use std::path::Path;
 
 use burn::tensor::Device;
-use pretext::config::{PretrainSpec, TaskFields};
+use pretext::config::PretrainSpec;
 use pretext::data::{self, CacheOptions, Split};
 use pretext::eval::evaluate_run;
 use pretext::eval::finetune::{FinetuneConfig, finetune_run};
 use pretext::run::Pretrain;
-use pretext::tasks::TaskKind;
+use pretext::tasks::{RotationConfig, SupervisedConfig};
 
 const CLASSES: [&str; 3] = ["airplane", "cat", "ship"];
 
@@ -48,7 +48,7 @@ fn tiny_args(data: &Path) -> PretrainSpec {
         epochs: 1,
         batch_size: 16,
         train_images: None,
-        ..common::pretrain_spec(data, TaskKind::Rotation)
+        ..common::pretrain_spec(data, "rotation")
     }
 }
 
@@ -240,11 +240,8 @@ fn a_finetuning_resumed_before_its_first_checkpoint_starts_from_the_pretrained_b
     // started from.
     let ft = tmp.path().join("ft");
     let a = PretrainSpec {
-        task: TaskKind::Supervised,
-        task_fields: TaskFields {
-            init_from: Some(base.clone()),
-            ..Default::default()
-        },
+        task: "supervised".into(),
+        task_settings: vec![("init_from".into(), base.display().to_string().into())],
         lr: Some(0.0),
         ..tiny_args(&root)
     };
@@ -324,17 +321,14 @@ fn task_config_values_hold_unless_a_flag_is_given() {
         task_config: Some(file.clone()),
         ..tiny_args(&root)
     };
-    let angles = |a: &PretrainSpec| match a.resolve(&cache).unwrap().task {
-        pretext::tasks::TaskConfig::Rotation(r) => r.angles,
-        other => panic!("{other:?}"),
+    let angles = |a: &PretrainSpec| {
+        let rc = a.resolve(&cache).unwrap();
+        rc.task.typed::<RotationConfig>().unwrap().angles
     };
     assert_eq!(angles(&a), 8, "the file's value");
     assert_eq!(
         angles(&PretrainSpec {
-            task_fields: TaskFields {
-                angles: Some(4),
-                ..Default::default()
-            },
+            task_settings: vec![("angles".into(), 4.into())],
             ..a.clone()
         }),
         4,
@@ -356,18 +350,14 @@ fn task_config_values_hold_unless_a_flag_is_given() {
     )
     .unwrap();
     let a = PretrainSpec {
-        task: TaskKind::Supervised,
+        task: "supervised".into(),
         task_config: Some(file),
         ..tiny_args(&root)
     };
-    match a.resolve(&cache).unwrap().task {
-        pretext::tasks::TaskConfig::Supervised(s) => {
-            assert_eq!(s.label_fraction, Some(0.5));
-            assert_eq!(s.subset_seed, 7);
-            assert_eq!(s.init_from, Some(fs::canonicalize(&base).unwrap()));
-        }
-        other => panic!("{other:?}"),
-    }
+    let s: SupervisedConfig = a.resolve(&cache).unwrap().task.typed().unwrap();
+    assert_eq!(s.label_fraction, Some(0.5));
+    assert_eq!(s.subset_seed, 7);
+    assert_eq!(s.init_from, Some(fs::canonicalize(&base).unwrap()));
 }
 
 /// An input of noise per image; panics on image `bad` (a broken task or a bad file).
@@ -455,11 +445,8 @@ fn a_bad_permutation_file_is_refused_before_training() {
     let cache = no_cache();
     let run = tmp.path().join("run");
     let a = PretrainSpec {
-        task: TaskKind::Jigsaw,
-        task_fields: TaskFields {
-            permutations: Some(2),
-            ..Default::default()
-        },
+        task: "jigsaw".into(),
+        task_settings: vec![("permutations".into(), 2.into())],
         ..tiny_args(&root)
     };
     let cfg = a.resolve(&cache).unwrap();

@@ -12,7 +12,6 @@ use pretext::config::PretrainSpec;
 use pretext::data::CacheOptions;
 use pretext::eval::evaluate_run;
 use pretext::run::Pretrain;
-use pretext::tasks::TaskKind;
 use pretext::train::OptimKind;
 
 fn args(data: &std::path::Path) -> PretrainSpec {
@@ -22,7 +21,7 @@ fn args(data: &std::path::Path) -> PretrainSpec {
         weight_decay: Some(5e-4),
         schedule: Some("step".into()),
         pad: Some(4),
-        ..common::pretrain_spec(data, TaskKind::Rotation)
+        ..common::pretrain_spec(data, "rotation")
     }
 }
 

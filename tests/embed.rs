@@ -13,10 +13,9 @@ use pretext::embed::{EmbedRequest, embed, read, search};
 use pretext::eval::evaluate_run;
 use pretext::eval::finetune::{FinetuneConfig, finetune_run};
 use pretext::run::{Pretrain, open_split, subset_indices};
-use pretext::tasks::TaskKind;
 
 fn small_run(dir: &Path, cache: &pretext::data::CacheOptions) {
-    let mut a = common::pretrain_spec(&common::cifar_root(), TaskKind::Rotation);
+    let mut a = common::pretrain_spec(&common::cifar_root(), "rotation");
     a.width = Some(16);
     a.train_images = Some(256);
     a.epochs = 1;

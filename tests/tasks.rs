@@ -14,7 +14,7 @@ use pretext::data::loader::{SampleMaker, SampleOut};
 use pretext::data::{ImageSet, Split};
 use pretext::eval::evaluate_run;
 use pretext::run::{Pretrain, RunConfig, open_split, subset_indices};
-use pretext::tasks::{TaskConfig, TaskKind};
+use pretext::tasks::{ColorizationConfig, InpaintingConfig};
 use pretext::train::trainer::TrainOutcome;
 
 struct Ran {
@@ -26,7 +26,7 @@ struct Ran {
     _tmp: tempfile::TempDir,
 }
 
-fn pretrain(task: TaskKind, tweak: impl FnOnce(&mut PretrainSpec)) -> Ran {
+fn pretrain(task: &str, tweak: impl FnOnce(&mut PretrainSpec)) -> Ran {
     let tmp = tempfile::tempdir().unwrap();
     let data = common::cifar_root();
     let cache = common::cache_opts(&tmp.path().join("cache"));
@@ -103,7 +103,7 @@ fn evaluates(r: &Ran) {
 
 #[test]
 fn jigsaw_learns_to_name_permutations() {
-    let r = pretrain(TaskKind::Jigsaw, |a| {
+    let r = pretrain("jigsaw", |a| {
         a.epochs = 8;
         a.lr = Some(0.03);
         a.schedule = Some("constant".into());
@@ -121,7 +121,7 @@ fn jigsaw_learns_to_name_permutations() {
 
 #[test]
 fn relative_position_learns_the_eight_neighbours() {
-    let r = pretrain(TaskKind::RelativePosition, |a| {
+    let r = pretrain("relative-position", |a| {
         a.train_images = Some(10_000);
         a.epochs = 6;
         a.batch_size = 128;
@@ -137,14 +137,12 @@ fn relative_position_learns_the_eight_neighbours() {
 
 #[test]
 fn context_encoder_fills_holes_better_than_the_mean() {
-    let r = pretrain(TaskKind::Inpainting, |a| {
+    let r = pretrain("inpainting", |a| {
         a.train_images = Some(1500);
         a.epochs = 3;
         a.batch_size = 32;
     });
-    let TaskConfig::Inpainting(icfg) = &r.cfg.task else {
-        panic!("not inpainting")
-    };
+    let icfg = &r.cfg.task.typed::<InpaintingConfig>().unwrap();
     // Baseline: the hole left at its fill (the data set mean, 0 after normalisation), so
     // its error is the mean square of the normalised target over the hole.
     let task = pretext::tasks::Inpainting::new(
@@ -195,10 +193,8 @@ fn context_encoder_fills_holes_better_than_the_mean() {
 
 #[test]
 fn colorization_beats_the_colour_prior_and_evaluates_on_lightness() {
-    let r = pretrain(TaskKind::Colorization, |_| {});
-    let TaskConfig::Colorization(ccfg) = &r.cfg.task else {
-        panic!("not colorization")
-    };
+    let r = pretrain("colorization", |_| {});
+    let ccfg = &r.cfg.task.typed::<ColorizationConfig>().unwrap();
     assert_eq!(r.cfg.input, pretext::run::InputTransform::Lightness);
     assert_eq!(r.cfg.backbone.in_channels, 1);
     let task = pretext::tasks::Colorization::new(
@@ -264,7 +260,7 @@ fn colorization_beats_the_colour_prior_and_evaluates_on_lightness() {
 
 #[test]
 fn supervised_baseline_learns_and_few_label_finetuning_starts_from_it() {
-    let r = pretrain(TaskKind::Supervised, |a| {
+    let r = pretrain("supervised", |a| {
         a.width = Some(16);
         a.train_images = Some(2000);
         a.epochs = 3;

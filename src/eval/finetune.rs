@@ -249,9 +249,10 @@ pub fn classify(
     test: Arc<ImageSet>,
     dev: &Device,
 ) -> Result<(f64, f64)> {
-    let TaskConfig::Supervised(sc) = &rc.task else {
+    if rc.task.name() != "supervised" {
         bail!("{} is not a supervised run", run.display());
-    };
+    }
+    let sc: SupervisedConfig = rc.task.typed()?;
     let Some((dir, _)) = checkpoint::latest(run)? else {
         bail!("{}: no checkpoint", run.display());
     };
@@ -332,12 +333,15 @@ pub fn finetune_run(
                     // The same held-out split the test images come from.
                     holdout: cache.holdout,
                     train_images: None,
-                    task: TaskConfig::Supervised(SupervisedConfig {
-                        classes,
-                        label_fraction: Some(fraction),
-                        subset_seed: seed,
-                        init_from: pretrained.then(|| run.clone()),
-                    }),
+                    task: TaskConfig::of(
+                        "supervised",
+                        &SupervisedConfig {
+                            classes,
+                            label_fraction: Some(fraction),
+                            subset_seed: seed,
+                            init_from: pretrained.then(|| run.clone()),
+                        },
+                    ),
                     augment: AugmentConfig {
                         pad: if rc.augment.pad > 0 {
                             rc.augment.pad
@@ -385,16 +389,14 @@ pub fn finetune_run(
                     .run((!resume).then_some(sub), resume)?;
                 }
                 let sub = RunConfig::load(&dir)?;
-                let n = match &sub.task {
-                    TaskConfig::Supervised(s) => crate::tasks::supervised::balanced_subset(
-                        train.header.labels.as_deref().unwrap_or(&[]),
-                        classes,
-                        s.label_fraction.unwrap_or(1.0),
-                        s.subset_seed,
-                    )?
-                    .len(),
-                    _ => 0,
-                };
+                let s: SupervisedConfig = sub.task.typed()?;
+                let n = crate::tasks::supervised::balanced_subset(
+                    train.header.labels.as_deref().unwrap_or(&[]),
+                    classes,
+                    s.label_fraction.unwrap_or(1.0),
+                    s.subset_seed,
+                )?
+                .len();
                 let (top1, top5) = classify(&dir, &sub, test.clone(), dev)?;
                 rows.push(FinetuneRow {
                     fraction,

@@ -6,14 +6,11 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
-use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::activation::{leaky_relu, relu, softplus};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::activation::{leaky_relu, relu};
+use burn::tensor::{Device, Distribution, Tensor};
 
 use super::layers::{ConvBnRelu, conv, global_avg};
 use super::{Backbone, BackboneConfig};
-use crate::data::loader::Batch;
-use crate::train::trainer::{Learner, StepStats};
 
 /// Per-channel fully connected layer over an `m = h·w` map: `[C, m, m]` weights.
 #[derive(Module, Debug)]
@@ -165,70 +162,6 @@ impl Discriminator {
             y = leaky_relu(bn.forward(c.forward(y)), 0.2);
         }
         self.head.forward(global_avg(y))
-    }
-}
-
-/// Layout of a context-encoder sample's float targets: the clean image, the L2 weight map
-/// (1 in the hole, the overlap weight on the band, 0 elsewhere) and the hole mask.
-pub fn aux_len(c: usize, side: usize) -> usize {
-    c * side * side + 2 * side * side
-}
-
-impl Learner for ContextEncoder {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats) {
-        let [_, c, s, _] = batch.shape;
-        let n = batch.images;
-        let plane = s * s;
-        let img = c * plane;
-        // Normalisers from the host copy: no device read-back needed.
-        let (mut wsum, mut holes) = (0f64, 0f64);
-        for a in batch.aux.chunks_exact(img + 2 * plane) {
-            wsum += a[img..img + plane].iter().map(|&v| v as f64).sum::<f64>();
-            holes += a[img + plane..].iter().map(|&v| v as f64).sum::<f64>();
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
-        let aux = Tensor::<2>::from_data(TensorData::new(batch.aux, [n, img + 2 * plane]), dev);
-        let target = aux.clone().slice([0..n, 0..img]).reshape([n, c, s, s]);
-        let weight = aux
-            .clone()
-            .slice([0..n, img..img + plane])
-            .reshape([n, 1, s, s]);
-        let hole = aux
-            .slice([0..n, img + plane..img + 2 * plane])
-            .reshape([n, 1, s, s]);
-
-        let pred = self.generator.forward(x);
-        let sq = (pred.clone() - target.clone()).powi_scalar(2);
-        let rec = (sq.clone() * weight).sum() / (c as f64 * wsum.max(1.0)) as f32;
-        let hole_mse = (sq.detach() * hole.clone()).sum() / (c as f64 * holes.max(1.0)) as f32;
-        let composite = pred * hole.clone() + target.clone() * (hole.neg() + 1.0);
-        let adv = softplus(self.disc.forward(composite.clone()).neg(), 1.0).mean();
-        let loss_g = rec * self.lambda_rec + adv * self.lambda_adv;
-        let d_real = softplus(self.disc.forward(target).neg(), 1.0).mean();
-        let d_fake = softplus(self.disc.forward(composite.detach()), 1.0).mean();
-        let loss_d = (d_real + d_fake) * 0.5;
-
-        let stats = StepStats {
-            loss_sum: loss_g.clone().detach() * n as f32,
-            score_sum: hole_mse * n as f32,
-            count: n as u64,
-        };
-        // Each player moves only its own parameters on its own loss.
-        let mut g = loss_g.backward();
-        let grads_g = GradientsParams::from_module(&mut g, &self.generator);
-        let mut d = loss_d.backward();
-        let grads_d = GradientsParams::from_module(&mut d, &self.disc);
-        let model = optim.step(lr, self, grads_g);
-        (optim.step(lr, model, grads_d), stats)
-    }
-    fn score_name(&self) -> &'static str {
-        "hole MSE"
     }
 }
 

@@ -5,9 +5,9 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
+use super::Classifier;
 use super::layers::global_avg;
 use super::{Backbone, BackboneConfig};
-use crate::train::trainer::Classifier;
 
 #[derive(Module, Debug)]
 pub struct ClassifierNet {

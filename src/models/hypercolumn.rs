@@ -4,13 +4,10 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Backbone, BackboneConfig};
-use crate::data::loader::Batch;
-use crate::train::trainer::{Learner, StepStats};
 
 #[derive(Module, Debug)]
 pub struct ColorNet {
@@ -101,66 +98,6 @@ impl ColorNet {
             .collect();
         let hc = Tensor::cat(cols, 1);
         self.out.forward(relu(self.fc.forward(hc)))
-    }
-}
-
-/// Split an image-major target block `[P positions | P first bins | P second bins]` per
-/// image into the three flat lists.
-pub fn split_targets(targets: &[i64], pixels: usize) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
-    let (mut pos, mut a, mut b) = (vec![], vec![], vec![]);
-    for img in targets.chunks_exact(3 * pixels) {
-        pos.extend_from_slice(&img[..pixels]);
-        a.extend_from_slice(&img[pixels..2 * pixels]);
-        b.extend_from_slice(&img[2 * pixels..]);
-    }
-    (pos, a, b)
-}
-
-impl Learner for ColorNet {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats) {
-        let (pos, a, b) = split_targets(&batch.targets, self.pixels);
-        let m = pos.len();
-        let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
-        let logits = self.forward(x, &pos);
-        let k = self.bins;
-        let la = logits.clone().slice([0..m, 0..k]);
-        let lb = logits.slice([0..m, k..2 * k]);
-        let ta = Tensor::<1, Int>::from_data(TensorData::new(a, [m]), dev);
-        let tb = Tensor::<1, Int>::from_data(TensorData::new(b, [m]), dev);
-        // aux: the first histogram's per-pixel loss weight (hue weighted by chroma).
-        let wa = Tensor::<1>::from_data(TensorData::new(batch.aux, [m]), dev);
-        let ce = |l: Tensor<2>, t: Tensor<1, Int>| {
-            (log_softmax(l, 1) * t.one_hot::<2>(k).float())
-                .sum_dim(1)
-                .reshape([m])
-                .neg()
-        };
-        let loss = (ce(la.clone(), ta.clone()) * wa + ce(lb.clone(), tb.clone())).mean();
-        let hits = |l: Tensor<2>, t: Tensor<1, Int>| {
-            l.detach()
-                .argmax(1)
-                .reshape([m])
-                .equal(t)
-                .int()
-                .sum()
-                .float()
-        };
-        let stats = StepStats {
-            loss_sum: loss.clone().detach() * m as f32,
-            score_sum: (hits(la, ta) + hits(lb, tb)) * 0.5,
-            count: m as u64,
-        };
-        let grads = GradientsParams::from_grads(loss.backward(), &self);
-        (optim.step(lr, self, grads), stats)
-    }
-    fn score_name(&self) -> &'static str {
-        "bin accuracy"
     }
 }
 

@@ -18,6 +18,12 @@ pub use alexnet::AlexNet;
 pub use nin::Nin;
 pub use resnet::ResNet;
 
+/// A network that maps a batch of inputs to class logits (the trainer's blanket
+/// [`crate::train::trainer::Learner`] trains every one with cross-entropy).
+pub trait Classifier: Module {
+    fn logits(&self, x: Tensor<4>) -> Tensor<2>;
+}
+
 /// The architectures pretext builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -8,8 +8,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use super::Classifier;
 use super::{Backbone, BackboneConfig};
-use crate::train::trainer::Classifier;
 
 #[derive(Module, Debug)]
 pub struct TileNet {

@@ -11,13 +11,21 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::PretextTask;
+use super::{PretextTask, Task, TaskConfig, TrainingDefaults};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::{InputTransform, lab_to_srgb, srgb_to_lab};
+use crate::data::loader::Batch;
 use crate::data::loader::{SampleMaker, SampleOut, preview_indices};
 use crate::models::hypercolumn::ColorNet;
 use crate::preview::{self, Cell};
+use crate::run::Job;
+use crate::train::TrainOutcome;
+use crate::train::trainer::{Learner, StepStats};
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Int;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -283,6 +291,120 @@ pub fn colorized_sheet(
         })
         .collect();
     preview::save(&preview::sheet(&rows, (96 / s).max(1)), path)
+}
+
+/// Colorization in the task registry.
+pub struct ColorizationTask;
+pub static TASK: ColorizationTask = ColorizationTask;
+
+impl Task for ColorizationTask {
+    fn name(&self) -> &'static str {
+        "colorization"
+    }
+    fn defaults(&self, _side: usize) -> TaskConfig {
+        TaskConfig::of(self.name(), &ColorizationConfig::default())
+    }
+    fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
+        cfg.normalized::<ColorizationConfig>()
+    }
+    /// The backbone sees L* only; no padding (the black border would be a colour target).
+    fn training(&self) -> TrainingDefaults {
+        TrainingDefaults {
+            input: InputTransform::Lightness,
+            pad: 0,
+            ..TrainingDefaults::default()
+        }
+    }
+    fn validate(&self, cfg: &TaskConfig, augment: &AugmentConfig) -> anyhow::Result<()> {
+        let c: ColorizationConfig = cfg.typed()?;
+        anyhow::ensure!(
+            c.bins >= 2 && c.pixels >= 1 && c.pixels <= augment.crop * augment.crop,
+            "colorization needs ≥ 2 bins and 1..={} sampled pixels per {}×{} crop (got {} bins, {} pixels)",
+            augment.crop * augment.crop,
+            augment.crop,
+            augment.crop,
+            c.bins,
+            c.pixels
+        );
+        Ok(())
+    }
+    fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
+        let c = job.cfg;
+        let k: ColorizationConfig = c.task.typed()?;
+        let model = ColorNet::new(&c.backbone, k.hidden, k.bins, k.pixels, job.train_device);
+        let task = Colorization::new(k, c.augment.clone(), c.normalize.clone())?;
+        let (task, model, outcome) = job.fit(task, model)?;
+        if job.draws() {
+            colorized_sheet(
+                &task,
+                &model.valid(),
+                &job.sample(),
+                &job.run.join("colorized.png"),
+                job.device,
+            )?;
+        }
+        Ok(outcome)
+    }
+}
+
+/// Split an image-major target block `[P positions | P first bins | P second bins]` per
+/// image into the three flat lists.
+pub fn split_targets(targets: &[i64], pixels: usize) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let (mut pos, mut a, mut b) = (vec![], vec![], vec![]);
+    for img in targets.chunks_exact(3 * pixels) {
+        pos.extend_from_slice(&img[..pixels]);
+        a.extend_from_slice(&img[pixels..2 * pixels]);
+        b.extend_from_slice(&img[2 * pixels..]);
+    }
+    (pos, a, b)
+}
+
+impl Learner for ColorNet {
+    fn train_step(
+        self,
+        batch: Batch,
+        dev: &Device,
+        optim: &mut ModuleOptimizer,
+        lr: f64,
+    ) -> (Self, StepStats) {
+        let (pos, a, b) = split_targets(&batch.targets, self.pixels);
+        let m = pos.len();
+        let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
+        let logits = self.forward(x, &pos);
+        let k = self.bins;
+        let la = logits.clone().slice([0..m, 0..k]);
+        let lb = logits.slice([0..m, k..2 * k]);
+        let ta = Tensor::<1, Int>::from_data(TensorData::new(a, [m]), dev);
+        let tb = Tensor::<1, Int>::from_data(TensorData::new(b, [m]), dev);
+        // aux: the first histogram's per-pixel loss weight (hue weighted by chroma).
+        let wa = Tensor::<1>::from_data(TensorData::new(batch.aux, [m]), dev);
+        let ce = |l: Tensor<2>, t: Tensor<1, Int>| {
+            (log_softmax(l, 1) * t.one_hot::<2>(k).float())
+                .sum_dim(1)
+                .reshape([m])
+                .neg()
+        };
+        let loss = (ce(la.clone(), ta.clone()) * wa + ce(lb.clone(), tb.clone())).mean();
+        let hits = |l: Tensor<2>, t: Tensor<1, Int>| {
+            l.detach()
+                .argmax(1)
+                .reshape([m])
+                .equal(t)
+                .int()
+                .sum()
+                .float()
+        };
+        let stats = StepStats {
+            loss_sum: loss.clone().detach() * m as f32,
+            score_sum: (hits(la, ta) + hits(lb, tb)) * 0.5,
+            count: m as u64,
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &self);
+        (optim.step(lr, self, grads), stats)
+    }
+    fn score_name(&self) -> &'static str {
+        "bin accuracy"
+    }
 }
 
 #[cfg(test)]

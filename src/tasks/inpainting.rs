@@ -10,12 +10,20 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::PretextTask;
+use super::{PretextTask, Task, TaskConfig, TrainingDefaults};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
+use crate::data::loader::Batch;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
-use crate::models::context_encoder::aux_len;
+use crate::models::context_encoder::ContextEncoder;
 use crate::preview::{self, Cell};
+use crate::run::{Job, RunConfig};
+use crate::train::trainer::{Learner, StepStats};
+use crate::train::{OptimConfig, OptimKind, Schedule, TrainOutcome};
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::softplus;
+use burn::tensor::{Device, Tensor, TensorData};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -326,6 +334,160 @@ impl Inpainting {
                 row
             })
             .collect())
+    }
+}
+
+/// Context-encoder inpainting in the task registry.
+pub struct InpaintingTask;
+pub static TASK: InpaintingTask = InpaintingTask;
+
+impl InpaintingTask {
+    /// Pathak et al.'s network: the backbone as encoder, a channel-wise fully connected
+    /// layer, up-convolutions back to the image, and the adversarial discriminator.
+    fn network(rc: &RunConfig, dev: &Device) -> anyhow::Result<ContextEncoder> {
+        let i: InpaintingConfig = rc.task.typed()?;
+        ContextEncoder::new(
+            &rc.backbone,
+            rc.augment.crop,
+            i.disc_width,
+            i.lambda_rec,
+            i.lambda_adv,
+            dev,
+        )
+    }
+}
+
+impl Task for InpaintingTask {
+    fn name(&self) -> &'static str {
+        "inpainting"
+    }
+    fn defaults(&self, side: usize) -> TaskConfig {
+        TaskConfig::of(self.name(), &InpaintingConfig::for_image(side))
+    }
+    fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
+        cfg.normalized::<InpaintingConfig>()
+    }
+    /// Pathak et al.: Adam, lr 2e-4, β1 0.5, no weight decay, a constant rate; no padding
+    /// (the reconstruction target would include the black border).
+    fn training(&self) -> TrainingDefaults {
+        let mut optim = OptimConfig::rotnet();
+        optim.kind = OptimKind::Adam;
+        optim.lr = 2e-4;
+        optim.betas = (0.5, 0.999);
+        optim.weight_decay = 0.0;
+        TrainingDefaults {
+            pad: 0,
+            optim,
+            schedule: Schedule::Constant,
+            ..TrainingDefaults::default()
+        }
+    }
+    fn validate(&self, cfg: &TaskConfig, augment: &AugmentConfig) -> anyhow::Result<()> {
+        cfg.typed::<InpaintingConfig>()?.validate(augment.crop)
+    }
+    fn backbone_path(&self) -> &'static str {
+        "generator.backbone"
+    }
+    fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
+        let c = job.cfg;
+        let task = Inpainting::new(
+            c.task.typed()?,
+            c.augment.clone(),
+            c.normalize.clone(),
+            job.channels(),
+        )?;
+        let (task, model, outcome) = job.fit(task, Self::network(c, job.train_device)?)?;
+        if job.draws() {
+            // After training: masked input, the prediction pasted in, the mask, the original.
+            let generator = model.generator.valid();
+            let [cc, h, w] = task.input_shape();
+            let predict = |x: &[f32], n: usize| -> Vec<f32> {
+                let t =
+                    Tensor::<4>::from_data(TensorData::new(x.to_vec(), [n, cc, h, w]), job.device);
+                generator
+                    .forward(t)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default()
+            };
+            let rows = task.sample_rows(&job.sample(), c.train.seed + 1, Some(&predict))?;
+            preview::save(
+                &preview::sheet(&rows, (96 / c.augment.crop).max(1)),
+                &job.run.join("inpainting.png"),
+            )?;
+        }
+        Ok(outcome)
+    }
+    fn random_backbone(
+        &self,
+        rc: &RunConfig,
+        dev: &Device,
+    ) -> anyhow::Result<crate::models::Backbone> {
+        Ok(Self::network(rc, dev)?.generator.backbone)
+    }
+}
+
+/// Layout of a context-encoder sample's float targets: the clean image, the L2 weight map
+/// (1 in the hole, the overlap weight on the band, 0 elsewhere) and the hole mask.
+pub fn aux_len(c: usize, side: usize) -> usize {
+    c * side * side + 2 * side * side
+}
+
+impl Learner for ContextEncoder {
+    fn train_step(
+        self,
+        batch: Batch,
+        dev: &Device,
+        optim: &mut ModuleOptimizer,
+        lr: f64,
+    ) -> (Self, StepStats) {
+        let [_, c, s, _] = batch.shape;
+        let n = batch.images;
+        let plane = s * s;
+        let img = c * plane;
+        // Normalisers from the host copy: no device read-back needed.
+        let (mut wsum, mut holes) = (0f64, 0f64);
+        for a in batch.aux.chunks_exact(img + 2 * plane) {
+            wsum += a[img..img + plane].iter().map(|&v| v as f64).sum::<f64>();
+            holes += a[img + plane..].iter().map(|&v| v as f64).sum::<f64>();
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
+        let aux = Tensor::<2>::from_data(TensorData::new(batch.aux, [n, img + 2 * plane]), dev);
+        let target = aux.clone().slice([0..n, 0..img]).reshape([n, c, s, s]);
+        let weight = aux
+            .clone()
+            .slice([0..n, img..img + plane])
+            .reshape([n, 1, s, s]);
+        let hole = aux
+            .slice([0..n, img + plane..img + 2 * plane])
+            .reshape([n, 1, s, s]);
+
+        let pred = self.generator.forward(x);
+        let sq = (pred.clone() - target.clone()).powi_scalar(2);
+        let rec = (sq.clone() * weight).sum() / (c as f64 * wsum.max(1.0)) as f32;
+        let hole_mse = (sq.detach() * hole.clone()).sum() / (c as f64 * holes.max(1.0)) as f32;
+        let composite = pred * hole.clone() + target.clone() * (hole.neg() + 1.0);
+        let adv = softplus(self.disc.forward(composite.clone()).neg(), 1.0).mean();
+        let loss_g = rec * self.lambda_rec + adv * self.lambda_adv;
+        let d_real = softplus(self.disc.forward(target).neg(), 1.0).mean();
+        let d_fake = softplus(self.disc.forward(composite.detach()), 1.0).mean();
+        let loss_d = (d_real + d_fake) * 0.5;
+
+        let stats = StepStats {
+            loss_sum: loss_g.clone().detach() * n as f32,
+            score_sum: hole_mse * n as f32,
+            count: n as u64,
+        };
+        // Each player moves only its own parameters on its own loss.
+        let mut g = loss_g.backward();
+        let grads_g = GradientsParams::from_module(&mut g, &self.generator);
+        let mut d = loss_d.backward();
+        let grads_d = GradientsParams::from_module(&mut d, &self.disc);
+        let model = optim.step(lr, self, grads_g);
+        (optim.step(lr, model, grads_d), stats)
+    }
+    fn score_name(&self) -> &'static str {
+        "hole MSE"
     }
 }
 

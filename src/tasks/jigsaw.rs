@@ -12,9 +12,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{PretextTask, tiles};
+use super::{Task, TaskConfig};
 use crate::data::ImageSet;
+use crate::data::augment::AugmentConfig;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::models::tiles::TileNet;
 use crate::preview::{self, Cell};
+use crate::run::{Job, RunConfig};
+use crate::train::TrainOutcome;
 
 /// How the greedy algorithm picks the next permutation from the candidates' mean Hamming
 /// distance to the set chosen so far (the paper's ablation).
@@ -371,6 +376,65 @@ impl PretextTask for Jigsaw {
             })
             .collect();
         preview::save(&preview::sheet(&rows, (64 / t).max(1)), path)
+    }
+}
+
+/// Jigsaw puzzles in the task registry.
+pub struct JigsawTask;
+pub static TASK: JigsawTask = JigsawTask;
+
+impl JigsawTask {
+    /// Noroozi & Favaro's context-free network: the shared trunk over the nine tiles,
+    /// fc6 per tile, fc7 over the concatenation, one class per permutation.
+    fn network(rc: &RunConfig, dev: &burn::tensor::Device) -> anyhow::Result<TileNet> {
+        let j: JigsawConfig = rc.task.typed()?;
+        Ok(TileNet::new(
+            &rc.backbone,
+            j.tile,
+            9,
+            j.tile_features,
+            j.hidden,
+            j.permutations,
+            dev,
+        ))
+    }
+}
+
+impl Task for JigsawTask {
+    fn name(&self) -> &'static str {
+        "jigsaw"
+    }
+    fn defaults(&self, side: usize) -> TaskConfig {
+        TaskConfig::of(self.name(), &JigsawConfig::for_image(side))
+    }
+    fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
+        cfg.normalized::<JigsawConfig>()
+    }
+    fn validate(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<()> {
+        cfg.typed::<JigsawConfig>()?.validate()
+    }
+    fn min_image_size(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<usize> {
+        Ok(3 * cfg.typed::<JigsawConfig>()?.cell)
+    }
+    fn inputs_per_image(&self, _cfg: &TaskConfig) -> anyhow::Result<usize> {
+        Ok(9)
+    }
+    fn check_run(&self, rc: &RunConfig, run: &Path) -> anyhow::Result<()> {
+        Jigsaw::saved_perms(&rc.task.typed()?, run).map(|_| ())
+    }
+    fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
+        let j: JigsawConfig = job.cfg.task.typed()?;
+        let perms = Jigsaw::perms_for_run(&j, job.run)?;
+        let task = Jigsaw::new(j, job.channels(), perms)?;
+        let model = Self::network(job.cfg, job.train_device)?;
+        Ok(job.fit(task, model)?.2)
+    }
+    fn random_backbone(
+        &self,
+        rc: &RunConfig,
+        dev: &burn::tensor::Device,
+    ) -> anyhow::Result<crate::models::Backbone> {
+        Ok(Self::network(rc, dev)?.backbone)
     }
 }
 

@@ -12,9 +12,14 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use super::{PretextTask, tiles};
+use super::{Task, TaskConfig};
 use crate::data::ImageSet;
+use crate::data::augment::AugmentConfig;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::models::tiles::TileNet;
 use crate::preview::{self, Cell};
+use crate::run::{Job, RunConfig};
+use crate::train::TrainOutcome;
 
 /// Grid offsets (row, column) of the 8 labels, reading order around the centre:
 /// 0 top-left, 1 top, 2 top-right, 3 left, 4 right, 5 bottom-left, 6 bottom, 7 bottom-right.
@@ -280,6 +285,60 @@ impl PretextTask for RelativePosition {
             })
             .collect();
         preview::save(&preview::sheet(&rows, (96 / h.h.min(h.w)).max(2)), path)
+    }
+}
+
+/// Relative patch position in the task registry.
+pub struct RelativePositionTask;
+pub static TASK: RelativePositionTask = RelativePositionTask;
+
+impl RelativePositionTask {
+    /// Doersch et al.'s pair network: the shared trunk over both patches, fc6 per patch,
+    /// fc7 over the pair, eight classes.
+    fn network(rc: &RunConfig, dev: &burn::tensor::Device) -> anyhow::Result<TileNet> {
+        let r: RelativePositionConfig = rc.task.typed()?;
+        Ok(TileNet::new(
+            &rc.backbone,
+            r.patch,
+            2,
+            r.patch_features,
+            r.hidden,
+            8,
+            dev,
+        ))
+    }
+}
+
+impl Task for RelativePositionTask {
+    fn name(&self) -> &'static str {
+        "relative-position"
+    }
+    fn defaults(&self, side: usize) -> TaskConfig {
+        TaskConfig::of(self.name(), &RelativePositionConfig::for_image(side))
+    }
+    fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
+        cfg.normalized::<RelativePositionConfig>()
+    }
+    fn validate(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<()> {
+        cfg.typed::<RelativePositionConfig>()?.validate()
+    }
+    fn min_image_size(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<usize> {
+        Ok(cfg.typed::<RelativePositionConfig>()?.span())
+    }
+    fn inputs_per_image(&self, _cfg: &TaskConfig) -> anyhow::Result<usize> {
+        Ok(2)
+    }
+    fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
+        let task = RelativePosition::new(job.cfg.task.typed()?, job.channels())?;
+        let model = Self::network(job.cfg, job.train_device)?;
+        Ok(job.fit(task, model)?.2)
+    }
+    fn random_backbone(
+        &self,
+        rc: &RunConfig,
+        dev: &burn::tensor::Device,
+    ) -> anyhow::Result<crate::models::Backbone> {
+        Ok(Self::network(rc, dev)?.backbone)
     }
 }
 

@@ -10,10 +10,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::PretextTask;
+use super::{Task, TaskConfig};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::models::head::ClassifierNet;
 use crate::preview::{self, Cell};
+use crate::run::Job;
+use crate::train::TrainOutcome;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RotationConfig {
@@ -185,6 +189,45 @@ impl PretextTask for Rotation {
             .collect();
         let scale = (96 / s).max(1);
         preview::save(&preview::sheet(&rows, scale), path)
+    }
+}
+
+/// Rotation prediction in the task registry.
+pub struct RotationTask;
+pub static TASK: RotationTask = RotationTask;
+
+impl Task for RotationTask {
+    fn name(&self) -> &'static str {
+        "rotation"
+    }
+    fn defaults(&self, _side: usize) -> TaskConfig {
+        TaskConfig::of(self.name(), &RotationConfig::default())
+    }
+    fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
+        cfg.normalized::<RotationConfig>()
+    }
+    fn validate(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<()> {
+        let r: RotationConfig = cfg.typed()?;
+        anyhow::ensure!(
+            r.angles == 4 || r.angles == 8,
+            "rotation angles must be 4 (multiples of 90°) or 8 (multiples of 45°), got {}",
+            r.angles
+        );
+        Ok(())
+    }
+    fn inputs_per_image(&self, cfg: &TaskConfig) -> anyhow::Result<usize> {
+        Ok(cfg.typed::<RotationConfig>()?.angles)
+    }
+    fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
+        let c = job.cfg;
+        let task = Rotation::new(
+            c.task.typed()?,
+            c.augment.clone(),
+            c.normalize.clone(),
+            job.channels(),
+        )?;
+        let model = ClassifierNet::new(&c.backbone, task.num_classes(), job.train_device);
+        Ok(job.fit(task, model)?.2)
     }
 }
 

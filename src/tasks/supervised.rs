@@ -9,12 +9,16 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::PretextTask;
+use super::{PretextTask, Task, TaskConfig};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::InputTransform;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::models::head::ClassifierNet;
 use crate::preview::{self, Cell};
+use crate::run::{Job, RunConfig, load_backbone, subset_indices};
+use crate::train::TrainOutcome;
+use crate::train::checkpoint;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SupervisedConfig {
@@ -118,6 +122,127 @@ impl PretextTask for Supervised {
             })
             .collect();
         preview::save(&preview::sheet(&[row], (96 / h).max(1)), path)
+    }
+}
+
+/// The supervised baseline in the task registry: trained like a pretext task, on labels.
+pub struct SupervisedTask;
+pub static TASK: SupervisedTask = SupervisedTask;
+
+impl Task for SupervisedTask {
+    fn name(&self) -> &'static str {
+        "supervised"
+    }
+    fn is_pretext(&self) -> bool {
+        false
+    }
+    fn defaults(&self, _side: usize) -> TaskConfig {
+        // The class count comes from the data when the run is configured.
+        TaskConfig::of(
+            self.name(),
+            &SupervisedConfig {
+                classes: 0,
+                label_fraction: None,
+                subset_seed: 0,
+                init_from: None,
+            },
+        )
+    }
+    fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
+        cfg.normalized::<SupervisedConfig>()
+    }
+    fn prepare(&self, cfg: &mut TaskConfig, set: &ImageSet, data: &Path) -> anyhow::Result<()> {
+        if !set.is_labelled() {
+            anyhow::bail!(
+                "{}: supervised training needs labels (class folders), and this split has none",
+                data.display()
+            );
+        }
+        let mut s: SupervisedConfig = cfg.typed()?;
+        s.classes = set.num_classes();
+        // Absolute, so the run can be resumed or evaluated from any working directory.
+        s.init_from = s.init_from.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+        *cfg = TaskConfig::of(self.name(), &s);
+        Ok(())
+    }
+    fn init_from(&self, cfg: &TaskConfig) -> anyhow::Result<Option<PathBuf>> {
+        Ok(cfg.typed::<SupervisedConfig>()?.init_from)
+    }
+    fn validate(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            cfg.typed::<SupervisedConfig>()?.classes >= 2,
+            "supervised training needs a labelled split with at least 2 classes"
+        );
+        Ok(())
+    }
+    /// A balanced per-class subset with a label fraction, else the seeded subset.
+    fn training_indices(&self, rc: &RunConfig, set: &ImageSet) -> anyhow::Result<Vec<usize>> {
+        let sc: SupervisedConfig = rc.task.typed()?;
+        let Some(labels) = set.header.labels.as_deref() else {
+            anyhow::bail!(
+                "{}: supervised training needs labels (class folders), and this split has none",
+                rc.data.display()
+            );
+        };
+        if let Some(c) = labels.iter().find(|&&c| c as usize >= sc.classes) {
+            anyhow::bail!(
+                "{}: label {c} is past the run's {} classes",
+                rc.data.display(),
+                sc.classes
+            );
+        }
+        match sc.label_fraction {
+            Some(f) => balanced_subset(labels, sc.classes, f, sc.subset_seed),
+            None => Ok(subset_indices(set.len(), rc.train_images, rc.train.seed)),
+        }
+    }
+    /// The run it starts from must fit and have a checkpoint — needed only to start: a
+    /// run with checkpoints of its own resumes without it.
+    fn check_run(&self, rc: &RunConfig, run: &Path) -> anyhow::Result<()> {
+        let sc: SupervisedConfig = rc.task.typed()?;
+        if let Some(from) = &sc.init_from
+            && checkpoint::latest(run)?.is_none()
+        {
+            let other = RunConfig::load(from)?;
+            if other.backbone != rc.backbone || other.input != rc.input {
+                anyhow::bail!(
+                    "{} was trained with another backbone or input ({:?} {:?}) than this run ({:?} {:?})",
+                    from.display(),
+                    other.backbone,
+                    other.input,
+                    rc.backbone,
+                    rc.input
+                );
+            }
+            if checkpoint::latest(from)?.is_none() {
+                anyhow::bail!(
+                    "{}: no checkpoint to start from (train it first)",
+                    from.display()
+                );
+            }
+        }
+        Ok(())
+    }
+    fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
+        let c = job.cfg;
+        let sc: SupervisedConfig = c.task.typed()?;
+        let mut model = ClassifierNet::new(&c.backbone, sc.classes, job.train_device);
+        // Whenever training will not start from a checkpoint of its own: a run resumed
+        // before its first checkpoint must not start from random init.
+        if let Some(from) = &sc.init_from
+            && checkpoint::latest(job.run)?.is_none()
+        {
+            let other = RunConfig::load(from)?;
+            model.backbone = load_backbone(&other, from, false, job.train_device)?.0;
+        }
+        let task = Supervised {
+            cfg: sc,
+            augment: c.augment.clone(),
+            norm: c.normalize.clone(),
+            input: c.input,
+            image_channels: job.set.header.c,
+        };
+        Ok(job.fit(task, model)?.2)
     }
 }
 

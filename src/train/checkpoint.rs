@@ -193,6 +193,37 @@ pub fn load_model<M: Module>(model: M, dir: &Path) -> Result<M> {
         .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", p.display()))
 }
 
+/// Load into `module` the entries of the checkpoint file `path` under `prefix` (a part of
+/// a larger network, e.g. its `backbone`), without building the rest of that network.
+pub fn load_part<M: Module>(module: M, path: &Path, prefix: &str) -> Result<M> {
+    let err = |e: String| anyhow::anyhow!("{}: cannot load the model: {e}", path.display());
+    let reader = burn_pack::Reader::from_file(path).map_err(|e| err(e.to_string()))?;
+    let head = format!("{prefix}.");
+    let mut part = vec![];
+    for t in reader.into_tensors().map_err(|e| err(e.to_string()))? {
+        let (name, dtype, shape, id, data) = t.into_parts().map_err(|e| err(e.to_string()))?;
+        if let Some(rest) = name.strip_prefix(&head) {
+            part.push(burn_pack::Tensor::new(
+                rest.to_string(),
+                dtype,
+                shape,
+                id,
+                data,
+            ));
+        }
+    }
+    if part.is_empty() {
+        return Err(err(format!("it holds no {prefix:?} entries")));
+    }
+    let bytes = burn_pack::Writer::new(part)
+        .into_bytes()
+        .map_err(|e| err(e.to_string()))?;
+    let record = burn::store::ModuleRecord::from_bytes(bytes).map_err(|e| err(format!("{e:?}")))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| err(format!("{e:?}")))
+}
+
 pub fn load_optim(optim: ModuleOptimizer, dir: &Path) -> Result<ModuleOptimizer> {
     let p = dir.join("optim.bpk");
     optim

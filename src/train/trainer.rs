@@ -18,10 +18,7 @@ use super::{OptimConfig, Schedule};
 use crate::data::ImageSet;
 use crate::data::loader::{self, Batch, LoaderConfig, SampleMaker};
 
-/// A network that maps a batch of inputs to class logits.
-pub trait Classifier: Module {
-    fn logits(&self, x: Tensor<4>) -> Tensor<2>;
-}
+pub use crate::models::Classifier;
 
 /// What one training step reports, kept on the device until the next read-back: the loss
 /// and the task's score summed over `count` units (inputs, images or pixels).

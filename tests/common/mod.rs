@@ -51,11 +51,11 @@ pub fn cache_opts(dir: &Path) -> pretext::data::CacheOptions {
 
 /// The specification of a small NIN-32 run of `task` on 2,000 images (tests override).
 #[allow(dead_code)]
-pub fn pretrain_spec(data: &Path, task: pretext::tasks::TaskKind) -> pretext::config::PretrainSpec {
+pub fn pretrain_spec(data: &Path, task: &str) -> pretext::config::PretrainSpec {
     pretext::config::PretrainSpec {
         data: Some(data.to_path_buf()),
         width: Some(32),
-        task,
+        task: task.into(),
         epochs: 4,
         batch_size: 64,
         train_images: Some(2000),
