@@ -1,6 +1,6 @@
 """Reference values for `eval::cluster::reference::kmeans_matches_scikit_learn_on_a_fixed_data_set`.
 
-The test builds 600 L2-normalised points in 16-D with SplitMix64; this script builds the
+The test builds 600 L2-normalized points in 16-D with SplitMix64; this script builds the
 same points and clusters them with scikit-learn (pip install scikit-learn numpy):
 
     python3 scripts/kmeans-reference.py            # k=6, d=16, 100 per cluster, spread 1.2
@@ -28,11 +28,11 @@ class SplitMix:
 
 def blobs(k, d, per, spread):
     r = SplitMix(7)
-    centres = [[2 * r.unif() - 1 for _ in range(d)] for _ in range(k)]
+    centers = [[2 * r.unif() - 1 for _ in range(d)] for _ in range(k)]
     x, y = [], []
     for i in range(per * k):
         c = i % k
-        x.append([centres[c][j] + spread * (r.unif() + r.unif() + r.unif() - 1.5) for j in range(d)])
+        x.append([centers[c][j] + spread * (r.unif() + r.unif() + r.unif() - 1.5) for j in range(d)])
         y.append(c)
     x = np.array(x)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

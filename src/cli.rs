@@ -11,7 +11,7 @@ use crate::data::{self, CacheOptions, Holdout};
 use crate::eval;
 use crate::models::Arch;
 use crate::run::{Pretrain, RunConfig};
-use crate::tasks::colorization::ColourTarget;
+use crate::tasks::colorization::ColorTarget;
 use crate::tasks::inpainting::MaskKind;
 use crate::tasks::jigsaw::{self, Selection};
 use crate::train::OptimKind;
@@ -44,7 +44,7 @@ pub struct Common {
     /// Do not cache decoded images on disk.
     #[arg(long, global = true)]
     pub no_cache: bool,
-    /// Bring every folder image to this side (shorter side resized, centre crop).
+    /// Bring every folder image to this side (shorter side resized, center crop).
     #[arg(long, global = true)]
     pub image_size: Option<u32>,
     /// Skip (and count) unreadable images instead of stopping.
@@ -167,7 +167,7 @@ pub enum Command {
         query: PathBuf,
         #[arg(long, default_value_t = 8)]
         k: usize,
-        /// Contact sheet: the query, then the neighbours with similarity and class.
+        /// Contact sheet: the query, then the neighbors with similarity and class.
         #[arg(long, default_value = "search.png")]
         out: PathBuf,
     },
@@ -276,16 +276,16 @@ pub struct PretrainArgs {
     #[arg(long, value_enum)]
     pub mask: Option<MaskKind>,
     /// Colorization: hue/chroma histograms (default) or a*/b* histograms.
-    #[arg(long, value_enum)]
-    pub colour_target: Option<ColourTarget>,
+    #[arg(long, value_enum, alias = "colour-target")]
+    pub color_target: Option<ColorTarget>,
     /// Supervised: train on this fraction of each class (balanced subset; 0.01 = 1%).
     #[arg(long)]
     pub label_fraction: Option<f64>,
     /// Supervised: seed of the balanced subset (default 0).
     #[arg(long)]
     pub subset_seed: Option<u64>,
-    /// Supervised: initialise the backbone from this run's checkpoint (fine-tuning; its
-    /// backbone, input transform and normalisation are reused).
+    /// Supervised: initialize the backbone from this run's checkpoint (fine-tuning; its
+    /// backbone, input transform and normalization are reused).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Start from this TOML file's `[task]` table instead of the task's defaults (every
@@ -336,7 +336,7 @@ pub struct EvalArgs {
     /// Labelled data with train and test splits (default: the run's data).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Evaluate the run's network freshly initialised instead of its checkpoint.
+    /// Evaluate the run's network freshly initialized instead of its checkpoint.
     #[arg(long)]
     pub random_init: bool,
     /// Labelled training images for the probes and kNN (seeded random subset; default all).
@@ -436,13 +436,6 @@ pub struct StudyArgs {
     pub finetune_epochs: usize,
 }
 
-/// A fresh folder under the system temporary directory.
-fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
 impl PretrainArgs {
     /// The run these flags ask for.
     pub fn spec(&self) -> Result<PretrainSpec> {
@@ -483,7 +476,7 @@ impl PretrainArgs {
         put("permutations", self.permutations.map(|v| value(&v)));
         put("selection", self.selection.map(|v| value(&v)));
         put("mask", self.mask.map(|v| value(&v)));
-        put("target", self.colour_target.map(|v| value(&v)));
+        put("target", self.color_target.map(|v| value(&v)));
         put("label_fraction", self.label_fraction.map(|v| value(&v)));
         put("subset_seed", self.subset_seed.map(|v| value(&v)));
         put("init_from", self.init_from.as_ref().map(value));
@@ -550,8 +543,11 @@ pub fn main_with(cli: Cli) -> Result<()> {
     }
     let cache = cli.common.cache();
     let progress = !cli.common.quiet;
+    let dev = crate::util::device::parse(&cli.common.device)?;
     match cli.command {
-        Command::Data(DataCommand::Inspect { path }) => inspect(&path, &cache),
+        Command::Data(DataCommand::Inspect { path }) => {
+            crate::commands::inspect::inspect(&path, &cache)
+        }
         Command::Data(DataCommand::Fetch {
             dataset,
             out,
@@ -574,80 +570,20 @@ pub fn main_with(cli: Cli) -> Result<()> {
             tasks,
             task_width,
             tasks_only,
-        } => {
-            anyhow::ensure!(
-                batch >= 1 && steps >= 1 && task_width >= 1,
-                "--batch, --steps and --task-width must be at least 1"
-            );
-            let dev = crate::device::parse(&cli.common.device)?;
-            let mib = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.0}"));
-            if !tasks_only {
-                println!(
-                    "| backbone | width | input | batch | train img/s | inference img/s | peak MiB |"
-                );
-                println!("|---|---|---|---|---|---|---|");
-                for c in crate::bench::default_configs() {
-                    if !backbone.is_empty() && !backbone.contains(&c.arch) {
-                        continue;
-                    }
-                    let r = crate::bench::measure(&c, batch, warmup, steps, &dev);
-                    println!(
-                        "| {} | {} | {} | {} | {:.1} | {:.1} | {} |",
-                        r.backbone,
-                        r.width,
-                        r.input,
-                        r.batch,
-                        r.train_images_per_s,
-                        r.infer_images_per_s,
-                        mib(r.peak_mib)
-                    );
-                }
-            }
-            if let Some(data) = data {
-                let mut kinds = crate::tasks::parse_list(&tasks)?;
-                if tasks.iter().any(|t| t.trim() == "all") {
-                    kinds.extend(crate::tasks::REGISTRY.iter().filter(|t| !t.is_pretext()));
-                }
-                let scratch = tempfile_dir("pretext-bench")?;
-                println!(
-                    "\n| task | backbone | width | batch (images) | inputs/image | train images/s | pipeline images/s | pipeline ÷ train | peak MiB |"
-                );
-                println!("|---|---|---|---|---|---|---|---|---|");
-                for task in kinds {
-                    let a = PretrainSpec {
-                        data: Some(data.clone()),
-                        width: Some(task_width),
-                        task: task.name().to_string(),
-                        batch_size: batch,
-                        // Enough images for every timed batch in one epoch.
-                        train_images: Some(batch * (4 * steps + 4).max(20)),
-                        ..PretrainSpec::default()
-                    };
-                    let r = crate::bench::measure_task(
-                        &a,
-                        steps + 2,
-                        (4 * steps).max(20) + 2,
-                        &cache,
-                        &dev,
-                        &scratch,
-                    )?;
-                    println!(
-                        "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1}× | {} |",
-                        r.task,
-                        r.backbone,
-                        r.width,
-                        r.batch,
-                        r.inputs_per_image,
-                        r.train_images_per_s,
-                        r.pipeline_images_per_s,
-                        r.pipeline_images_per_s / r.train_images_per_s.max(1e-9),
-                        mib(r.peak_mib)
-                    );
-                }
-                let _ = std::fs::remove_dir_all(&scratch);
-            }
-            Ok(())
-        }
+        } => crate::commands::bench::run(
+            &crate::commands::bench::BenchOptions {
+                batch,
+                warmup,
+                steps,
+                backbones: backbone,
+                data,
+                tasks,
+                task_width,
+                tasks_only,
+            },
+            &cache,
+            &dev,
+        ),
         Command::JigsawPerms {
             size,
             selection,
@@ -678,12 +614,11 @@ pub fn main_with(cli: Cli) -> Result<()> {
             images,
             out,
         } => {
-            let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&run)?;
             let cache = cli.common.cache_for_run(&rc);
             let data = data.unwrap_or(rc.data);
             let split = data::Split::from_name(&split)?;
-            let req = crate::embed::EmbedRequest {
+            let req = crate::commands::embed::EmbedRequest {
                 run: &run,
                 data: &data,
                 split,
@@ -692,7 +627,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 images,
                 out: &out,
             };
-            let info = crate::embed::embed(&req, &cache, &dev, progress)?;
+            let info = crate::commands::embed::embed(&req, &cache, &dev, progress)?;
             println!(
                 "{} ({} at {}, pooled {}×{}) written to {} with its file list {}",
                 info.method,
@@ -701,7 +636,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 info.pool_grid,
                 info.pool_grid,
                 out.display(),
-                crate::embed::file_list_path(&out).display()
+                crate::commands::embed::file_list_path(&out).display()
             );
             Ok(())
         }
@@ -714,8 +649,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
             if k == 0 {
                 bail!("--k must be at least 1");
             }
-            let dev = crate::device::parse(&cli.common.device)?;
-            let hits = crate::embed::search(&index, &query, k, &out, &cache, &dev)?;
+            let hits = crate::commands::embed::search(&index, &query, k, &out, &cache, &dev)?;
             println!("| rank | similarity | class | image |\n|---|---|---|---|");
             for (r, h) in hits.iter().enumerate() {
                 println!(
@@ -730,9 +664,8 @@ pub fn main_with(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Study(a) => {
-            let dev = crate::device::parse(&cli.common.device)?;
             let cfg = if a.resume {
-                crate::study::Study::load_config(&a.out)?
+                crate::commands::study::Study::load_config(&a.out)?
             } else {
                 a.spec().resolve(&cache)?
             };
@@ -741,7 +674,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 holdout: cfg.holdout,
                 ..cache
             };
-            let study = crate::study::Study {
+            let study = crate::commands::study::Study {
                 out: &a.out,
                 cfg,
                 cache: &cache,
@@ -756,12 +689,9 @@ pub fn main_with(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Pretrain(a) => {
-            let dev = crate::device::parse(&cli.common.device)?;
-            pretrain(&a, &cache, &dev, progress).map(|_| ())
-        }
+        Command::Pretrain(a) => pretrain(&a, &cache, &dev, progress).map(|_| ()),
         Command::Report { runs, out } => {
-            let c = crate::eval::report::gather(&runs)?;
+            let c = crate::report::gather(&runs)?;
             c.write(&out)?;
             println!("{}", c.markdown());
             println!(
@@ -771,7 +701,6 @@ pub fn main_with(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Finetune(a) => {
-            let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&a.run)?;
             let cache = cli.common.cache_for_run(&rc);
             let data = a.data.clone().unwrap_or(rc.data);
@@ -792,11 +721,9 @@ pub fn main_with(cli: Cli) -> Result<()> {
         }
         Command::TrainSupervised(mut a) => {
             a.task = "supervised".into();
-            let dev = crate::device::parse(&cli.common.device)?;
             pretrain(&a, &cache, &dev, progress).map(|_| ())
         }
         Command::Eval(a) => {
-            let dev = crate::device::parse(&cli.common.device)?;
             let rc = RunConfig::load(&a.run)?;
             let cache = cli.common.cache_for_run(&rc);
             let data = a.data.clone().unwrap_or(rc.data);
@@ -816,7 +743,6 @@ pub fn main_with(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(a) => {
-            let dev = crate::device::parse(&cli.common.device)?;
             let cfg = EvalSpec {
                 train_images: a.eval_train_images,
                 test_images: a.eval_test_images,
@@ -893,77 +819,21 @@ fn pretrain(
     Ok(rc)
 }
 
-fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
-    let format = data::detect_format(path)?;
-    println!("{}: {:?}", path.display(), format);
-    let splits: Vec<data::Split> = match format {
-        data::Format::Folder => {
-            if data::folder::has_split_folders(path) {
-                [data::Split::Train, data::Split::Test]
-                    .into_iter()
-                    .filter(|s| path.join(s.name()).is_dir())
-                    .collect()
-            } else if std::fs::read_dir(path)?
-                .filter_map(|e| e.ok())
-                .any(|e| e.path().is_dir())
-            {
-                // Class folders: a test split is held out of each class.
-                vec![data::Split::Train, data::Split::Test]
-            } else {
-                vec![data::Split::Unlabeled]
-            }
-        }
-        data::Format::Stl10 => [
-            data::Split::Train,
-            data::Split::Test,
-            data::Split::Unlabeled,
-        ]
-        .into_iter()
-        .filter(|s| path.join(format!("{}_X.bin", s.name())).is_file())
-        .collect(),
-        // The splits whose files are there (a missing file of a present split is named
-        // when it is read).
-        data::Format::Cifar10 => [
-            (data::Split::Train, "data_batch_1.bin"),
-            (data::Split::Test, "test_batch.bin"),
-        ]
-        .into_iter()
-        .filter(|(_, f)| path.join(f).is_file())
-        .map(|(s, _)| s)
-        .collect(),
-        data::Format::Cifar100 => [data::Split::Train, data::Split::Test]
-            .into_iter()
-            .filter(|s| path.join(format!("{}.bin", s.name())).is_file())
-            .collect(),
-    };
-    for split in splits {
-        let set = data::open(path, split, cache)?;
-        let h = &set.header;
-        println!(
-            "  {}: {} images, {}×{}×{}, {}",
-            split.name(),
-            h.n,
-            h.w,
-            h.h,
-            h.c,
-            if set.is_labelled() {
-                format!("{} classes", h.classes.len())
-            } else {
-                "unlabeled".into()
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_flag_spellings_still_parse() {
+        let cli = Cli::try_parse_from(["pretext", "pretrain", "--colour-target", "lab"]).unwrap();
+        let Command::Pretrain(a) = cli.command else {
+            panic!("a pretrain command")
+        };
+        assert_eq!(a.color_target, Some(ColorTarget::Lab));
+        let settings = a.spec().unwrap().task_settings;
+        assert_eq!(
+            settings,
+            vec![("target".to_string(), toml::Value::String("lab".into()))]
         );
-        if let Some(held) = h.holdout {
-            println!("    (no train/ and test/ folders: {held}; --test-fraction, --split-seed)");
-        }
-        for (name, count) in h.classes.iter().zip(set.class_counts()) {
-            println!("    {name:<16} {count}");
-        }
-        if let Some(s) = h.skipped_summary() {
-            println!("    {s}");
-        }
-        if let Some(p) = &set.cache_path {
-            println!("    cache: {}", p.display());
-        }
     }
-    Ok(())
 }

@@ -118,7 +118,7 @@ impl PretrainSpec {
         }
         let mut task_cfg = task.normalize(&task_cfg)?;
         task.prepare(&mut task_cfg, &set, &data_root)?;
-        // Fine-tuning starts from another run: its network, input and normalisation.
+        // Fine-tuning starts from another run: its network, input and normalization.
         let from = task
             .init_from(&task_cfg)?
             .map(|p| RunConfig::load(&p))
@@ -279,7 +279,7 @@ pub struct StudySpec {
 }
 
 impl StudySpec {
-    pub fn resolve(&self, cache: &CacheOptions) -> Result<crate::study::StudyConfig> {
+    pub fn resolve(&self, cache: &CacheOptions) -> Result<crate::commands::study::StudyConfig> {
         let Some(data) = self.data.clone() else {
             bail!("--data is required to start a study (or pass --resume to continue one)");
         };
@@ -303,11 +303,11 @@ impl StudySpec {
             ..Default::default()
         };
         finetune.optim.lr = 0.01;
-        Ok(crate::study::StudyConfig {
+        Ok(crate::commands::study::StudyConfig {
             data,
             tasks,
             supervised: self.supervised,
-            budget_seconds: crate::study::parse_budget(&self.budget)?,
+            budget_seconds: crate::commands::study::parse_budget(&self.budget)?,
             max_epochs: self.max_epochs,
             backbone: self.backbone,
             width: self.width,
@@ -509,5 +509,56 @@ mod tests {
         );
         assert_eq!((study.eval.probe.epochs, study.eval.seed), (4, 2));
         assert_eq!(study.holdout, cache.holdout);
+    }
+}
+
+#[cfg(test)]
+mod spelling {
+    use super::*;
+
+    /// Task files written before the American spelling (`greyscale`, `colour`) still read,
+    /// and mean what they meant.
+    #[test]
+    fn old_spellings_of_task_settings_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..4u8 {
+            image::RgbImage::from_fn(48, 48, |x, y| image::Rgb([x as u8, y as u8, i * 60]))
+                .save(dir.path().join(format!("{i}.png")))
+                .unwrap();
+        }
+        let cache = CacheOptions {
+            dir: None,
+            progress: false,
+            ..CacheOptions::default()
+        };
+        for (task, new, old, value) in [
+            ("jigsaw", "grayscale", "greyscale", "0.25"),
+            ("relative-position", "color", "colour", "\"keep\""),
+        ] {
+            let t = tasks::get(task).unwrap();
+            let mut cfg = t.defaults(48);
+            cfg.set(
+                new,
+                toml::from_str::<toml::Table>(&format!("v = {value}")).unwrap()["v"].clone(),
+            );
+            #[derive(serde::Serialize)]
+            struct File<'a> {
+                task: &'a TaskConfig,
+            }
+            let text = toml::to_string(&File { task: &cfg })
+                .unwrap()
+                .replace(&format!("{new} ="), &format!("{old} ="));
+            assert!(text.contains(old), "{text}");
+            let file = dir.path().join(format!("{task}.toml"));
+            std::fs::write(&file, text).unwrap();
+            let rc = PretrainSpec {
+                data: Some(dir.path().to_path_buf()),
+                task_config: Some(file),
+                ..PretrainSpec::default()
+            }
+            .resolve(&cache)
+            .unwrap();
+            assert_eq!(rc.task, cfg, "{task}");
+        }
     }
 }

@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentConfig, Normalize};
 use crate::data::{self, CacheOptions, Holdout, ImageSet, Split};
-use crate::fsutil;
 use crate::models::{Backbone, BackboneConfig};
 use crate::tasks::{PretextTask, Task, TaskConfig};
 use crate::train::TrainConfig;
 use crate::train::checkpoint;
 use crate::train::trainer::{Learner, Timing, TrainOutcome, Trainer};
+use crate::util::fsutil;
 
 pub use crate::data::lab::InputTransform;
 
@@ -168,7 +168,7 @@ impl Pretrain<'_> {
                 .with_context(|| format!("creating {}", self.run.display()))?;
             cfg.save(self.run)?;
         }
-        let train_dev = crate::device::training(self.device);
+        let train_dev = crate::util::device::training(self.device);
         train_dev.seed(cfg.train.seed);
         let job = Job {
             run: self.run,
@@ -292,7 +292,7 @@ fn preview_picks(indices: &[usize]) -> Vec<usize> {
 
 /// The backbone of a run, on `dev` as it is (call `.valid()` for inference): from its latest
 /// checkpoint — its backbone's entries alone, no head is built — or, with `random_init`,
-/// as the task's network initialises it (seeded by the caller's device seed). Returns it
+/// as the task's network initializes it (seeded by the caller's device seed). Returns it
 /// with the checkpoint's epoch.
 pub fn load_backbone(
     cfg: &RunConfig,
@@ -318,7 +318,7 @@ pub fn load_backbone(
     Ok((backbone, state.epoch))
 }
 
-/// Normalisation statistics of a split as the network sees it (from up to 10k images).
+/// Normalization statistics of a split as the network sees it (from up to 10k images).
 pub fn normalize_for(set: &ImageSet, input: InputTransform) -> Normalize {
     match input {
         InputTransform::Rgb => {

@@ -164,8 +164,8 @@ fn rejected_task(data: &Path, task_toml: &str) -> String {
 }
 
 const JIGSAW: &str = "[task]\nname = \"jigsaw\"\npermutations = 10\nselection = \"max\"\n\
-    permutation_seed = 0\ngreyscale = 0.3\nchannel_jitter = 1\ntile_features = 8\nhidden = 8\n";
-const RELPOS: &str = "[task]\nname = \"relative-position\"\ncolour = \"drop\"\ndown_up = 0.3\n\
+    permutation_seed = 0\ngrayscale = 0.3\nchannel_jitter = 1\ntile_features = 8\nhidden = 8\n";
+const RELPOS: &str = "[task]\nname = \"relative-position\"\ncolor = \"drop\"\ndown_up = 0.3\n\
     down_side = 2\npatch_features = 8\nhidden = 8\njitter = 1\n";
 
 #[test]

@@ -395,7 +395,7 @@ fn a_failing_loader_stops_the_run_with_its_error_and_keeps_nothing_of_the_epoch(
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     fs::create_dir_all(&run).unwrap();
-    let dev = pretext::device::training(&Device::flex());
+    let dev = pretext::util::device::training(&Device::flex());
     let mut backbone = pretext::models::BackboneConfig::new(pretext::models::Arch::Nin, 8);
     backbone.width = 8;
     let model = pretext::models::head::ClassifierNet::new(&backbone, 2, &dev);

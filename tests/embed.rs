@@ -8,8 +8,8 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
+use pretext::commands::embed::{EmbedRequest, embed, read, search};
 use pretext::data::Split;
-use pretext::embed::{EmbedRequest, embed, read, search};
 use pretext::eval::evaluate_run;
 use pretext::eval::finetune::{FinetuneConfig, finetune_run};
 use pretext::run::{Pretrain, open_split, subset_indices};
@@ -104,7 +104,7 @@ fn embeddings_read_back_and_an_indexed_image_finds_itself_first() {
         Some(test.header.classes[labels[idx[row]] as usize].as_str())
     );
     let png = image::open(&sheet).unwrap();
-    assert!(png.width() > 6 * 96, "query + 5 neighbours side by side");
+    assert!(png.width() > 6 * 96, "query + 5 neighbors side by side");
 
     // A safetensors file that is not an embedding file is refused by name.
     let other = tmp.path().join("other.safetensors");
@@ -129,7 +129,7 @@ fn data_of_another_image_size_is_refused_saying_what_differs() {
     let run = tmp.path().join("run");
     small_run(&run, &cache);
     let dev = Device::flex();
-    // Smaller, and larger (which a centre crop would otherwise measure silently at
+    // Smaller, and larger (which a center crop would otherwise measure silently at
     // another scale). Folder images are always decoded to RGB, so a channel mismatch cannot
     // be built from files; the same check covers it.
     for (name, side, want) in [

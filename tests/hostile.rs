@@ -37,7 +37,7 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend(crc32(&body).to_be_bytes());
 }
 
-/// A PNG by hand: `width × height`, bit depth 8, colour type `color`, optional palette,
+/// A PNG by hand: `width × height`, bit depth 8, color type `color`, optional palette,
 /// the given (unfiltered) scanlines zlib-compressed.
 fn png(width: u32, height: u32, color: u8, plte: Option<&[u8]>, rows: &[u8]) -> Vec<u8> {
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
@@ -87,7 +87,7 @@ fn flip_bits(mut b: Vec<u8>) -> Vec<u8> {
 fn images() -> Vec<(&'static str, OsString, Vec<u8>, bool)> {
     let good_png = rgb_png(32, 1);
     let good_jpg = rgb_jpeg(32);
-    let grey16 = {
+    let gray16 = {
         let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(32, 32, |x, y| {
             image::Luma([(x * 2000 + y) as u16])
         });
@@ -95,7 +95,7 @@ fn images() -> Vec<(&'static str, OsString, Vec<u8>, bool)> {
         img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
         buf.into_inner()
     };
-    let grey8 = png(32, 32, 0, None, &[0u8; 33 * 32]);
+    let gray8 = png(32, 32, 0, None, &[0u8; 33 * 32]);
     let rgba = png(
         32,
         32,
@@ -150,8 +150,8 @@ fn images() -> Vec<(&'static str, OsString, Vec<u8>, bool)> {
             false,
         ),
         ("60000x60000 PNG header", os("huge.png"), huge, false),
-        ("16-bit greyscale PNG", os("grey16.png"), grey16, true),
-        ("8-bit greyscale PNG", os("grey8.png"), grey8, true),
+        ("16-bit grayscale PNG", os("gray16.png"), gray16, true),
+        ("8-bit grayscale PNG", os("gray8.png"), gray8, true),
         ("RGBA PNG", os("rgba.png"), rgba, true),
         ("palette PNG", os("palette.png"), palette, true),
         (

@@ -6,9 +6,9 @@ use std::path::Path;
 use pretext::eval::cluster::ClusterScores;
 use pretext::eval::knn::KnnResult;
 use pretext::eval::linear::ProbeResult;
-use pretext::eval::report::{Comparison, gather};
 use pretext::eval::{EvalConfig, EvalReport, LayerRow};
 use pretext::models::{Arch, BackboneConfig};
+use pretext::report::{Comparison, gather};
 
 fn eval(method: &str, tops: &[f64]) -> EvalReport {
     EvalReport {

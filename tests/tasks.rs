@@ -120,7 +120,7 @@ fn jigsaw_learns_to_name_permutations() {
 }
 
 #[test]
-fn relative_position_learns_the_eight_neighbours() {
+fn relative_position_learns_the_eight_neighbors() {
     let r = pretrain("relative-position", |a| {
         a.train_images = Some(10_000);
         a.epochs = 6;
@@ -143,8 +143,8 @@ fn context_encoder_fills_holes_better_than_the_mean() {
         a.batch_size = 32;
     });
     let icfg = &r.cfg.task.typed::<InpaintingConfig>().unwrap();
-    // Baseline: the hole left at its fill (the data set mean, 0 after normalisation), so
-    // its error is the mean square of the normalised target over the hole.
+    // Baseline: the hole left at its fill (the data set mean, 0 after normalization), so
+    // its error is the mean square of the normalized target over the hole.
     let task = pretext::tasks::Inpainting::new(
         icfg.clone(),
         r.cfg.augment.clone(),
@@ -192,7 +192,7 @@ fn context_encoder_fills_holes_better_than_the_mean() {
 }
 
 #[test]
-fn colorization_beats_the_colour_prior_and_evaluates_on_lightness() {
+fn colorization_beats_the_color_prior_and_evaluates_on_lightness() {
     let r = pretrain("colorization", |_| {});
     let ccfg = &r.cfg.task.typed::<ColorizationConfig>().unwrap();
     assert_eq!(r.cfg.input, pretext::run::InputTransform::Lightness);

@@ -1,5 +1,5 @@
 //! The standard augmentations (random crop with padding, horizontal flip) and per-channel
-//! normalisation, on HWC u8 sources into CHW f32 buffers.
+//! normalization, on HWC u8 sources into CHW f32 buffers.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ pub struct Normalize {
 }
 
 impl Normalize {
-    /// Normalise a CHW buffer in place.
+    /// Normalize a CHW buffer in place.
     pub fn apply(&self, chw: &mut [f32]) {
         let plane = chw.len() / self.mean.len();
         for (ch, p) in chw.chunks_exact_mut(plane).enumerate() {
@@ -64,9 +64,9 @@ impl AugmentConfig {
             flip: self.flip && rng.random_bool(0.5),
         }
     }
-    /// The deterministic centre crop used for evaluation. A crop larger than the padded
+    /// The deterministic center crop used for evaluation. A crop larger than the padded
     /// image starts at its corner (the rest is black) rather than underflowing.
-    pub fn centre(&self, h: usize, w: usize) -> Placement {
+    pub fn center(&self, h: usize, w: usize) -> Placement {
         Placement {
             oy: (h + 2 * self.pad).saturating_sub(self.crop) / 2,
             ox: (w + 2 * self.pad).saturating_sub(self.crop) / 2,
@@ -175,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn normalise_and_undo() {
+    fn normalize_and_undo() {
         let n = Normalize {
             mean: vec![0.5, 0.25],
             std: vec![0.5, 0.25],
@@ -201,7 +201,7 @@ mod tests {
             assert!(p.oy <= 8 && p.ox <= 8);
         }
         assert_eq!(
-            cfg.centre(32, 32),
+            cfg.center(32, 32),
             Placement {
                 oy: 4,
                 ox: 4,

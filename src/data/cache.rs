@@ -22,7 +22,7 @@ const MAGIC: &[u8; 8] = b"PRTXIMG1";
 pub struct CacheOptions {
     /// Folder for cache files; `None` keeps decoded images in memory only.
     pub dir: Option<PathBuf>,
-    /// Side length every folder image is brought to (shorter side resized, centre crop).
+    /// Side length every folder image is brought to (shorter side resized, center crop).
     /// `None`: the size of the first image found; images smaller than it are an error.
     pub image_size: Option<u32>,
     /// Skip (and count) images that cannot be decoded instead of stopping.

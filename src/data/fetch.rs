@@ -37,7 +37,8 @@ pub fn download(url: &str, dest: &Path, progress: bool) -> Result<String> {
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let bar = crate::progress::bar(len.unwrap_or(0), "downloading", progress && len.is_some());
+    let bar =
+        crate::util::progress::bar(len.unwrap_or(0), "downloading", progress && len.is_some());
     let part = dest.with_extension("part");
     let mut out =
         fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
@@ -96,7 +97,7 @@ pub fn unpack_cifar10(archive: &Path, out: &Path) -> Result<PathBuf> {
             && CIFAR10_FILES.contains(&name.as_str())
         {
             let target = dir.join(&name);
-            crate::fsutil::atomic_write(&target, |tmp| {
+            crate::util::fsutil::atomic_write(&target, |tmp| {
                 let mut w = fs::File::create(tmp)?;
                 std::io::copy(&mut entry, &mut w)?;
                 Ok(())

@@ -202,7 +202,7 @@ fn fingerprint(listing: &Listing, opts: &CacheOptions) -> Result<u64, DataError>
     cache::fingerprint_files(&listing.files, h)
 }
 
-/// Decode one file to `size × size` RGB: shorter side resized to `size`, centre crop.
+/// Decode one file to `size × size` RGB: shorter side resized to `size`, center crop.
 pub fn decode_file(path: &Path, size: Option<u32>) -> Result<image::RgbImage, DataError> {
     let corrupt = |reason: String| DataError::Corrupt {
         path: path.to_path_buf(),
@@ -286,7 +286,7 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
         }
     };
     let n = listing.files.len();
-    let bar = crate::progress::bar(
+    let bar = crate::util::progress::bar(
         n as u64,
         &format!("decoding {}", listing.root.display()),
         opts.progress,

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// D65 reference white (CIE 1931 2°), Y normalised to 1.
+/// D65 reference white (CIE 1931 2°), Y normalized to 1.
 const WHITE: [f64; 3] = [0.950_47, 1.0, 1.088_83];
 /// Linear sRGB → XYZ (IEC 61966-2-1).
 const M: [[f64; 3]; 3] = [
@@ -58,7 +58,7 @@ pub fn srgb_to_lab(rgb: [f64; 3]) -> [f64; 3] {
     [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)]
 }
 
-/// (L*, a*, b*) → sRGB (not clipped: out-of-gamut colours leave [0, 1]).
+/// (L*, a*, b*) → sRGB (not clipped: out-of-gamut colors leave [0, 1]).
 pub fn lab_to_srgb(lab: [f64; 3]) -> [f64; 3] {
     let fy = (lab[0] + 16.0) / 116.0;
     let fx = fy + lab[1] / 500.0;
@@ -149,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn reference_colours_match_published_lab_values() {
+    fn reference_colors_match_published_lab_values() {
         // Published CIE Lab (D65) of the sRGB primaries, white and black (e.g. Bruce
         // Lindbloom's calculator, 2 decimals).
         let cases = [
@@ -164,7 +164,7 @@ mod tests {
             assert!(close(got, lab, 0.01), "{rgb:?}: {got:?} vs {lab:?}");
             assert!((lightness(rgb) - lab[0]).abs() < 0.01);
         }
-        // Mid grey 50% sRGB: L* 53.39, no chroma.
+        // Mid gray 50% sRGB: L* 53.39, no chroma.
         let g = srgb_to_lab([0.5, 0.5, 0.5]);
         assert!(
             (g[0] - 53.39).abs() < 0.01 && g[1].abs() < 1e-4 && g[2].abs() < 1e-4,

@@ -1,9 +1,9 @@
 //! Clustering quality of embeddings: seeded k-means (k-means++ seeding, several restarts,
 //! the lowest inertia kept) with k = number of classes, scored against the labels by NMI
-//! (arithmetic-mean normalisation, scikit-learn's default), ARI and purity.
+//! (arithmetic-mean normalization, scikit-learn's default), ARI and purity.
 //!
 //! Distances come from matrix products on the device, like kNN's: ‖x − c‖² = ‖x‖² − 2x·c +
-//! ‖c‖², one `n × k` product per Lloyd step. The centre update runs on the host.
+//! ‖c‖², one `n × k` product per Lloyd step. The center update runs on the host.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -33,7 +33,7 @@ impl Default for KMeansConfig {
     }
 }
 
-/// A clustering: the cluster of every row and the sum of squared distances to the centres.
+/// A clustering: the cluster of every row and the sum of squared distances to the centers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KMeans {
     pub assign: Vec<usize>,
@@ -41,17 +41,17 @@ pub struct KMeans {
     pub iterations: usize,
 }
 
-/// Squared distances of every row of `x` (`n × d`, with squared norms `xn`) to `centres`,
-/// minimised over centres: (index, distance) per row.
+/// Squared distances of every row of `x` (`n × d`, with squared norms `xn`) to `centers`,
+/// minimised over centers: (index, distance) per row.
 fn nearest(
     x: &Tensor<2>,
     xn: &Tensor<1>,
-    centres: &[f32],
+    centers: &[f32],
     k: usize,
     dev: &Device,
 ) -> (Vec<usize>, Vec<f32>) {
     let [n, d] = x.dims();
-    let c = Tensor::<2>::from_data(TensorData::new(centres.to_vec(), [k, d]), dev);
+    let c = Tensor::<2>::from_data(TensorData::new(centers.to_vec(), [k, d]), dev);
     let cn = c.clone().powi_scalar(2).sum_dim(1).reshape([1, k]);
     let dist = x.clone().matmul(c.transpose()) * -2.0 + cn + xn.clone().reshape([n, 1]);
     let idx: Tensor<2, Int> = dist.clone().argmin(1);
@@ -68,9 +68,9 @@ fn nearest(
     )
 }
 
-/// k-means++ seeding: each next centre drawn with probability ∝ squared distance to the
-/// nearest centre chosen so far.
-fn seed_centres(
+/// k-means++ seeding: each next center drawn with probability ∝ squared distance to the
+/// nearest center chosen so far.
+fn seed_centers(
     data: &[f32],
     d: usize,
     k: usize,
@@ -80,10 +80,10 @@ fn seed_centres(
     dev: &Device,
 ) -> Vec<f32> {
     let n = data.len() / d;
-    let mut centres = Vec::with_capacity(k * d);
+    let mut centers = Vec::with_capacity(k * d);
     let first = rng.random_range(0..n);
-    centres.extend_from_slice(&data[first * d..(first + 1) * d]);
-    let (_, mut best) = nearest(x, xn, &centres, 1, dev);
+    centers.extend_from_slice(&data[first * d..(first + 1) * d]);
+    let (_, mut best) = nearest(x, xn, &centers, 1, dev);
     for _ in 1..k {
         let total: f64 = best.iter().map(|&v| v as f64).sum();
         let pick = if total <= 0.0 {
@@ -101,13 +101,13 @@ fn seed_centres(
             chosen
         };
         let c = &data[pick * d..(pick + 1) * d];
-        centres.extend_from_slice(c);
+        centers.extend_from_slice(c);
         let (_, to_new) = nearest(x, xn, c, 1, dev);
         for (b, t) in best.iter_mut().zip(to_new) {
             *b = b.min(t);
         }
     }
-    centres
+    centers
 }
 
 /// Cluster the rows of `data` (`n × d`, row-major) into `k` groups.
@@ -128,7 +128,7 @@ pub fn kmeans(
     let mut best: Option<KMeans> = None;
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (restart as u64).wrapping_mul(0x9E37));
-        let mut centres = seed_centres(data, d, k, &x, &xn, &mut rng, dev);
+        let mut centers = seed_centers(data, d, k, &x, &xn, &mut rng, dev);
         let mut prev = f64::INFINITY;
         let mut result = KMeans {
             assign: vec![],
@@ -136,7 +136,7 @@ pub fn kmeans(
             iterations: 0,
         };
         for it in 0..cfg.max_iters.max(1) {
-            let (assign, dist) = nearest(&x, &xn, &centres, k, dev);
+            let (assign, dist) = nearest(&x, &xn, &centers, k, dev);
             let inertia: f64 = dist.iter().map(|&v| v as f64).sum();
             result = KMeans {
                 assign: assign.clone(),
@@ -149,8 +149,8 @@ pub fn kmeans(
                 break;
             }
             prev = inertia;
-            // New centres: the means of their members (one k × n by n × d product on the
-            // device); an emptied cluster takes the point farthest from its centre (as
+            // New centers: the means of their members (one k × n by n × d product on the
+            // device); an emptied cluster takes the point farthest from its center (as
             // scikit-learn relocates empty clusters).
             let mut counts = vec![0usize; k];
             let mut onehot = vec![0f32; k * n];
@@ -167,7 +167,7 @@ pub fn kmeans(
             far.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]).then(a.cmp(&b)));
             let mut next_far = far.into_iter();
             for c in 0..k {
-                let dst = &mut centres[c * d..(c + 1) * d];
+                let dst = &mut centers[c * d..(c + 1) * d];
                 if counts[c] == 0 {
                     let p = next_far.next().unwrap_or(0);
                     dst.copy_from_slice(&data[p * d..(p + 1) * d]);
@@ -205,7 +205,7 @@ fn entropy(counts: impl Iterator<Item = u64>, n: f64) -> f64 {
         .sum()
 }
 
-/// Normalised mutual information, MI / mean(H(clusters), H(classes)).
+/// Normalized mutual information, MI / mean(H(clusters), H(classes)).
 pub fn nmi(t: &[Vec<u64>]) -> f64 {
     let n: f64 = t.iter().flatten().sum::<u64>() as f64;
     let rows: Vec<u64> = t.iter().map(|r| r.iter().sum()).collect();
@@ -271,7 +271,7 @@ pub struct ClusterScores {
     pub inertia: f64,
 }
 
-/// k-means with k = `classes` on L2-normalised rows, scored against `labels`.
+/// k-means with k = `classes` on L2-normalized rows, scored against `labels`.
 pub fn evaluate(
     data: &[f32],
     d: usize,
@@ -339,11 +339,11 @@ mod tests {
     #[test]
     fn kmeans_separates_well_separated_blobs_and_is_seeded() {
         // Three tight blobs in 2-D, 20 points each.
-        let centres = [(0.0f32, 0.0f32), (10.0, 0.0), (0.0, 10.0)];
+        let centers = [(0.0f32, 0.0f32), (10.0, 0.0), (0.0, 10.0)];
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut data = vec![];
         let mut labels = vec![];
-        for (c, &(x, y)) in centres.iter().enumerate() {
+        for (c, &(x, y)) in centers.iter().enumerate() {
             for _ in 0..20 {
                 data.push(x + rng.random::<f32>() * 0.5);
                 data.push(y + rng.random::<f32>() * 0.5);
@@ -381,19 +381,19 @@ mod reference {
         }
     }
 
-    /// `per × k` points in `d` dimensions around `k` uniform centres in [-1, 1]^d, noise
+    /// `per × k` points in `d` dimensions around `k` uniform centers in [-1, 1]^d, noise
     /// = spread × (sum of 3 uniforms − 1.5) per coordinate, point i in cluster i mod k,
-    /// then L2-normalised as `eval` normalises features.
+    /// then L2-normalized as `eval` normalizes features.
     fn blobs(k: usize, d: usize, per: usize, spread: f64) -> (Vec<f32>, Vec<u16>) {
         let mut r = SplitMix(7);
-        let centres: Vec<Vec<f64>> = (0..k)
+        let centers: Vec<Vec<f64>> = (0..k)
             .map(|_| (0..d).map(|_| 2.0 * r.unif() - 1.0).collect())
             .collect();
         let (mut x, mut y) = (vec![], vec![]);
         for i in 0..per * k {
             let c = i % k;
             let row: Vec<f64> = (0..d)
-                .map(|j| centres[c][j] + spread * (r.unif() + r.unif() + r.unif() - 1.5))
+                .map(|j| centers[c][j] + spread * (r.unif() + r.unif() + r.unif() - 1.5))
                 .collect();
             let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
             x.extend(row.iter().map(|v| (v / norm) as f32));

@@ -32,7 +32,7 @@ impl Features {
     }
 }
 
-/// The evaluation view of an image: the deterministic centre crop, normalised.
+/// The evaluation view of an image: the deterministic center crop, normalized.
 pub struct EvalView {
     pub augment: AugmentConfig,
     /// What the backbone was trained on (RGB, or L only).
@@ -42,7 +42,7 @@ pub struct EvalView {
 
 impl EvalView {
     /// The view a run's checkpoint is evaluated with: its crop, input transform and
-    /// normalisation, no flip.
+    /// normalization, no flip.
     pub fn for_run(rc: &crate::run::RunConfig) -> Self {
         Self::new(
             rc.augment.crop,
@@ -52,10 +52,10 @@ impl EvalView {
         )
     }
 
-    /// The centre `crop` of `image_size`-px images; no padding, unless the crop is larger
+    /// The center `crop` of `image_size`-px images; no padding, unless the crop is larger
     /// than the images (training allows up to the image plus its padding): then just
-    /// enough black border that the crop is centred on the image, as training saw it on
-    /// average. (Without it the centre offset underflowed and every input was black.)
+    /// enough black border that the crop is centered on the image, as training saw it on
+    /// average. (Without it the center offset underflowed and every input was black.)
     pub fn new(crop: usize, image_size: usize, input: InputTransform, norm: Normalize) -> Self {
         Self {
             augment: AugmentConfig {
@@ -78,7 +78,7 @@ impl SampleMaker for EvalView {
     }
     fn make(&self, set: &ImageSet, index: usize, _rng: &mut ChaCha8Rng, out: SampleOut<'_>) {
         let h = &set.header;
-        let at = self.augment.centre(h.h, h.w);
+        let at = self.augment.center(h.h, h.w);
         let s = self.augment.crop;
         let mut rgb = vec![0.0; h.c * s * s];
         crop_image(set, index, &self.augment, at, &mut rgb);
@@ -135,7 +135,7 @@ pub fn extract_taps(
     };
     let indices: Vec<usize> = (0..n).collect();
     let rx = loader::epoch(set.clone(), view, &indices, &cfg, 0);
-    let bar = crate::progress::bar(
+    let bar = crate::util::progress::bar(
         n as u64,
         &format!("features {}", progress.unwrap_or_default()),
         progress.is_some(),
@@ -201,7 +201,7 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn a_crop_larger_than_the_image_is_centred_with_a_black_border() {
+    fn a_crop_larger_than_the_image_is_centered_with_a_black_border() {
         // One 2×2 image (values 1..4 in every channel), evaluated with a 4×4 crop: a 1-px
         // black border around the image, worked out by hand.
         let px: Vec<u8> = [1u8, 2, 3, 4].iter().flat_map(|&v| [v; 3]).collect();
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(plane, want);
         assert_eq!(&x[16..32], &x[..16], "every channel");
         assert_eq!(t, vec![-1], "unlabelled");
-        // The usual case stays a plain centre crop without padding.
+        // The usual case stays a plain center crop without padding.
         let norm = Normalize {
             mean: vec![0.0; 3],
             std: vec![1.0; 3],

@@ -18,13 +18,13 @@ use super::metrics::top_k_accuracy;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{self, LoaderConfig};
 use crate::data::{CacheOptions, ImageSet, Split};
-use crate::fsutil;
 use crate::models::head::ClassifierNet;
 use crate::run::{Pretrain, RunConfig, subset_indices};
 use crate::tasks::{SupervisedConfig, TaskConfig};
 use crate::train::checkpoint;
 use crate::train::trainer::Classifier;
 use crate::train::{OptimConfig, Schedule, TrainConfig};
+use crate::util::fsutil;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneConfig {

@@ -1,4 +1,4 @@
-//! Weighted k-nearest-neighbour classification on L2-normalised features (Wu et al. 2018):
+//! Weighted k-nearest-neighbor classification on L2-normalized features (Wu et al. 2018):
 //! cosine similarity, the k most similar training images vote with weight exp(sim / T).
 //! Similarities come from blocked matrix products on the device.
 
@@ -21,18 +21,18 @@ pub struct KnnResult {
     pub top5: f64,
 }
 
-/// Class scores from one query's neighbours (`(similarity, label)`, most similar first).
-pub fn vote(neighbours: &[(f32, u16)], k: usize, t: f32, classes: usize) -> Vec<f32> {
+/// Class scores from one query's neighbors (`(similarity, label)`, most similar first).
+pub fn vote(neighbors: &[(f32, u16)], k: usize, t: f32, classes: usize) -> Vec<f32> {
     let mut scores = vec![0f32; classes];
-    for &(sim, label) in neighbours.iter().take(k) {
+    for &(sim, label) in neighbors.iter().take(k) {
         scores[label as usize] += (sim / t).exp();
     }
     scores
 }
 
-/// Neighbours (similarity, training index) of every query, most similar first, `kmax` each.
-/// Both matrices must already be L2-normalised, row-major with `d` columns.
-pub fn neighbours(
+/// Neighbors (similarity, training index) of every query, most similar first, `kmax` each.
+/// Both matrices must already be L2-normalized, row-major with `d` columns.
+pub fn neighbors(
     train: &[f32],
     test: &[f32],
     d: usize,
@@ -71,7 +71,7 @@ pub fn neighbours(
     out
 }
 
-/// kNN top-1/top-5 for each setting, from one neighbour search.
+/// kNN top-1/top-5 for each setting, from one neighbor search.
 pub fn evaluate(
     (train, train_labels): (&[f32], &[u16]),
     (test, test_labels): (&[f32], &[u16]),
@@ -81,7 +81,7 @@ pub fn evaluate(
     dev: &Device,
 ) -> Vec<KnnResult> {
     let kmax = settings.iter().map(|s| s.k).max().unwrap_or(1);
-    let nb = neighbours(train, test, d, kmax, dev);
+    let nb = neighbors(train, test, d, kmax, dev);
     settings
         .iter()
         .map(|s| {
@@ -109,9 +109,9 @@ mod tests {
 
     #[test]
     fn weighted_vote_by_hand() {
-        // Neighbours: two of class 0 at similarity 0.5, one of class 1 at 0.9.
+        // Neighbors: two of class 0 at similarity 0.5, one of class 1 at 0.9.
         let nb = [(0.9, 1u16), (0.5, 0), (0.5, 0)];
-        // k = 1: only the class-1 neighbour votes.
+        // k = 1: only the class-1 neighbor votes.
         let s = vote(&nb, 1, 1.0, 2);
         assert_eq!(s[0], 0.0);
         assert!((s[1] - 0.9f32.exp()).abs() < 1e-6);
@@ -119,7 +119,7 @@ mod tests {
         let s = vote(&nb, 3, 1.0, 2);
         assert!((s[0] - 2.0 * 0.5f32.exp()).abs() < 1e-5 && s[0] > s[1]);
         // k = 3, T = 0.1: class 1 gets e^9 = 8103 > 2·e^5 = 297: a low temperature trusts
-        // the nearest neighbour.
+        // the nearest neighbor.
         let s = vote(&nb, 3, 0.1, 2);
         assert!(s[1] > s[0]);
     }
@@ -132,7 +132,7 @@ mod tests {
         let labels = [0u16, 1, 2];
         let (c, s) = (0.1f32.cos(), 0.1f32.sin());
         let test = [c, s, -c, s];
-        let nb = neighbours(&train, &test, 2, 2, &dev);
+        let nb = neighbors(&train, &test, 2, 2, &dev);
         assert_eq!(nb[0][0].1, 0);
         assert_eq!(nb[0][1].1, 1);
         assert_eq!(nb[1][0].1, 2);

@@ -1,6 +1,6 @@
 //! The linear evaluation protocol: a frozen trunk, one linear classifier per tap on its
 //! pooled features, all taps' classifiers trained together in one pass over the cached
-//! features (one batch serves every tap). Features are standardised per dimension with
+//! features (one batch serves every tap). Features are standardized per dimension with
 //! the training set's statistics (the role of the BN some recipes put before the probe).
 
 use burn::module::Module;
@@ -99,7 +99,7 @@ fn gather(data: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
     out
 }
 
-/// Scores `[n × classes]` of every tap's probe on `feats` (already standardised).
+/// Scores `[n × classes]` of every tap's probe on `feats` (already standardized).
 fn scores(
     probes: &Probes,
     feats: &[Vec<f32>],
@@ -158,7 +158,7 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..train.n).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let nb = train.n.div_ceil(cfg.batch_size);
-    let bar = crate::progress::bar((cfg.epochs * nb) as u64, "linear probes", progress);
+    let bar = crate::util::progress::bar((cfg.epochs * nb) as u64, "linear probes", progress);
     for epoch in 0..cfg.epochs {
         order.shuffle(&mut rng);
         for (b, rows) in order.chunks(cfg.batch_size).enumerate() {
@@ -225,9 +225,9 @@ mod tests {
         }
     }
 
-    /// The test features are standardised with the training set's statistics, never their
+    /// The test features are standardized with the training set's statistics, never their
     /// own: a test set shifted by +10 along the separating axis falls entirely on one side
-    /// (50% on two balanced classes), where its own statistics would re-centre it (100%).
+    /// (50% on two balanced classes), where its own statistics would re-center it (100%).
     #[test]
     fn test_features_use_the_training_statistics() {
         let mut rows = vec![];

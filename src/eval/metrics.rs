@@ -1,7 +1,7 @@
 //! Accuracy from class scores.
 
 /// Rank of class `target` in `scores` (0 = best). Ties go to the lower class index, so a
-/// tie never counts in the target's favour by accident of ordering.
+/// tie never counts in the target's favor by accident of ordering.
 pub fn rank_of(scores: &[f32], target: usize) -> usize {
     let t = scores[target];
     scores

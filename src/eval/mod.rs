@@ -6,7 +6,6 @@ pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
-pub mod report;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -263,7 +262,7 @@ pub fn check_disjoint(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<
 }
 
 /// Evaluate a run's latest checkpoint (or, with `random_init`, the same network freshly
-/// initialised) on the labelled train/test splits of `data`.
+/// initialized) on the labelled train/test splits of `data`.
 pub fn evaluate_run(
     run: &Path,
     data: &Path,

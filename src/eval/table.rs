@@ -12,8 +12,8 @@ use super::cluster::ClusterScores;
 use super::knn::KnnResult;
 use super::linear::ProbeResult;
 use crate::data::lab::InputTransform;
-use crate::fsutil;
 use crate::models::BackboneConfig;
+use crate::util::fsutil;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerRow {
@@ -24,7 +24,7 @@ pub struct LayerRow {
     pub pool_grid: usize,
     pub linear: ProbeResult,
     pub knn: Vec<KnnResult>,
-    /// k-means (k = classes) on the test split's L2-normalised features.
+    /// k-means (k = classes) on the test split's L2-normalized features.
     #[serde(default)]
     pub cluster: Option<ClusterScores>,
 }
@@ -69,7 +69,7 @@ impl EvalReport {
         );
         let _ = writeln!(
             s,
-            "Frozen features, {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on average-pooled, standardised features, {} epochs, {:?} lr {} wd {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
+            "Frozen features, {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on average-pooled, standardized features, {} epochs, {:?} lr {} wd {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
             self.train_images,
             self.test_images,
             self.data,

@@ -1,6 +1,6 @@
 //! Larsson et al.'s hypercolumn colorizer: features of every tap, bilinearly sampled at a
 //! few pixel locations per image, concatenated and fed to a small MLP that predicts two
-//! colour histograms per pixel (hue and chroma, or a* and b*).
+//! color histograms per pixel (hue and chroma, or a* and b*).
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -34,7 +34,7 @@ pub fn bilinear_plan(
     for (k, &p) in positions.iter().enumerate() {
         let b = k / per_image;
         let (py, px) = ((p as usize) / side, (p as usize) % side);
-        // Pixel centres, as align_corners = false.
+        // Pixel centers, as align_corners = false.
         let fy = ((py as f32 + 0.5) * h as f32 / side as f32 - 0.5).clamp(0.0, (h - 1) as f32);
         let fx = ((px as f32 + 0.5) * w as f32 / side as f32 - 0.5).clamp(0.0, (w - 1) as f32);
         let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);

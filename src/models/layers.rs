@@ -25,7 +25,7 @@ impl ConvBnRelu {
     }
 }
 
-/// A bias-free convolution with He (fan-out) initialisation, as torchvision's ResNet and
+/// A bias-free convolution with He (fan-out) initialization, as torchvision's ResNet and
 /// RotNet's code use for conv layers followed by BN.
 pub fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, dev: &Device) -> Conv2d {
     Conv2dConfig::new([cin, cout], [k, k])

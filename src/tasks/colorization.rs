@@ -1,8 +1,8 @@
 //! Colorization with hypercolumns (Larsson, Maire & Shakhnarovich, ECCV 2016). The network
 //! sees lightness L* only; at ~128 random pixels per image the hypercolumn (features of
-//! every tap, bilinearly sampled there) predicts the pixel's colour as two 32-bin
+//! every tap, bilinearly sampled there) predicts the pixel's color as two 32-bin
 //! histograms: hue and chroma (hue's loss weighted by chroma, as hue is undefined for
-//! grey), or a* and b* (the Lab variant). Targets are the bins of the true colour.
+//! gray), or a* and b* (the Lab variant). Targets are the bins of the true color.
 
 use std::f64::consts::PI;
 use std::path::Path;
@@ -17,8 +17,8 @@ use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::{InputTransform, lab_to_srgb, srgb_to_lab};
 use crate::data::loader::Batch;
 use crate::data::loader::{SampleMaker, SampleOut, preview_indices};
+use crate::draw::preview::{self, Cell};
 use crate::models::hypercolumn::ColorNet;
-use crate::preview::{self, Cell};
 use crate::run::Job;
 use crate::train::TrainOutcome;
 use crate::train::trainer::{Learner, StepStats};
@@ -29,14 +29,14 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
-/// Largest chroma C* of an sRGB colour (pure blue, ≈ 133.8).
+/// Largest chroma C* of an sRGB color (pure blue, ≈ 133.8).
 pub const MAX_CHROMA: f64 = 134.0;
 /// a* and b* histograms span [-AB_RANGE, AB_RANGE) (sRGB reaches -86..98 and -108..95).
 pub const AB_RANGE: f64 = 110.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum ColourTarget {
+pub enum ColorTarget {
     /// Hue and chroma histograms (the paper's main model).
     HueChroma,
     /// a* and b* histograms (the paper's Lab variant).
@@ -45,7 +45,7 @@ pub enum ColourTarget {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColorizationConfig {
-    pub target: ColourTarget,
+    pub target: ColorTarget,
     /// Bins per histogram (paper: 32).
     pub bins: usize,
     /// Pixels sampled per image for training (paper: 128).
@@ -59,7 +59,7 @@ pub struct ColorizationConfig {
 impl Default for ColorizationConfig {
     fn default() -> Self {
         Self {
-            target: ColourTarget::HueChroma,
+            target: ColorTarget::HueChroma,
             bins: 32,
             pixels: 128,
             hidden: 1024,
@@ -68,12 +68,12 @@ impl Default for ColorizationConfig {
     }
 }
 
-/// The two target bins of a colour and the first one's loss weight.
+/// The two target bins of a color and the first one's loss weight.
 pub fn bins_of(lab: [f64; 3], cfg: &ColorizationConfig) -> (usize, usize, f32) {
     let k = cfg.bins as f64;
     let top = cfg.bins - 1;
     match cfg.target {
-        ColourTarget::HueChroma => {
+        ColorTarget::HueChroma => {
             let chroma = lab[1].hypot(lab[2]);
             let hue = lab[2].atan2(lab[1]).rem_euclid(2.0 * PI);
             let hb = ((hue / (2.0 * PI) * k) as usize).min(top);
@@ -81,23 +81,23 @@ pub fn bins_of(lab: [f64; 3], cfg: &ColorizationConfig) -> (usize, usize, f32) {
             let w = cfg.hue_weight * (chroma / MAX_CHROMA).min(1.0);
             (hb, cb, w as f32)
         }
-        ColourTarget::Lab => {
+        ColorTarget::Lab => {
             let bin = |v: f64| (((v + AB_RANGE) / (2.0 * AB_RANGE) * k).max(0.0) as usize).min(top);
             (bin(lab[1]), bin(lab[2]), 1.0)
         }
     }
 }
 
-/// The colour at the centres of two bins with lightness `l` (for previews).
-pub fn colour_of(l: f64, a_bin: f64, b_bin: f64, cfg: &ColorizationConfig) -> [f64; 3] {
+/// The color at the centers of two bins with lightness `l` (for previews).
+pub fn color_of(l: f64, a_bin: f64, b_bin: f64, cfg: &ColorizationConfig) -> [f64; 3] {
     let k = cfg.bins as f64;
     let lab = match cfg.target {
-        ColourTarget::HueChroma => {
+        ColorTarget::HueChroma => {
             let hue = (a_bin + 0.5) / k * 2.0 * PI;
             let chroma = (b_bin + 0.5) / k * MAX_CHROMA;
             [l, chroma * hue.cos(), chroma * hue.sin()]
         }
-        ColourTarget::Lab => {
+        ColorTarget::Lab => {
             let v = |b: f64| (b + 0.5) / k * 2.0 * AB_RANGE - AB_RANGE;
             [l, v(a_bin), v(b_bin)]
         }
@@ -186,7 +186,7 @@ impl PretextTask for Colorization {
     fn num_classes(&self) -> usize {
         2 * self.cfg.bins
     }
-    /// Rows: the L* input, the true colour, and the colour its target bins can express.
+    /// Rows: the L* input, the true color, and the color its target bins can express.
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let s = self.augment.crop;
@@ -201,7 +201,7 @@ impl PretextTask for Colorization {
                 for p in 0..plane {
                     let lab = Self::lab_at(&rgb, plane, p);
                     let (a, b, _) = bins_of(lab, &self.cfg);
-                    let c = colour_of(lab[0], a as f64, b as f64, &self.cfg);
+                    let c = color_of(lab[0], a as f64, b as f64, &self.cfg);
                     for ch in 0..3 {
                         binned[ch * plane + p] = c[ch] as f32;
                     }
@@ -217,9 +217,9 @@ impl PretextTask for Colorization {
     }
 }
 
-/// After training: for a few images, the L* input, the network's colours and the truth.
+/// After training: for a few images, the L* input, the network's colors and the truth.
 /// Every pixel's hypercolumn is classified; hue is the probability-weighted circular mean
-/// of the bin centres, chroma (or a*, b*) the expectation.
+/// of the bin centers, chroma (or a*, b*) the expectation.
 pub fn colorized_sheet(
     task: &Colorization,
     net: &ColorNet,
@@ -236,7 +236,7 @@ pub fn colorized_sheet(
     let mut x = vec![0f32; n * plane];
     for i in 0..n {
         let mut rgb = vec![0.0; h.c * plane];
-        let at = task.augment.centre(h.h, h.w);
+        let at = task.augment.center(h.h, h.w);
         crop_image(set, i, &task.augment, at, &mut rgb);
         InputTransform::Lightness.apply(&rgb, h.c, &mut x[i * plane..(i + 1) * plane]);
         rgbs.push(rgb);
@@ -266,7 +266,7 @@ pub fn colorized_sheet(
                         .sum::<f64>()
                 };
                 let first = match task.cfg.target {
-                    ColourTarget::HueChroma => {
+                    ColorTarget::HueChroma => {
                         let (mut sx, mut sy) = (0.0, 0.0);
                         for (j, &v) in qa.iter().enumerate() {
                             let ang = (j as f64 + 0.5) / k as f64 * 2.0 * PI;
@@ -275,10 +275,10 @@ pub fn colorized_sheet(
                         }
                         sy.atan2(sx).rem_euclid(2.0 * PI) / (2.0 * PI) * k as f64 - 0.5
                     }
-                    ColourTarget::Lab => expect(qa),
+                    ColorTarget::Lab => expect(qa),
                 };
                 let l = lights[r] as f64 * 100.0;
-                let c = colour_of(l, first, expect(qb), &task.cfg);
+                let c = color_of(l, first, expect(qb), &task.cfg);
                 for ch in 0..3 {
                     pred[ch * plane + p] = c[ch] as f32;
                 }
@@ -307,7 +307,7 @@ impl Task for ColorizationTask {
     fn normalize(&self, cfg: &TaskConfig) -> anyhow::Result<TaskConfig> {
         cfg.normalized::<ColorizationConfig>()
     }
-    /// The backbone sees L* only; no padding (the black border would be a colour target).
+    /// The backbone sees L* only; no padding (the black border would be a color target).
     fn training(&self) -> TrainingDefaults {
         TrainingDefaults {
             input: InputTransform::Lightness,
@@ -412,28 +412,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bins_of_reference_colours() {
+    fn bins_of_reference_colors() {
         let cfg = ColorizationConfig::default();
         // Pure red: L 53.24, a 80.09, b 67.20 → hue atan2(67.20, 80.09) = 39.99° → bin
         // floor(39.99/360·32) = 3; chroma 104.55 → bin floor(104.55/134·32) = 24.
         let (h, c, w) = bins_of(srgb_to_lab([1.0, 0.0, 0.0]), &cfg);
         assert_eq!((h, c), (3, 24));
         assert!((w - 5.0 * 104.55 / 134.0).abs() < 0.01, "{w}");
-        // Grey has no chroma: chroma bin 0 and no hue weight.
+        // Gray has no chroma: chroma bin 0 and no hue weight.
         let (_, c, w) = bins_of(srgb_to_lab([0.5, 0.5, 0.5]), &cfg);
         assert_eq!(c, 0);
         assert!(w.abs() < 1e-6);
         // Lab variant: a 80.09 → floor(190.09/220·32) = 27; b 67.20 → floor(177.2/220·32) = 25.
         let lab = ColorizationConfig {
-            target: ColourTarget::Lab,
+            target: ColorTarget::Lab,
             ..ColorizationConfig::default()
         };
         assert_eq!(bins_of(srgb_to_lab([1.0, 0.0, 0.0]), &lab), (27, 25, 1.0));
     }
 
     #[test]
-    fn bin_centres_round_trip_to_the_same_bins() {
-        for target in [ColourTarget::HueChroma, ColourTarget::Lab] {
+    fn bin_centers_round_trip_to_the_same_bins() {
+        for target in [ColorTarget::HueChroma, ColorTarget::Lab] {
             let cfg = ColorizationConfig {
                 target,
                 ..ColorizationConfig::default()
@@ -441,7 +441,7 @@ mod tests {
             for rgb in [[0.8, 0.3, 0.1], [0.1, 0.6, 0.9], [0.2, 0.7, 0.3]] {
                 let lab = srgb_to_lab(rgb);
                 let (a, b, _) = bins_of(lab, &cfg);
-                let back = colour_of(lab[0], a as f64, b as f64, &cfg);
+                let back = color_of(lab[0], a as f64, b as f64, &cfg);
                 let (a2, b2, _) = bins_of(srgb_to_lab(back), &cfg);
                 assert!(
                     a.abs_diff(a2) <= 1 && b.abs_diff(b2) <= 1,

@@ -1,5 +1,5 @@
 //! Context encoders (Pathak et al., CVPR 2016): fill in a masked part of the image. The hole
-//! is filled with the data set mean (0 after normalisation); the network predicts the image
+//! is filled with the data set mean (0 after normalization); the network predicts the image
 //! and is scored by L2 on the hole plus a band of visible context around it (weighted 10×,
 //! so the fill continues the border), and by a discriminator on the filled-in image
 //! (λ_rec 0.999, λ_adv 0.001). Random regions are the paper's choice for feature learning.
@@ -15,8 +15,8 @@ use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::loader::Batch;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::draw::preview::{self, Cell};
 use crate::models::context_encoder::ContextEncoder;
-use crate::preview::{self, Cell};
 use crate::run::{Job, RunConfig};
 use crate::train::trainer::{Learner, StepStats};
 use crate::train::{OptimConfig, OptimKind, Schedule, TrainOutcome};
@@ -28,7 +28,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum MaskKind {
-    /// A centred square of half the image side (paper: 64 of 128).
+    /// A centered square of half the image side (paper: 64 of 128).
     Central,
     /// Random squares until up to `max_area` of the image is covered.
     Blocks,
@@ -198,7 +198,7 @@ pub fn draw_mask(cfg: &InpaintingConfig, side: usize, rng: &mut impl Rng) -> Mas
     Mask::from_hole(hole, side, cfg.overlap, cfg.overlap_weight)
 }
 
-/// A network's prediction for `n` masked inputs (normalised, NCHW, flattened).
+/// A network's prediction for `n` masked inputs (normalized, NCHW, flattened).
 pub type Predict<'a> = dyn Fn(&[f32], usize) -> Vec<f32> + 'a;
 
 pub struct Inpainting {
@@ -252,7 +252,7 @@ impl SampleMaker for Inpainting {
         for ch in 0..self.channels {
             for (p, &hidden) in mask.hole.iter().enumerate() {
                 if hidden {
-                    // The data set mean is 0 after normalisation.
+                    // The data set mean is 0 after normalization.
                     out.inputs[ch * plane + p] = 0.0;
                 }
             }
@@ -271,7 +271,7 @@ impl PretextTask for Inpainting {
     fn num_classes(&self) -> usize {
         0
     }
-    /// Rows: the masked input, the L2 weight map (hole grey, band white), the original.
+    /// Rows: the masked input, the L2 weight map (hole gray, band white), the original.
     fn preview(&self, set: &ImageSet, path: &Path, seed: u64) -> anyhow::Result<()> {
         let rows = self.sample_rows(set, seed, None)?;
         preview::save(
@@ -282,7 +282,7 @@ impl PretextTask for Inpainting {
 }
 
 impl Inpainting {
-    /// Preview rows; with `predict`, a column of predictions (in normalised units) is added
+    /// Preview rows; with `predict`, a column of predictions (in normalized units) is added
     /// after the masked input.
     pub fn sample_rows(
         &self,
@@ -445,7 +445,7 @@ impl Learner for ContextEncoder {
         let n = batch.images;
         let plane = s * s;
         let img = c * plane;
-        // Normalisers from the host copy: no device read-back needed.
+        // Normalizers from the host copy: no device read-back needed.
         let (mut wsum, mut holes) = (0f64, 0f64);
         for a in batch.aux.chunks_exact(img + 2 * plane) {
             wsum += a[img..img + plane].iter().map(|&v| v as f64).sum::<f64>();

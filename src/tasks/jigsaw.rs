@@ -1,7 +1,7 @@
 //! Jigsaw puzzles (Noroozi & Favaro, ECCV 2016). A square crop is cut into a 3×3 grid of
-//! cells; one tile is taken at a random place inside each cell (so neighbouring tiles are
-//! separated by a random gap), each tile is normalised on its own, 30% of images are shown
-//! in greyscale and each colour channel of a tile is jittered by a pixel or two. The tiles
+//! cells; one tile is taken at a random place inside each cell (so neighboring tiles are
+//! separated by a random gap), each tile is normalized on its own, 30% of images are shown
+//! in grayscale and each color channel of a tile is jittered by a pixel or two. The tiles
 //! are shuffled by one permutation of a fixed set chosen for maximal Hamming distance, and
 //! the network (one shared trunk per tile, features concatenated) names the permutation.
 
@@ -16,8 +16,8 @@ use super::{Task, TaskConfig};
 use crate::data::ImageSet;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::draw::preview::{self, Cell};
 use crate::models::tiles::TileNet;
-use crate::preview::{self, Cell};
 use crate::run::{Job, RunConfig};
 use crate::train::TrainOutcome;
 
@@ -47,8 +47,9 @@ pub struct JigsawConfig {
     pub selection: Selection,
     /// Seed of the permutation set (the set is saved in the run as `permutations.json`).
     pub permutation_seed: u64,
-    /// Fraction of images shown in greyscale (paper: 0.3).
-    pub greyscale: f64,
+    /// Fraction of images shown in grayscale (paper: 0.3).
+    #[serde(alias = "greyscale")]
+    pub grayscale: f64,
     /// Per-channel jitter in pixels, each channel of a tile moved by up to ± this much
     /// (paper: 2 at 64 px tiles; default 1 below 32 px tiles so the countermeasure stays on).
     pub channel_jitter: usize,
@@ -69,7 +70,7 @@ impl JigsawConfig {
             permutations: 100,
             selection: Selection::Max,
             permutation_seed: 0,
-            greyscale: 0.3,
+            grayscale: 0.3,
             channel_jitter: if tile >= 32 {
                 (tile * 2).div_ceil(64)
             } else {
@@ -98,9 +99,9 @@ impl JigsawConfig {
             self.permutations
         );
         anyhow::ensure!(
-            (0.0..=1.0).contains(&self.greyscale),
-            "jigsaw greyscale fraction must be in [0, 1], got {}",
-            self.greyscale
+            (0.0..=1.0).contains(&self.grayscale),
+            "jigsaw grayscale fraction must be in [0, 1], got {}",
+            self.grayscale
         );
         Ok(())
     }
@@ -253,7 +254,7 @@ impl Jigsaw {
             return Ok(perms);
         }
         let perms = permutation_set(cfg.permutations, cfg.selection, cfg.permutation_seed);
-        crate::fsutil::write_bytes(
+        crate::util::fsutil::write_bytes(
             &run.join("permutations.json"),
             serde_json::to_string(&perms)?.as_bytes(),
         )?;
@@ -267,7 +268,7 @@ impl Jigsaw {
         let span = 3 * cell;
         let oy = rng.random_range(0..=h.h - span);
         let ox = rng.random_range(0..=h.w - span);
-        let grey = rng.random_bool(self.cfg.greyscale);
+        let gray = rng.random_bool(self.cfg.grayscale);
         let j = self.cfg.channel_jitter as i64;
         (0..9)
             .map(|k| {
@@ -292,10 +293,10 @@ impl Jigsaw {
                     &shift,
                     &mut t,
                 );
-                if grey {
-                    tiles::greyscale(&mut t, c);
+                if gray {
+                    tiles::grayscale(&mut t, c);
                 }
-                tiles::normalise_each_channel(&mut t, c);
+                tiles::normalize_each_channel(&mut t, c);
                 t
             })
             .collect()
@@ -494,12 +495,12 @@ mod tests {
 
     #[test]
     fn unshuffled_tiles_rebuild_the_crop_exactly() {
-        // Tiles as large as their cells, no jitter, no greyscale: the 9 tiles in cell order
-        // are the crop itself (up to each tile's own normalisation, checked separately).
+        // Tiles as large as their cells, no jitter, no grayscale: the 9 tiles in cell order
+        // are the crop itself (up to each tile's own normalization, checked separately).
         let mut cfg = JigsawConfig::for_image(12);
         cfg.tile = cfg.cell;
         cfg.channel_jitter = 0;
-        cfg.greyscale = 0.0;
+        cfg.grayscale = 0.0;
         let perms = permutation_set(10, Selection::Max, 0);
         let task = Jigsaw::new(cfg, 3, perms.clone()).unwrap();
         let set = ramp_set(12, 3);
@@ -508,8 +509,8 @@ mod tests {
         let perm = perms[4];
         shuffle_into(&tiles, &perm, &mut slots);
         assert_eq!(unshuffle(&slots, &perm), tiles);
-        // Raw tiles of the cells (before normalisation) rebuild the 12×12 image, and each
-        // normalised tile is the normalised raw tile of its cell.
+        // Raw tiles of the cells (before normalization) rebuild the 12×12 image, and each
+        // normalized tile is the normalized raw tile of its cell.
         let h = &set.header;
         let mut rebuilt = vec![0u8; 12 * 12 * 3];
         for (k, tile) in tiles.iter().enumerate() {
@@ -532,14 +533,14 @@ mod tests {
                     }
                 }
             }
-            tiles::normalise_each_channel(&mut t, 3);
+            tiles::normalize_each_channel(&mut t, 3);
             assert_eq!(&t, tile, "cell {k}");
         }
         assert_eq!(rebuilt, set.image(0));
     }
 
     #[test]
-    fn a_sample_is_nine_normalised_tiles_and_a_label() {
+    fn a_sample_is_nine_normalized_tiles_and_a_label() {
         let cfg = JigsawConfig::for_image(32);
         assert_eq!((cfg.cell, cfg.tile, cfg.channel_jitter), (10, 8, 1));
         let task = Jigsaw::new(cfg, 3, permutation_set(20, Selection::Max, 0)).unwrap();

@@ -71,7 +71,7 @@ pub trait Task: Sync {
     fn prepare(&self, _cfg: &mut TaskConfig, _set: &ImageSet, _data: &Path) -> Result<()> {
         Ok(())
     }
-    /// A run whose network, input and normalisation this run starts from.
+    /// A run whose network, input and normalization this run starts from.
     fn init_from(&self, _cfg: &TaskConfig) -> Result<Option<PathBuf>> {
         Ok(None)
     }
@@ -103,7 +103,7 @@ pub trait Task: Sync {
     fn backbone_path(&self) -> &'static str {
         "backbone"
     }
-    /// The backbone as the task's network initialises it, for the random-init baseline
+    /// The backbone as the task's network initializes it, for the random-init baseline
     /// (the caller has seeded the device). Tasks whose network draws other weights first
     /// build it, so the baseline is the very network training started from.
     fn random_backbone(&self, rc: &RunConfig, _dev: &burn::tensor::Device) -> Result<Backbone> {
@@ -192,10 +192,23 @@ impl TaskConfig {
     }
 
     /// Read as `C` and written back; a setting `C` does not know is refused (serde would
-    /// drop it without a word, and a misspelt setting would silently take its default).
+    /// drop it without a word, and a misspelt setting would silently take its default). A
+    /// key written back under another name is an old spelling `C` still reads (a serde
+    /// alias) when leaving it out changes what is read.
     pub fn normalized<C: serde::de::DeserializeOwned + Serialize>(&self) -> Result<Self> {
         let back = Self::of(&self.name, &self.typed::<C>()?);
-        if let Some(unknown) = self.fields.keys().find(|k| !back.fields.contains_key(*k)) {
+        let unused = |k: &String| {
+            let mut without = self.fields.clone();
+            without.remove(k);
+            without
+                .try_into::<C>()
+                .is_ok_and(|c| Self::of(&self.name, &c) == back)
+        };
+        if let Some(unknown) = self
+            .fields
+            .keys()
+            .find(|k| !back.fields.contains_key(*k) && unused(k))
+        {
             bail!(
                 "task {:?} has no setting {unknown:?}; its settings are {}",
                 self.name,

@@ -1,7 +1,7 @@
 //! Relative patch position (Doersch, Gupta & Efros, ICCV 2015). Two patches of a 3×3 grid,
-//! the centre one and one of its 8 neighbours, go through one shared trunk; the head names
-//! which neighbour it is. Patches are separated by a gap and jittered so they share no
-//! border or continued line; colour dropping, per-patch normalisation and occasional
+//! the center one and one of its 8 neighbors, go through one shared trunk; the head names
+//! which neighbor it is. Patches are separated by a gap and jittered so they share no
+//! border or continued line; color dropping, per-patch normalization and occasional
 //! down-up-sampling take away the low-level shortcuts (chromatic aberration, texture).
 
 use std::path::Path;
@@ -16,12 +16,12 @@ use super::{Task, TaskConfig};
 use crate::data::ImageSet;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::draw::preview::{self, Cell};
 use crate::models::tiles::TileNet;
-use crate::preview::{self, Cell};
 use crate::run::{Job, RunConfig};
 use crate::train::TrainOutcome;
 
-/// Grid offsets (row, column) of the 8 labels, reading order around the centre:
+/// Grid offsets (row, column) of the 8 labels, reading order around the center:
 /// 0 top-left, 1 top, 2 top-right, 3 left, 4 right, 5 bottom-left, 6 bottom, 7 bottom-right.
 pub const OFFSETS: [(isize, isize); 8] = [
     (-1, -1),
@@ -34,14 +34,14 @@ pub const OFFSETS: [(isize, isize); 8] = [
     (1, 1),
 ];
 
-/// The colour countermeasure.
+/// The color countermeasure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ColourShortcut {
+pub enum ColorShortcut {
     /// Keep one random channel, replace the others with Gaussian noise (std 1/100 of the
-    /// kept channel's) — the paper's colour dropping.
+    /// kept channel's) — the paper's color dropping.
     Drop,
-    /// Leave colour alone.
+    /// Leave color alone.
     Keep,
 }
 
@@ -50,12 +50,14 @@ pub struct RelativePositionConfig {
     /// Patch side (paper: 96 on 150k–450k-pixel images; default: a quarter of the image
     /// side, 8 px on CIFAR).
     pub patch: usize,
-    /// Gap between neighbouring patches (paper: 48 = patch/2; shrunk until the grid fits,
+    /// Gap between neighboring patches (paper: 48 = patch/2; shrunk until the grid fits,
     /// but kept above twice the jitter so jittered patches never touch).
     pub gap: usize,
     /// Random shift of each patch, up to ± this many pixels per axis (paper: 7 of 96).
     pub jitter: usize,
-    pub colour: ColourShortcut,
+    /// (`colour` in runs made before the American spelling.)
+    #[serde(alias = "colour")]
+    pub color: ColorShortcut,
     /// Fraction of patches downsampled and upsampled again (paper: a third).
     pub down_up: f64,
     /// Side they are downsampled to (paper: ~10 of 96, i.e. ~100 pixels; default half the
@@ -84,7 +86,7 @@ impl RelativePositionConfig {
             patch,
             gap,
             jitter,
-            colour: ColourShortcut::Drop,
+            color: ColorShortcut::Drop,
             down_up: 1.0 / 3.0,
             down_side: (patch / 2).max(1),
             patch_features: 256,
@@ -132,7 +134,7 @@ impl RelativePosition {
         Ok(Self { cfg, channels })
     }
 
-    /// Top-left corners (y, x) of the centre patch and of neighbour `label`, without jitter,
+    /// Top-left corners (y, x) of the center patch and of neighbor `label`, without jitter,
     /// for a grid whose jitter margin starts at (`oy`, `ox`).
     pub fn corners(&self, label: usize, oy: usize, ox: usize) -> ((usize, usize), (usize, usize)) {
         let step = (self.cfg.patch + self.cfg.gap) as isize;
@@ -163,7 +165,7 @@ impl RelativePosition {
             tiles::down_up(&mut t, p, self.cfg.down_side);
         }
         let plane = p * p;
-        if self.cfg.colour == ColourShortcut::Drop && c > 1 {
+        if self.cfg.color == ColorShortcut::Drop && c > 1 {
             let keep = rng.random_range(0..c);
             let kept = &t[keep * plane..(keep + 1) * plane];
             let mean = kept.iter().sum::<f32>() / plane as f32;
@@ -176,7 +178,7 @@ impl RelativePosition {
                 }
             }
         }
-        // Per-patch mean removal per channel (the paper's per-patch normalisation).
+        // Per-patch mean removal per channel (the paper's per-patch normalization).
         for pl in t.chunks_exact_mut(plane) {
             let mean = pl.iter().sum::<f32>() / plane as f32;
             pl.iter_mut().for_each(|v| *v = (*v - mean) * 4.0);
@@ -240,7 +242,7 @@ impl PretextTask for RelativePosition {
                     &[],
                     &mut img,
                 );
-                // Mark the cells of the pair at their unjittered places in a centred grid.
+                // Mark the cells of the pair at their unjittered places in a centered grid.
                 let (oy, ox) = ((h.h - self.cfg.span()) / 2, (h.w - self.cfg.span()) / 2);
                 let (ca, nb) = self.corners(label, oy, ox);
                 let side = h.h.min(h.w);
@@ -366,7 +368,7 @@ mod tests {
     #[test]
     fn the_eight_labels_map_to_the_right_offsets() {
         let task = RelativePosition::new(RelativePositionConfig::for_image(32), 3).unwrap();
-        // Grid origin (0, 0): jitter 1, so the centre patch starts at 1 + 8 + 3 = 12.
+        // Grid origin (0, 0): jitter 1, so the center patch starts at 1 + 8 + 3 = 12.
         let step = 11;
         for (label, &(dy, dx)) in OFFSETS.iter().enumerate() {
             let (c, n) = task.corners(label, 0, 0);
@@ -381,7 +383,7 @@ mod tests {
         assert_eq!(task.corners(1, 0, 0).1, (1, 12));
         assert_eq!(task.corners(4, 0, 0).1, (12, 23));
         assert_eq!(task.corners(6, 0, 0).1, (23, 12));
-        // Every neighbour lies inside the 32 px image even with the maximal jitter.
+        // Every neighbor lies inside the 32 px image even with the maximal jitter.
         for label in 0..8 {
             let (_, n) = task.corners(label, 0, 0);
             assert!(n.0 >= 1 && n.0 + 8 < 32 && n.1 >= 1 && n.1 + 8 < 32);
@@ -389,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn colour_dropping_keeps_one_channel() {
+    fn color_dropping_keeps_one_channel() {
         let mut cfg = RelativePositionConfig::for_image(32);
         cfg.down_up = 0.0;
         let task = RelativePosition::new(cfg, 3).unwrap();

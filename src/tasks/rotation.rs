@@ -14,8 +14,8 @@ use super::{Task, TaskConfig};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::draw::preview::{self, Cell};
 use crate::models::head::ClassifierNet;
-use crate::preview::{self, Cell};
 use crate::run::Job;
 use crate::train::TrainOutcome;
 
@@ -62,17 +62,17 @@ pub fn rot90(src: &[f32], c: usize, h: usize, w: usize, k: usize) -> (Vec<f32>, 
     (out, oh, ow)
 }
 
-/// Rotate a square CHW image counter-clockwise by `degrees` about its centre, bilinear,
+/// Rotate a square CHW image counter-clockwise by `degrees` about its center, bilinear,
 /// zero outside the source. Agrees with [`rot90`] at multiples of 90°.
 pub fn rotate_bilinear(src: &[f32], c: usize, s: usize, degrees: f32) -> Vec<f32> {
     let (sin, cos) = degrees.to_radians().sin_cos();
-    let centre = (s as f32 - 1.0) / 2.0;
+    let center = (s as f32 - 1.0) / 2.0;
     let mut out = vec![0.0; src.len()];
     for y in 0..s {
         for x in 0..s {
-            let (u, v) = (x as f32 - centre, y as f32 - centre);
-            let su = u * cos - v * sin + centre;
-            let sv = u * sin + v * cos + centre;
+            let (u, v) = (x as f32 - center, y as f32 - center);
+            let su = u * cos - v * sin + center;
+            let sv = u * sin + v * cos + center;
             let (x0, y0) = (su.floor(), sv.floor());
             let (fx, fy) = (su - x0, sv - y0);
             for ch in 0..c {
@@ -289,7 +289,7 @@ mod tests {
                 assert!((a - b).abs() < 1e-3, "k={k}: {a} vs {b}");
             }
         }
-        // 45°: the centre pixel stays put. The top-left corner (u, v) = (-2, -2) samples the
+        // 45°: the center pixel stays put. The top-left corner (u, v) = (-2, -2) samples the
         // source at x = 2, y = 2 - 2√2 ≈ -0.83: a blend of the zero border (weight 2√2 - 2)
         // and source pixel (0, 2) (weight 3 - 2√2).
         let r = rotate_bilinear(&img, 1, s, 45.0);

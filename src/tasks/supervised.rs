@@ -14,8 +14,8 @@ use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::InputTransform;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
+use crate::draw::preview::{self, Cell};
 use crate::models::head::ClassifierNet;
-use crate::preview::{self, Cell};
 use crate::run::{Job, RunConfig, load_backbone, subset_indices};
 use crate::train::TrainOutcome;
 use crate::train::checkpoint;
@@ -29,7 +29,7 @@ pub struct SupervisedConfig {
     /// Seed of the balanced subset.
     #[serde(default)]
     pub subset_seed: u64,
-    /// A run directory whose backbone initialises this one (fine-tuning); a new linear head
+    /// A run directory whose backbone initializes this one (fine-tuning); a new linear head
     /// is trained on top.
     #[serde(default)]
     pub init_from: Option<PathBuf>,

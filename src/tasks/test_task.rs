@@ -171,7 +171,7 @@ mod tests {
                 crate::eval::evaluate_run(&run, &data, random, &ecfg, &cache, &dev, false).unwrap();
             assert_eq!(report.rows.len(), 4);
         }
-        let c = crate::eval::report::gather(&[run]).unwrap();
+        let c = crate::report::gather(&[run]).unwrap();
         assert_eq!(c.row_names(), ["brightness", "random-init"]);
         // A setting the task does not have is refused by name.
         let mut typo = spec.clone();

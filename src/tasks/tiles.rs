@@ -1,6 +1,6 @@
 //! Pixel helpers shared by the tile-based tasks (jigsaw, relative patch position): cutting
-//! a tile out of an HWC u8 image with a per-channel offset, normalising a tile on its own,
-//! greyscale, and the down-then-up resampling against low-level shortcuts.
+//! a tile out of an HWC u8 image with a per-channel offset, normalizing a tile on its own,
+//! grayscale, and the down-then-up resampling against low-level shortcuts.
 
 /// Copy the `side × side` tile whose top-left corner is at (`y`, `x`) of an HWC u8 image
 /// into a CHW f32 buffer in [0, 1]. Channel `ch` is read shifted by `shift[ch]` (chromatic
@@ -27,9 +27,9 @@ pub fn cut(
     }
 }
 
-/// Normalise each channel of a CHW tile to zero mean and unit standard deviation (a flat
+/// Normalize each channel of a CHW tile to zero mean and unit standard deviation (a flat
 /// channel only loses its mean: its std is floored so it stays finite).
-pub fn normalise_each_channel(chw: &mut [f32], c: usize) {
+pub fn normalize_each_channel(chw: &mut [f32], c: usize) {
     let plane = chw.len() / c;
     for p in chw.chunks_exact_mut(plane) {
         let mean = p.iter().sum::<f32>() / plane as f32;
@@ -40,7 +40,7 @@ pub fn normalise_each_channel(chw: &mut [f32], c: usize) {
 }
 
 /// Replace every channel of a CHW image with its luma (ITU-R BT.601 weights).
-pub fn greyscale(chw: &mut [f32], c: usize) {
+pub fn grayscale(chw: &mut [f32], c: usize) {
     if c < 3 {
         return;
     }
@@ -91,7 +91,7 @@ pub fn down_up(chw: &mut [f32], side: usize, small: usize) {
     }
 }
 
-/// Stretch a normalised tile back into [0, 1] for a preview.
+/// Stretch a normalized tile back into [0, 1] for a preview.
 pub fn for_display(chw: &[f32]) -> Vec<f32> {
     let lo = chw.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = chw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -119,9 +119,9 @@ mod tests {
     }
 
     #[test]
-    fn per_channel_normalisation_by_hand() {
+    fn per_channel_normalization_by_hand() {
         let mut t = vec![1.0, 3.0, 5.0, 5.0];
-        normalise_each_channel(&mut t, 2);
+        normalize_each_channel(&mut t, 2);
         assert_eq!(t, vec![-1.0, 1.0, 0.0, 0.0]);
     }
 

@@ -23,7 +23,7 @@ use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use crate::util::fsutil;
 
 /// Where training stands after a completed epoch.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ pub fn save<M: Module>(
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("recording the optimizer: {e:?}"))?;
     write_canonical(model_bytes, optim_bytes, &tmp)?;
-    crate::fault::pause_at(&format!("checkpoint:{}:model", state.epoch));
+    crate::util::fault::pause_at(&format!("checkpoint:{}:model", state.epoch));
     fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     for f in FILES {
         fs::File::open(tmp.join(f))?.sync_all()?;
@@ -98,7 +98,7 @@ pub fn save<M: Module>(
     }
     fs::rename(&tmp, &dir).with_context(|| format!("renaming checkpoint to {}", dir.display()))?;
     fsutil::sync_dir(&root)?;
-    crate::fault::pause_at(&format!("checkpoint:{}:renamed", state.epoch));
+    crate::util::fault::pause_at(&format!("checkpoint:{}:renamed", state.epoch));
     let latest = Latest {
         dir: name.clone(),
         epoch: state.epoch,

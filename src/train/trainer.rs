@@ -160,7 +160,7 @@ pub fn repair_log(path: &Path, state: &TrainState) -> Result<()> {
         kept.push_str(&format!("{rec}\n"));
     }
     if kept != text {
-        crate::fsutil::write_bytes(path, kept.as_bytes())?;
+        crate::util::fsutil::write_bytes(path, kept.as_bytes())?;
     }
     Ok(())
 }
@@ -272,7 +272,7 @@ impl Trainer<'_> {
             if self.stop_after.is_some_and(|s| done_here >= s) {
                 break;
             }
-            let bar = crate::progress::bar(
+            let bar = crate::util::progress::bar(
                 nb as u64,
                 &format!("epoch {}/{}", epoch + 1, cfg.epochs),
                 self.progress,
@@ -316,7 +316,7 @@ impl Trainer<'_> {
                 pending_score.push(stats.score_sum);
                 pending_inputs += stats.count;
                 state.step += 1;
-                crate::fault::pause_at(&format!("step:{}", state.step));
+                crate::util::fault::pause_at(&format!("step:{}", state.step));
                 if (b + 1) % cfg.log_every.max(1) == 0 || b + 1 == nb {
                     // One read-back per interval: on a GPU every read is a sync.
                     let l: f64 = Tensor::cat(std::mem::take(&mut pending_loss), 0)
@@ -399,7 +399,7 @@ impl Trainer<'_> {
             // log never holds an epoch the checkpoints do not.
             state.log = Some(rec.clone());
             checkpoint::save(self.run, &model, &optim, &state, cfg.keep_checkpoints)?;
-            crate::fault::pause_at(&format!("epoch-log:{}", state.epoch));
+            crate::util::fault::pause_at(&format!("epoch-log:{}", state.epoch));
             writeln!(log, "{rec}")?;
             log.flush()?;
             log.sync_data()?;

@@ -1,5 +1,5 @@
-//! Training-mode batch normalisation (optionally followed by ReLU) on `f32` NCHW slices:
-//! two passes forward (statistics, then the normalised output), two backward (the two
+//! Training-mode batch normalization (optionally followed by ReLU) on `f32` NCHW slices:
+//! two passes forward (statistics, then the normalized output), two backward (the two
 //! per-channel sums, then the input gradient).
 //!
 //! burn's generic batch norm swaps the batch and channel axes and makes them contiguous for

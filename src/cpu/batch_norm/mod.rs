@@ -24,7 +24,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use super::{burn_forced, tensor_values};
 use kernel::Planes;
 
-/// The normalised output and the batch statistics (mean, biased variance) per channel.
+/// The normalized output and the batch statistics (mean, biased variance) per channel.
 #[derive(ExtensionType)]
 pub struct BnTrain<B: Backend> {
     pub output: FloatTensor<B>,

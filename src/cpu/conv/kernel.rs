@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn a_known_3x3_sum_with_padding() {
         // All-ones 1×1×3×3 image and kernel, padding 1: each output sums the 3×3 window's
-        // in-image cells: corners 4, edges 6, centre 9.
+        // in-image cells: corners 4, edges 6, center 9.
         let g = Geometry {
             batch: 1,
             c_in: 1,

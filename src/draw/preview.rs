@@ -60,14 +60,7 @@ pub fn glyph(ch: char) -> [u8; 5] {
 
 /// Draw `text` with its top-left at (`x`, `y`), each glyph pixel `scale`×`scale`, 4·scale
 /// apart; pixels outside the image are skipped.
-pub fn draw_text(
-    img: &mut RgbImage,
-    x: usize,
-    y: usize,
-    text: &str,
-    scale: usize,
-    colour: Rgb<u8>,
-) {
+pub fn draw_text(img: &mut RgbImage, x: usize, y: usize, text: &str, scale: usize, color: Rgb<u8>) {
     for (i, ch) in text.chars().enumerate() {
         for (gy, bits) in glyph(ch).iter().enumerate() {
             for gx in 0..3 {
@@ -76,7 +69,7 @@ pub fn draw_text(
                         for dx in 0..scale {
                             let (px, py) = (x + (i * 4 + gx) * scale + dx, y + gy * scale + dy);
                             if px < img.width() as usize && py < img.height() as usize {
-                                img.put_pixel(px as u32, py as u32, colour);
+                                img.put_pixel(px as u32, py as u32, color);
                             }
                         }
                     }
@@ -165,7 +158,7 @@ pub fn sheet(rows: &[Vec<Cell>], scale: usize) -> RgbImage {
 }
 
 pub fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
-    crate::fsutil::atomic_write(path, |tmp| {
+    crate::util::fsutil::atomic_write(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
             .map_err(anyhow::Error::from)
     })

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::EvalReport;
-use super::finetune::{FinetuneReport, SummaryRow};
 use crate::data::lab::InputTransform;
-use crate::fsutil;
+use crate::draw::plot::{LineChart, Series};
+use crate::eval::EvalReport;
+use crate::eval::finetune::{FinetuneReport, SummaryRow};
 use crate::models::Arch;
-use crate::plot::{LineChart, Series};
+use crate::util::fsutil;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
@@ -222,7 +222,7 @@ impl Comparison {
             let p = &first.protocol;
             let _ = writeln!(
                 s,
-                "Frozen features of each method's backbone ({}{}), {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardised, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
+                "Frozen features of each method's backbone ({}{}), {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardized, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
                 network_name(first),
                 if self
                     .row_names()
@@ -452,7 +452,7 @@ impl Comparison {
         if !self.evals.is_empty() {
             let chart = self.chart();
             fsutil::write_bytes(&dir.join("accuracy-by-layer.svg"), chart.svg().as_bytes())?;
-            crate::preview::save(&chart.png(), &dir.join("accuracy-by-layer.png"))?;
+            crate::draw::preview::save(&chart.png(), &dir.join("accuracy-by-layer.png"))?;
         }
         Ok(())
     }

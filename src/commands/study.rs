@@ -22,16 +22,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::PretrainSpec;
 use crate::data::{CacheOptions, Split};
 use crate::eval::finetune::{FinetuneConfig, finetune_run};
-use crate::eval::report::{Comparison, gather};
 use crate::eval::{EvalConfig, evaluate_run};
-use crate::fsutil;
 use crate::models::{Arch, BackboneConfig};
+use crate::report::{Comparison, gather};
 use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
 use crate::tasks::supervised::balanced_subset;
 use crate::tasks::{self, Task};
 use crate::train::OptimKind;
 use crate::train::checkpoint;
 use crate::train::trainer::Timing;
+use crate::util::fsutil;
 
 /// Steps timed (after two of warm-up) to turn the budget into epochs.
 const CALIBRATION_STEPS: usize = 10;
@@ -457,7 +457,7 @@ impl Study<'_> {
         }
         let _ = writeln!(
             s,
-            "\nPretext score: accuracy, except inpainting (hole MSE in normalised units, lower is better) and colorization (mean accuracy of its two colour histograms). Pretraining may exceed the budget when one epoch takes longer (a run is never shorter than one epoch).\n\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
+            "\nPretext score: accuracy, except inpainting (hole MSE in normalized units, lower is better) and colorization (mean accuracy of its two color histograms). Pretraining may exceed the budget when one epoch takes longer (a run is never shorter than one epoch).\n\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
             opt(log.random_init_eval_seconds)
         );
         s + &comparison

@@ -4,7 +4,7 @@
 
 use image::{Rgb, RgbImage};
 
-use crate::preview::draw_text;
+use crate::draw::preview::draw_text;
 
 /// One line: a value per x category (`None` where the method has no such layer).
 #[derive(Clone, Debug, PartialEq)]
@@ -132,12 +132,12 @@ impl LineChart {
 
     pub fn png(&self) -> RgbImage {
         let mut img = RgbImage::from_pixel(W as u32, H as u32, Rgb([255, 255, 255]));
-        let grey = Rgb([220, 220, 220]);
+        let gray = Rgb([220, 220, 220]);
         let black = Rgb([0, 0, 0]);
         draw_text(&mut img, LEFT as usize, 12, &self.title, 3, black);
         for t in self.ticks() {
             let y = self.y(t);
-            line(&mut img, (LEFT, y), (RIGHT, y), grey, 1);
+            line(&mut img, (LEFT, y), (RIGHT, y), gray, 1);
             let label = format!("{:.0}%", t * 100.0);
             let w = label.len() as f64 * 8.0;
             draw_text(
@@ -259,11 +259,11 @@ mod tests {
     }
 
     #[test]
-    fn png_is_drawn_with_each_series_colour() {
+    fn png_is_drawn_with_each_series_color() {
         let img = chart().png();
         assert_eq!(img.dimensions(), (760, 440));
-        for colour in &PALETTE[..2] {
-            assert!(img.pixels().any(|p| p.0 == *colour), "{colour:?} missing");
+        for color in &PALETTE[..2] {
+            assert!(img.pixels().any(|p| p.0 == *color), "{color:?} missing");
         }
         assert!(!img.pixels().any(|p| p.0 == PALETTE[2]));
     }

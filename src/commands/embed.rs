@@ -1,6 +1,6 @@
 //! Embeddings and image search: `pretext embed` writes a data set's features at one layer
 //! of a run as safetensors (with the file list beside it), and `pretext search` finds a
-//! query image's nearest neighbours among them by cosine similarity and draws them as a
+//! query image's nearest neighbors among them by cosine similarity and draws them as a
 //! contact sheet.
 //!
 //! The file is self-describing: its metadata names the run, layer, pooling, data and split,
@@ -16,12 +16,12 @@ use burn::tensor::Device;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::data::{self, CacheOptions, ImageSet, Split};
+use crate::draw::preview::{Cell, save, sheet};
 use crate::eval::EvalReport;
 use crate::eval::features::{EvalView, extract_taps, l2_normalize};
-use crate::fsutil;
 use crate::models::Backbone;
-use crate::preview::{Cell, save, sheet};
 use crate::run::{RunConfig, check_fits, load_backbone, open_split, subset_indices};
+use crate::util::fsutil;
 
 /// The metadata key that marks a pretext embedding file, and its format version.
 const FORMAT: &str = "pretext-embeddings/1";
@@ -240,7 +240,7 @@ pub fn read(path: &Path) -> Result<Embeddings> {
     })
 }
 
-/// One neighbour of a query.
+/// One neighbor of a query.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hit {
     pub row: usize,
@@ -282,7 +282,7 @@ fn chw(set: &ImageSet, i: usize) -> Vec<f32> {
 }
 
 /// Find the `k` nearest images of `query` (an image file) in the embedding file `index`,
-/// and draw query + neighbours with their similarity and class to `sheet_path`.
+/// and draw query + neighbors with their similarity and class to `sheet_path`.
 pub fn search(
     index_path: &Path,
     query: &Path,
@@ -332,7 +332,7 @@ pub fn search(
                 .and_then(|l| info.classes.get(l[row] as usize).cloned()),
         })
         .collect();
-    // Neighbours' pixels come from the data set the rows were computed on.
+    // Neighbors' pixels come from the data set the rows were computed on.
     let set = open_split(&info.data, info.split, cache)?;
     let rows_of: HashMap<&str, usize> = set
         .header

@@ -175,3 +175,106 @@ pub fn default_configs() -> Vec<BackboneConfig> {
     }
     v
 }
+
+/// What `pretext bench` is asked to time.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Inputs per batch.
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    /// Only these backbones (empty: all).
+    pub backbones: Vec<crate::models::Arch>,
+    /// Also time each task's training and data pipeline on this data.
+    pub data: Option<std::path::PathBuf>,
+    /// Tasks to time with `data`: names or `all` (the pretext tasks and the baseline).
+    pub tasks: Vec<String>,
+    pub task_width: usize,
+    /// Skip the synthetic per-backbone table.
+    pub tasks_only: bool,
+}
+
+/// Time what `o` asks and print the tables (Markdown).
+pub fn run(
+    o: &BenchOptions,
+    cache: &crate::data::CacheOptions,
+    dev: &Device,
+) -> anyhow::Result<()> {
+    let BenchOptions {
+        batch,
+        warmup,
+        steps,
+        task_width,
+        tasks_only,
+        ..
+    } = *o;
+    anyhow::ensure!(
+        batch >= 1 && steps >= 1 && task_width >= 1,
+        "--batch, --steps and --task-width must be at least 1"
+    );
+    let mib = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.0}"));
+    if !tasks_only {
+        println!("| backbone | width | input | batch | train img/s | inference img/s | peak MiB |");
+        println!("|---|---|---|---|---|---|---|");
+        for c in default_configs() {
+            if !o.backbones.is_empty() && !o.backbones.contains(&c.arch) {
+                continue;
+            }
+            let r = measure(&c, batch, warmup, steps, dev);
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+                r.backbone,
+                r.width,
+                r.input,
+                r.batch,
+                r.train_images_per_s,
+                r.infer_images_per_s,
+                mib(r.peak_mib)
+            );
+        }
+    }
+    if let Some(data) = &o.data {
+        let mut kinds = crate::tasks::parse_list(&o.tasks)?;
+        if o.tasks.iter().any(|t| t.trim() == "all") {
+            kinds.extend(crate::tasks::REGISTRY.iter().filter(|t| !t.is_pretext()));
+        }
+        let scratch = tempfile_dir("pretext-bench")?;
+        println!(
+            "\n| task | backbone | width | batch (images) | inputs/image | train images/s | pipeline images/s | pipeline ÷ train | peak MiB |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for task in kinds {
+            let a = crate::config::PretrainSpec {
+                data: Some(data.clone()),
+                width: Some(task_width),
+                task: task.name().to_string(),
+                batch_size: batch,
+                // Enough images for every timed batch in one epoch.
+                train_images: Some(batch * (4 * steps + 4).max(20)),
+                ..crate::config::PretrainSpec::default()
+            };
+            let r = measure_task(&a, steps + 2, (4 * steps).max(20) + 2, cache, dev, &scratch)?;
+            println!(
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1}× | {} |",
+                r.task,
+                r.backbone,
+                r.width,
+                r.batch,
+                r.inputs_per_image,
+                r.train_images_per_s,
+                r.pipeline_images_per_s,
+                r.pipeline_images_per_s / r.train_images_per_s.max(1e-9),
+                mib(r.peak_mib)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    Ok(())
+}
+
+/// A fresh folder under the system temporary directory.
+fn tempfile_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
