@@ -1,7 +1,7 @@
 //! The `pretext` command line (clap): argument definitions mapped onto the library's
 //! specifications ([`crate::config`]), and a dispatch. Nothing is resolved here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -535,32 +535,36 @@ pub struct RunArgs {
     pub probe_epochs: usize,
 }
 
+/// What every command gets: the global flags, the cache options and the device.
+struct Ctx {
+    common: Common,
+    cache: CacheOptions,
+    dev: burn::tensor::Device,
+    progress: bool,
+}
+
 pub fn main_with(cli: Cli) -> Result<()> {
     if let Some(t) = cli.common.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()?;
     }
-    let cache = cli.common.cache();
-    let progress = !cli.common.quiet;
-    let dev = crate::util::device::parse(&cli.common.device)?;
+    let ctx = Ctx {
+        cache: cli.common.cache(),
+        progress: !cli.common.quiet,
+        dev: crate::util::device::parse(&cli.common.device)?,
+        common: cli.common,
+    };
     match cli.command {
         Command::Data(DataCommand::Inspect { path }) => {
-            crate::commands::inspect::inspect(&path, &cache)
+            crate::commands::inspect::inspect(&path, &ctx.cache)
         }
         Command::Data(DataCommand::Fetch {
             dataset,
             out,
             url,
             md5,
-        }) => {
-            if dataset != "cifar10" {
-                bail!("unknown data set {dataset:?}; `data fetch` knows: cifar10");
-            }
-            let dir = crate::data::fetch::fetch_cifar10(&out, &url, &md5, progress)?;
-            println!("CIFAR-10 is in {} (pass it as --data)", dir.display());
-            Ok(())
-        }
+        }) => fetch(&dataset, &out, &url, &md5, &ctx),
         Command::Bench {
             batch,
             warmup,
@@ -581,30 +585,15 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 task_width,
                 tasks_only,
             },
-            &cache,
-            &dev,
+            &ctx.cache,
+            &ctx.dev,
         ),
         Command::JigsawPerms {
             size,
             selection,
             seed,
             list,
-        } => {
-            if !(2..=362_880).contains(&size) {
-                bail!("--size must be between 2 and 9! = 362880, got {size}");
-            }
-            let set = jigsaw::permutation_set(size, selection, seed);
-            let (mean, min, max) = jigsaw::hamming_stats(&set);
-            println!(
-                "{size} permutations ({selection:?} selection, seed {seed}): Hamming distance mean {mean:.3}, min {min}, max {max}"
-            );
-            if list {
-                for p in &set {
-                    println!("{p:?}");
-                }
-            }
-            Ok(())
-        }
+        } => jigsaw_perms(size, selection, seed, list),
         Command::Embed {
             run,
             data,
@@ -613,178 +602,257 @@ pub fn main_with(cli: Cli) -> Result<()> {
             dim,
             images,
             out,
-        } => {
-            let rc = RunConfig::load(&run)?;
-            let cache = cli.common.cache_for_run(&rc);
-            let data = data.unwrap_or(rc.data);
-            let split = data::Split::from_name(&split)?;
-            let req = crate::commands::embed::EmbedRequest {
-                run: &run,
-                data: &data,
-                split,
-                layer: layer.as_deref(),
-                target_dim: dim,
-                images,
-                out: &out,
-            };
-            let info = crate::commands::embed::embed(&req, &cache, &dev, progress)?;
-            println!(
-                "{} ({} at {}, pooled {}×{}) written to {} with its file list {}",
-                info.method,
-                info.run.display(),
-                info.layer,
-                info.pool_grid,
-                info.pool_grid,
-                out.display(),
-                crate::commands::embed::file_list_path(&out).display()
-            );
-            Ok(())
-        }
+        } => embed(
+            &run,
+            data,
+            &split,
+            layer.as_deref(),
+            dim,
+            images,
+            &out,
+            &ctx,
+        ),
         Command::Search {
             index,
             query,
             k,
             out,
-        } => {
-            if k == 0 {
-                bail!("--k must be at least 1");
-            }
-            let hits = crate::commands::embed::search(&index, &query, k, &out, &cache, &dev)?;
-            println!("| rank | similarity | class | image |\n|---|---|---|---|");
-            for (r, h) in hits.iter().enumerate() {
-                println!(
-                    "| {} | {:.4} | {} | {} |",
-                    r + 1,
-                    h.similarity,
-                    h.class.as_deref().unwrap_or("–"),
-                    h.source
-                );
-            }
-            println!("contact sheet: {}", out.display());
-            Ok(())
-        }
-        Command::Study(a) => {
-            let cfg = if a.resume {
-                crate::commands::study::Study::load_config(&a.out)?
-            } else {
-                a.spec().resolve(&cache)?
-            };
-            // Every step of the study uses the held-out split it recorded.
-            let cache = CacheOptions {
-                holdout: cfg.holdout,
-                ..cache
-            };
-            let study = crate::commands::study::Study {
-                out: &a.out,
-                cfg,
-                cache: &cache,
-                device: &dev,
-                progress,
-            };
-            let c = study.run()?;
-            println!("{}", c.markdown());
-            println!(
-                "study written to {0}/study.md, report in {0}/report/",
-                a.out.display()
-            );
-            Ok(())
-        }
-        Command::Pretrain(a) => pretrain(&a, &cache, &dev, progress).map(|_| ()),
-        Command::Report { runs, out } => {
-            let c = crate::report::gather(&runs)?;
-            c.write(&out)?;
-            println!("{}", c.markdown());
-            println!(
-                "written to {}/report.{{md,csv,json,html}} and accuracy-by-layer.{{png,svg}}",
-                out.display()
-            );
-            Ok(())
-        }
-        Command::Finetune(a) => {
-            let rc = RunConfig::load(&a.run)?;
-            let cache = cli.common.cache_for_run(&rc);
-            let data = a.data.clone().unwrap_or(rc.data);
-            let mut cfg = crate::eval::finetune::FinetuneConfig {
-                fractions: a.fractions.clone(),
-                seeds: a.seeds.clone(),
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                ..Default::default()
-            };
-            cfg.optim.lr = a.lr;
-            let (report, out) = crate::eval::finetune::finetune_run(
-                &a.run, &data, &cfg, None, &cache, &dev, progress,
-            )?;
-            println!("{}", report.markdown());
-            println!("written to {}/finetune.{{md,csv,json}}", out.display());
-            Ok(())
-        }
+        } => search(&index, &query, k, &out, &ctx),
+        Command::Study(a) => study(&a, &ctx),
+        Command::Pretrain(a) => pretrain(&a, &ctx.cache, &ctx.dev, ctx.progress).map(|_| ()),
         Command::TrainSupervised(mut a) => {
             a.task = "supervised".into();
-            pretrain(&a, &cache, &dev, progress).map(|_| ())
+            pretrain(&a, &ctx.cache, &ctx.dev, ctx.progress).map(|_| ())
         }
-        Command::Eval(a) => {
-            let rc = RunConfig::load(&a.run)?;
-            let cache = cli.common.cache_for_run(&rc);
-            let data = a.data.clone().unwrap_or(rc.data);
-            let cfg = EvalSpec {
-                train_images: a.train_images,
-                test_images: a.test_images,
-                probe_epochs: a.probe_epochs,
-                probe_lr: a.probe_lr,
-                probe_dim: a.probe_dim,
-                seed: a.seed,
-            }
-            .resolve();
-            let (report, out) =
-                eval::evaluate_run(&a.run, &data, a.random_init, &cfg, &cache, &dev, progress)?;
-            println!("{}", report.markdown());
-            println!("written to {}/eval.{{md,csv,json}}", out.display());
-            Ok(())
-        }
-        Command::Run(a) => {
-            let cfg = EvalSpec {
-                train_images: a.eval_train_images,
-                test_images: a.eval_test_images,
-                probe_epochs: a.probe_epochs,
-                ..EvalSpec::default()
-            }
-            .resolve();
-            // The evaluation is checked before the pretraining it follows, with the split
-            // the run trains with: a resumed run's own.
-            let (data, cache) = match (&a.pretrain.data, a.pretrain.resume) {
-                (Some(d), false) => (d.clone(), cache),
-                (None, false) => {
-                    bail!("--data is required to start a run (or pass --resume to continue one)")
-                }
-                (_, true) => {
-                    let rc = RunConfig::load(&a.pretrain.out)?;
-                    let cache = cli.common.cache_for_run(&rc);
-                    (rc.data, cache)
-                }
-            };
-            eval::preflight(&data, &cfg, &cache)?;
-            let rc = pretrain(&a.pretrain, &cache, &dev, progress)?;
-            let run = &a.pretrain.out;
-            let (trained, _) =
-                eval::evaluate_run(run, &rc.data, false, &cfg, &cache, &dev, progress)?;
-            let (random, _) =
-                eval::evaluate_run(run, &rc.data, true, &cfg, &cache, &dev, progress)?;
-            println!("{}\n{}", trained.markdown(), random.markdown());
-            if let (Some(a), Some(b)) = (trained.best_layer(), random.best_layer()) {
-                println!(
-                    "best layer: {} {} {:.2}% linear top-1 vs random-init {} {:.2}% ({:+.2} points)",
-                    trained.method,
-                    a.layer,
-                    100.0 * a.linear.top1,
-                    b.layer,
-                    100.0 * b.linear.top1,
-                    100.0 * (a.linear.top1 - b.linear.top1)
-                );
-            }
-            Ok(())
+        Command::Report { runs, out } => report(&runs, &out),
+        Command::Finetune(a) => finetune(&a, &ctx),
+        Command::Eval(a) => evaluate(&a, &ctx),
+        Command::Run(a) => run(&a, &ctx),
+    }
+}
+
+fn fetch(dataset: &str, out: &Path, url: &str, md5: &str, ctx: &Ctx) -> Result<()> {
+    if dataset != "cifar10" {
+        bail!("unknown data set {dataset:?}; `data fetch` knows: cifar10");
+    }
+    let dir = crate::data::fetch::fetch_cifar10(out, url, md5, ctx.progress)?;
+    println!("CIFAR-10 is in {} (pass it as --data)", dir.display());
+    Ok(())
+}
+
+fn jigsaw_perms(size: usize, selection: Selection, seed: u64, list: bool) -> Result<()> {
+    if !(2..=362_880).contains(&size) {
+        bail!("--size must be between 2 and 9! = 362880, got {size}");
+    }
+    let set = jigsaw::permutation_set(size, selection, seed);
+    let (mean, min, max) = jigsaw::hamming_stats(&set);
+    println!(
+        "{size} permutations ({selection:?} selection, seed {seed}): Hamming distance mean {mean:.3}, min {min}, max {max}"
+    );
+    if list {
+        for p in &set {
+            println!("{p:?}");
         }
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn embed(
+    run: &Path,
+    data: Option<PathBuf>,
+    split: &str,
+    layer: Option<&str>,
+    dim: usize,
+    images: Option<usize>,
+    out: &Path,
+    ctx: &Ctx,
+) -> Result<()> {
+    let rc = RunConfig::load(run)?;
+    let cache = ctx.common.cache_for_run(&rc);
+    let data = data.unwrap_or(rc.data);
+    let req = crate::commands::embed::EmbedRequest {
+        run,
+        data: &data,
+        split: data::Split::from_name(split)?,
+        layer,
+        target_dim: dim,
+        images,
+        out,
+    };
+    let info = crate::commands::embed::embed(&req, &cache, &ctx.dev, ctx.progress)?;
+    println!(
+        "{} ({} at {}, pooled {}×{}) written to {} with its file list {}",
+        info.method,
+        info.run.display(),
+        info.layer,
+        info.pool_grid,
+        info.pool_grid,
+        out.display(),
+        crate::commands::embed::file_list_path(out).display()
+    );
+    Ok(())
+}
+
+fn search(index: &Path, query: &Path, k: usize, out: &Path, ctx: &Ctx) -> Result<()> {
+    if k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let hits = crate::commands::embed::search(index, query, k, out, &ctx.cache, &ctx.dev)?;
+    println!("| rank | similarity | class | image |\n|---|---|---|---|");
+    for (r, h) in hits.iter().enumerate() {
+        println!(
+            "| {} | {:.4} | {} | {} |",
+            r + 1,
+            h.similarity,
+            h.class.as_deref().unwrap_or("–"),
+            h.source
+        );
+    }
+    println!("contact sheet: {}", out.display());
+    Ok(())
+}
+
+fn study(a: &StudyArgs, ctx: &Ctx) -> Result<()> {
+    let cfg = if a.resume {
+        crate::commands::study::Study::load_config(&a.out)?
+    } else {
+        a.spec().resolve(&ctx.cache)?
+    };
+    // Every step of the study uses the held-out split it recorded.
+    let cache = CacheOptions {
+        holdout: cfg.holdout,
+        ..ctx.cache.clone()
+    };
+    let study = crate::commands::study::Study {
+        out: &a.out,
+        cfg,
+        cache: &cache,
+        device: &ctx.dev,
+        progress: ctx.progress,
+    };
+    let c = study.run()?;
+    println!("{}", c.markdown());
+    println!(
+        "study written to {0}/study.md, report in {0}/report/",
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn report(runs: &[PathBuf], out: &Path) -> Result<()> {
+    let c = crate::report::gather(runs)?;
+    c.write(out)?;
+    println!("{}", c.markdown());
+    println!(
+        "written to {}/report.{{md,csv,json,html}} and accuracy-by-layer.{{png,svg}}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn finetune(a: &FinetuneArgs, ctx: &Ctx) -> Result<()> {
+    let rc = RunConfig::load(&a.run)?;
+    let cache = ctx.common.cache_for_run(&rc);
+    let data = a.data.clone().unwrap_or(rc.data);
+    let mut cfg = crate::eval::finetune::FinetuneConfig {
+        fractions: a.fractions.clone(),
+        seeds: a.seeds.clone(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        ..Default::default()
+    };
+    cfg.optim.lr = a.lr;
+    let (report, out) = crate::eval::finetune::finetune_run(
+        &a.run,
+        &data,
+        &cfg,
+        None,
+        &cache,
+        &ctx.dev,
+        ctx.progress,
+    )?;
+    println!("{}", report.markdown());
+    println!("written to {}/finetune.{{md,csv,json}}", out.display());
+    Ok(())
+}
+
+fn evaluate(a: &EvalArgs, ctx: &Ctx) -> Result<()> {
+    let rc = RunConfig::load(&a.run)?;
+    let cache = ctx.common.cache_for_run(&rc);
+    let data = a.data.clone().unwrap_or(rc.data);
+    let cfg = EvalSpec {
+        train_images: a.train_images,
+        test_images: a.test_images,
+        probe_epochs: a.probe_epochs,
+        probe_lr: a.probe_lr,
+        probe_dim: a.probe_dim,
+        seed: a.seed,
+    }
+    .resolve();
+    let (report, out) = eval::evaluate_run(
+        &a.run,
+        &data,
+        a.random_init,
+        &cfg,
+        &cache,
+        &ctx.dev,
+        ctx.progress,
+    )?;
+    println!("{}", report.markdown());
+    println!("written to {}/eval.{{md,csv,json}}", out.display());
+    Ok(())
+}
+
+/// Pretrain, then evaluate the run and the same network at random init.
+fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
+    let cfg = EvalSpec {
+        train_images: a.eval_train_images,
+        test_images: a.eval_test_images,
+        probe_epochs: a.probe_epochs,
+        ..EvalSpec::default()
+    }
+    .resolve();
+    // The evaluation is checked before the pretraining it follows, with the split the run
+    // trains with: a resumed run's own.
+    let (data, cache) = match (&a.pretrain.data, a.pretrain.resume) {
+        (Some(d), false) => (d.clone(), ctx.cache.clone()),
+        (None, false) => {
+            bail!("--data is required to start a run (or pass --resume to continue one)")
+        }
+        (_, true) => {
+            let rc = RunConfig::load(&a.pretrain.out)?;
+            (rc.data.clone(), ctx.common.cache_for_run(&rc))
+        }
+    };
+    eval::preflight(&data, &cfg, &cache)?;
+    let rc = pretrain(&a.pretrain, &cache, &ctx.dev, ctx.progress)?;
+    let out = &a.pretrain.out;
+    let evaluate = |random_init| {
+        eval::evaluate_run(
+            out,
+            &rc.data,
+            random_init,
+            &cfg,
+            &cache,
+            &ctx.dev,
+            ctx.progress,
+        )
+    };
+    let ((trained, _), (random, _)) = (evaluate(false)?, evaluate(true)?);
+    println!("{}\n{}", trained.markdown(), random.markdown());
+    if let (Some(a), Some(b)) = (trained.best_layer(), random.best_layer()) {
+        println!(
+            "best layer: {} {} {:.2}% linear top-1 vs random-init {} {:.2}% ({:+.2} points)",
+            trained.method,
+            a.layer,
+            100.0 * a.linear.top1,
+            b.layer,
+            100.0 * b.linear.top1,
+            100.0 * (a.linear.top1 - b.linear.top1)
+        );
+    }
+    Ok(())
 }
 
 fn pretrain(

@@ -215,29 +215,14 @@ impl Trainer<'_> {
     /// run's latest checkpoint when `resume` is set.
     pub fn fit<M: Learner, S: SampleMaker>(
         &self,
-        mut model: M,
+        model: M,
         maker: Arc<S>,
         set: Arc<ImageSet>,
         indices: &[usize],
         resume: bool,
     ) -> Result<(M, TrainOutcome)> {
         let cfg = self.cfg;
-        let mut optim = cfg.optim.init();
-        let mut state = TrainState::default();
-        if resume {
-            match checkpoint::latest(self.run)? {
-                Some((dir, st)) => {
-                    model = checkpoint::load_model(model, &dir)?;
-                    optim = checkpoint::load_optim(optim, &dir)?;
-                    eprintln!("resuming from {} (epoch {} done)", dir.display(), st.epoch);
-                    state = st;
-                }
-                None => eprintln!(
-                    "no checkpoint in {}: starting from scratch",
-                    self.run.display()
-                ),
-            }
-        }
+        let (mut model, mut optim, mut state) = self.start(model, resume)?;
         if indices.is_empty() {
             bail!("no training images");
         }
@@ -250,7 +235,6 @@ impl Trainer<'_> {
             seed: cfg.seed,
             prefetch: self.prefetch,
         };
-        let nb = loader::batches_per_epoch(indices.len(), &lcfg);
         let log_path = self.run.join("metrics.jsonl");
         if self.timing.is_none() {
             repair_log(&log_path, &state)?;
@@ -267,148 +251,20 @@ impl Trainer<'_> {
             images_per_second: 0.0,
         };
         let (mut run_images, mut run_seconds) = (0u64, 0f64);
-        let score_name = model.score_name();
         for (done_here, epoch) in (state.epoch..cfg.epochs).enumerate() {
             if self.stop_after.is_some_and(|s| done_here >= s) {
                 break;
             }
-            let bar = crate::util::progress::bar(
-                nb as u64,
-                &format!("epoch {}/{}", epoch + 1, cfg.epochs),
-                self.progress,
-            );
-            let rx = loader::epoch(set.clone(), maker.clone(), indices, &lcfg, epoch as u64);
-            let t0 = Instant::now();
-            let (mut sum_loss, mut sum_correct, mut sum_inputs) = (0f64, 0f64, 0u64);
-            let mut pending_loss: Vec<Tensor<1>> = Vec::new();
-            let mut pending_score: Vec<Tensor<1>> = Vec::new();
-            let mut pending_inputs = 0u64;
-            let mut epoch_images = 0u64;
-            let mut lr = 0.0;
-            let mut timed: Option<(Instant, u64)> = None;
-            let mut batches = 0;
-            for (b, batch) in rx.enumerate() {
-                // A loader failure stops the run before anything of this epoch is kept.
-                let batch = batch?;
-                batches += 1;
-                if let Some(t) = self.timing {
-                    if b == TIMING_WARMUP.min(t.steps) {
-                        let _ = self.device.sync();
-                        timed = Some((Instant::now(), epoch_images));
-                    }
-                    if b >= t.steps {
-                        break;
-                    }
-                    if !t.train {
-                        epoch_images += batch.images as u64;
-                        continue;
-                    }
-                }
-                lr = cfg.schedule.lr(
-                    cfg.optim.lr,
-                    epoch as f64 + b as f64 / nb as f64,
-                    cfg.epochs as f64,
-                );
-                epoch_images += batch.images as u64;
-                let stats;
-                (model, stats) = model.train_step(batch, self.device, &mut optim, lr);
-                pending_loss.push(stats.loss_sum);
-                pending_score.push(stats.score_sum);
-                pending_inputs += stats.count;
-                state.step += 1;
-                crate::util::fault::pause_at(&format!("step:{}", state.step));
-                if (b + 1) % cfg.log_every.max(1) == 0 || b + 1 == nb {
-                    // One read-back per interval: on a GPU every read is a sync.
-                    let l: f64 = Tensor::cat(std::mem::take(&mut pending_loss), 0)
-                        .sum()
-                        .into_scalar::<f32>() as f64;
-                    let c: f64 = Tensor::cat(std::mem::take(&mut pending_score), 0)
-                        .sum()
-                        .into_scalar::<f32>() as f64;
-                    if !l.is_finite() {
-                        let kept = match checkpoint::latest(self.run)? {
-                            Some((d, s)) => format!(
-                                "the last good checkpoint (epoch {}) is kept in {}",
-                                s.epoch,
-                                d.display()
-                            ),
-                            None => "no checkpoint had been written yet".to_string(),
-                        };
-                        bail!(
-                            "training diverged: the loss became {l} at epoch {}, step {}; {kept}. \
-                             Lower the learning rate (now {lr:.4}) and resume with --resume.",
-                            epoch + 1,
-                            state.step
-                        );
-                    }
-                    sum_loss += l;
-                    sum_correct += c;
-                    sum_inputs += pending_inputs;
-                    let dt = t0.elapsed().as_secs_f64();
-                    let ips = epoch_images as f64 / dt.max(1e-9);
-                    let rec = serde_json::json!({
-                        "kind": "step", "epoch": epoch + 1, "step": state.step, "lr": lr,
-                        "loss": l / pending_inputs as f64, "score": c / pending_inputs as f64,
-                        "score_name": score_name,
-                        "images_per_second": ips,
-                    });
-                    writeln!(log, "{rec}")?;
-                    pending_inputs = 0;
-                    bar.set_message(format!(
-                        "epoch {}/{} loss {:.4} {score_name} {:.4} {:.0} img/s",
-                        epoch + 1,
-                        cfg.epochs,
-                        sum_loss / sum_inputs as f64,
-                        sum_correct / sum_inputs as f64,
-                        ips
-                    ));
-                }
-                bar.set_position(b as u64 + 1);
-            }
-            bar.finish_and_clear();
-            if self.timing.is_none() && batches != nb {
-                bail!(
-                    "epoch {} ended after {batches} of {nb} batches; nothing of it was kept",
-                    epoch + 1
-                );
-            }
-            if self.timing.is_some() {
-                let _ = self.device.sync();
-                let (t, before) = timed.unwrap_or((t0, 0));
-                outcome.images_per_second =
-                    (epoch_images - before) as f64 / t.elapsed().as_secs_f64().max(1e-9);
+            let batches = loader::epoch(set.clone(), maker.clone(), indices, &lcfg, epoch as u64);
+            let e;
+            (model, e) = self.epoch(model, &mut optim, &mut state, batches, epoch, &mut log)?;
+            if let Some(ips) = e.timed_images_per_second {
+                outcome.images_per_second = ips;
                 return Ok((model, outcome));
             }
-            let dt = t0.elapsed().as_secs_f64();
-            state.epoch = epoch + 1;
-            state.loss = sum_loss / sum_inputs.max(1) as f64;
-            state.score = sum_correct / sum_inputs.max(1) as f64;
-            state.train_seconds += dt;
-            state.images_seen += epoch_images;
-            run_images += epoch_images;
-            run_seconds += dt;
-            let ips = epoch_images as f64 / dt.max(1e-9);
-            let rec = serde_json::json!({
-                "kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": lr,
-                "loss": state.loss, "score": state.score, "score_name": score_name,
-                "seconds": dt,
-                "images_per_second": ips,
-            });
-            // The checkpoint first, then its line in the log: a run killed between the two
-            // writes the line from the checkpoint when it resumes (see `repair_log`), so the
-            // log never holds an epoch the checkpoints do not.
-            state.log = Some(rec.clone());
-            checkpoint::save(self.run, &model, &optim, &state, cfg.keep_checkpoints)?;
-            crate::util::fault::pause_at(&format!("epoch-log:{}", state.epoch));
-            writeln!(log, "{rec}")?;
-            log.flush()?;
-            log.sync_data()?;
-            if self.progress {
-                eprintln!(
-                    "epoch {}/{}: loss {:.4}, pretext {score_name} {:.4}, {:.1} images/s, {:.0} s",
-                    state.epoch, cfg.epochs, state.loss, state.score, ips, dt
-                );
-            }
+            run_images += e.images;
+            run_seconds += e.seconds;
+            self.end_epoch(&model, &optim, &mut state, &e, epoch, &mut log)?;
             outcome.epoch_losses.push(state.loss);
             outcome.epoch_scores.push(state.score);
         }
@@ -416,4 +272,213 @@ impl Trainer<'_> {
         outcome.images_per_second = run_images as f64 / run_seconds.max(1e-9);
         Ok((model, outcome))
     }
+
+    /// A fresh optimizer and state, or — resuming — the run's latest checkpoint's.
+    fn start<M: Learner>(
+        &self,
+        model: M,
+        resume: bool,
+    ) -> Result<(M, ModuleOptimizer, TrainState)> {
+        let optim = self.cfg.optim.init();
+        if resume {
+            match checkpoint::latest(self.run)? {
+                Some((dir, st)) => {
+                    let model = checkpoint::load_model(model, &dir)?;
+                    let optim = checkpoint::load_optim(optim, &dir)?;
+                    eprintln!("resuming from {} (epoch {} done)", dir.display(), st.epoch);
+                    return Ok((model, optim, st));
+                }
+                None => eprintln!(
+                    "no checkpoint in {}: starting from scratch",
+                    self.run.display()
+                ),
+            }
+        }
+        Ok((model, optim, TrainState::default()))
+    }
+
+    /// One epoch's batches: a step each, the loss and score read back every `log_every`
+    /// steps (one device sync each) into step lines of the log. Stops at a non-finite loss
+    /// (keeping the last checkpoint), at a loader failure, or when a timing has its steps.
+    fn epoch<M: Learner>(
+        &self,
+        mut model: M,
+        optim: &mut ModuleOptimizer,
+        state: &mut TrainState,
+        batches: loader::EpochBatches,
+        epoch: usize,
+        log: &mut std::fs::File,
+    ) -> Result<(M, EpochSums)> {
+        let cfg = self.cfg;
+        let nb = batches.len();
+        let score_name = model.score_name();
+        let bar = crate::util::progress::bar(
+            nb as u64,
+            &format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            self.progress,
+        );
+        let t0 = Instant::now();
+        let mut e = EpochSums::default();
+        let mut pending_loss: Vec<Tensor<1>> = Vec::new();
+        let mut pending_score: Vec<Tensor<1>> = Vec::new();
+        let mut pending_inputs = 0u64;
+        let mut timed: Option<(Instant, u64)> = None;
+        let mut received = 0;
+        for (b, batch) in batches.enumerate() {
+            // A loader failure stops the run before anything of this epoch is kept.
+            let batch = batch?;
+            received += 1;
+            if let Some(t) = self.timing {
+                if b == TIMING_WARMUP.min(t.steps) {
+                    let _ = self.device.sync();
+                    timed = Some((Instant::now(), e.images));
+                }
+                if b >= t.steps {
+                    break;
+                }
+                if !t.train {
+                    e.images += batch.images as u64;
+                    continue;
+                }
+            }
+            e.lr = cfg.schedule.lr(
+                cfg.optim.lr,
+                epoch as f64 + b as f64 / nb as f64,
+                cfg.epochs as f64,
+            );
+            e.images += batch.images as u64;
+            let stats;
+            (model, stats) = model.train_step(batch, self.device, optim, e.lr);
+            pending_loss.push(stats.loss_sum);
+            pending_score.push(stats.score_sum);
+            pending_inputs += stats.count;
+            state.step += 1;
+            crate::util::fault::pause_at(&format!("step:{}", state.step));
+            if (b + 1) % cfg.log_every.max(1) == 0 || b + 1 == nb {
+                // One read-back per interval: on a GPU every read is a sync.
+                let l: f64 = Tensor::cat(std::mem::take(&mut pending_loss), 0)
+                    .sum()
+                    .into_scalar::<f32>() as f64;
+                let c: f64 = Tensor::cat(std::mem::take(&mut pending_score), 0)
+                    .sum()
+                    .into_scalar::<f32>() as f64;
+                if !l.is_finite() {
+                    self.diverged(l, epoch, state.step, e.lr)?;
+                }
+                e.loss += l;
+                e.score += c;
+                e.inputs += pending_inputs;
+                let dt = t0.elapsed().as_secs_f64();
+                let ips = e.images as f64 / dt.max(1e-9);
+                let rec = serde_json::json!({
+                    "kind": "step", "epoch": epoch + 1, "step": state.step, "lr": e.lr,
+                    "loss": l / pending_inputs as f64, "score": c / pending_inputs as f64,
+                    "score_name": score_name,
+                    "images_per_second": ips,
+                });
+                writeln!(log, "{rec}")?;
+                pending_inputs = 0;
+                bar.set_message(format!(
+                    "epoch {}/{} loss {:.4} {score_name} {:.4} {:.0} img/s",
+                    epoch + 1,
+                    cfg.epochs,
+                    e.loss / e.inputs as f64,
+                    e.score / e.inputs as f64,
+                    ips
+                ));
+            }
+            bar.set_position(b as u64 + 1);
+        }
+        bar.finish_and_clear();
+        if self.timing.is_some() {
+            let _ = self.device.sync();
+            let (t, before) = timed.unwrap_or((t0, 0));
+            e.timed_images_per_second =
+                Some((e.images - before) as f64 / t.elapsed().as_secs_f64().max(1e-9));
+            return Ok((model, e));
+        }
+        if received != nb {
+            bail!(
+                "epoch {} ended after {received} of {nb} batches; nothing of it was kept",
+                epoch + 1
+            );
+        }
+        e.seconds = t0.elapsed().as_secs_f64();
+        Ok((model, e))
+    }
+
+    /// The error of a loss that became `loss` (NaN or infinite), naming the checkpoint
+    /// that stays.
+    fn diverged(&self, loss: f64, epoch: usize, step: u64, lr: f64) -> Result<()> {
+        let kept = match checkpoint::latest(self.run)? {
+            Some((d, s)) => format!(
+                "the last good checkpoint (epoch {}) is kept in {}",
+                s.epoch,
+                d.display()
+            ),
+            None => "no checkpoint had been written yet".to_string(),
+        };
+        bail!(
+            "training diverged: the loss became {loss} at epoch {}, step {step}; {kept}. \
+             Lower the learning rate (now {lr:.4}) and resume with --resume.",
+            epoch + 1
+        )
+    }
+
+    /// A finished epoch: the state, its checkpoint, then its line in the log.
+    fn end_epoch<M: Learner>(
+        &self,
+        model: &M,
+        optim: &ModuleOptimizer,
+        state: &mut TrainState,
+        e: &EpochSums,
+        epoch: usize,
+        log: &mut std::fs::File,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        state.epoch = epoch + 1;
+        state.loss = e.loss / e.inputs.max(1) as f64;
+        state.score = e.score / e.inputs.max(1) as f64;
+        state.train_seconds += e.seconds;
+        state.images_seen += e.images;
+        let ips = e.images as f64 / e.seconds.max(1e-9);
+        let score_name = model.score_name();
+        let rec = serde_json::json!({
+            "kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": e.lr,
+            "loss": state.loss, "score": state.score, "score_name": score_name,
+            "seconds": e.seconds,
+            "images_per_second": ips,
+        });
+        // The checkpoint first, then its line in the log: a run killed between the two
+        // writes the line from the checkpoint when it resumes (see `repair_log`), so the
+        // log never holds an epoch the checkpoints do not.
+        state.log = Some(rec.clone());
+        checkpoint::save(self.run, model, optim, state, cfg.keep_checkpoints)?;
+        crate::util::fault::pause_at(&format!("epoch-log:{}", state.epoch));
+        writeln!(log, "{rec}")?;
+        log.flush()?;
+        log.sync_data()?;
+        if self.progress {
+            eprintln!(
+                "epoch {}/{}: loss {:.4}, pretext {score_name} {:.4}, {:.1} images/s, {:.0} s",
+                state.epoch, cfg.epochs, state.loss, state.score, ips, e.seconds
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one epoch's batches summed to.
+#[derive(Default)]
+struct EpochSums {
+    /// Loss and score summed over inputs, and the inputs.
+    loss: f64,
+    score: f64,
+    inputs: u64,
+    /// Source images, wall-clock seconds, the last learning rate.
+    images: u64,
+    seconds: f64,
+    lr: f64,
+    /// A timing's images/s (the epoch stopped after its steps).
+    timed_images_per_second: Option<f64>,
 }
