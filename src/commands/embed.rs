@@ -18,7 +18,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::data::{self, CacheOptions, ImageSet, Split};
 use crate::draw::preview::{Cell, save, sheet};
 use crate::eval::EvalReport;
-use crate::eval::features::{EvalView, extract_taps, l2_normalize};
+use crate::eval::features::{EvalView, extract, l2_normalize};
 use crate::models::Backbone;
 use crate::run::{RunConfig, check_fits, load_backbone, open_split, subset_indices};
 use crate::util::fsutil;
@@ -108,7 +108,7 @@ pub fn embed(
     check_fits(&rc, &set, req.data, req.split.name())?;
     let idx = subset_indices(set.len(), req.images, 0);
     let set = Arc::new(set.subset(&idx));
-    let feats = extract_taps(
+    let feats = extract(
         &backbone,
         set.clone(),
         Arc::new(EvalView::for_run(&rc)),
@@ -302,7 +302,7 @@ pub fn search(
     let side = rc.image_size;
     let query_set = ImageSet::unlabelled(side, side, 3, img.into_raw());
     check_fits(&rc, &query_set, query, "the query")?;
-    let q = extract_taps(
+    let q = extract(
         &backbone,
         Arc::new(query_set.clone()),
         Arc::new(EvalView::for_run(&rc)),

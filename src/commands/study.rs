@@ -441,19 +441,18 @@ impl Study<'_> {
         );
         let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
         for m in &log.methods {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {:.1} | {:.0} | {:.4} | {:.4} | {} | {} |",
-                m.method,
-                m.epochs,
-                m.images_seen,
-                m.calibrated_images_per_second,
-                m.pretrain_seconds,
-                m.final_loss,
-                m.final_score,
+            let cells = [
+                m.method.clone(),
+                m.epochs.to_string(),
+                m.images_seen.to_string(),
+                format!("{:.1}", m.calibrated_images_per_second),
+                format!("{:.0}", m.pretrain_seconds),
+                format!("{:.4}", m.final_loss),
+                format!("{:.4}", m.final_score),
                 opt(m.eval_seconds),
-                opt(m.finetune_seconds)
-            );
+                opt(m.finetune_seconds),
+            ];
+            let _ = writeln!(s, "{}", crate::util::table::md_row(cells));
         }
         let _ = writeln!(
             s,

@@ -88,26 +88,11 @@ impl SampleMaker for EvalView {
     }
 }
 
-/// Extract pooled features of `set` at every tap of `backbone` (an inference copy), with
-/// a progress bar labelled `progress` when given.
-pub fn extract(
-    backbone: &Backbone,
-    set: Arc<ImageSet>,
-    view: Arc<EvalView>,
-    target_dim: usize,
-    batch_size: usize,
-    dev: &Device,
-    progress: Option<&str>,
-) -> anyhow::Result<Features> {
-    extract_taps(
-        backbone, set, view, target_dim, batch_size, dev, progress, None,
-    )
-}
-
-/// [`extract`], keeping only tap number `only` when given (the others are still computed
-/// on the way, but neither pooled nor stored).
+/// Pooled features of `set` at every tap of `backbone` (an inference copy), or at tap
+/// number `only` (the others are still computed on the way, but neither pooled nor
+/// stored), with a progress bar labelled `progress` when given.
 #[allow(clippy::too_many_arguments)]
-pub fn extract_taps(
+pub fn extract(
     backbone: &Backbone,
     set: Arc<ImageSet>,
     view: Arc<EvalView>,
@@ -267,7 +252,7 @@ mod tests {
         };
         let view = Arc::new(EvalView::new(8, 8, InputTransform::Rgb, norm));
         let run = |set: Arc<ImageSet>, batch: usize| {
-            extract(&backbone, set, view.clone(), 64, batch, &dev, None).unwrap()
+            extract(&backbone, set, view.clone(), 64, batch, &dev, None, None).unwrap()
         };
         let whole = run(set.clone(), 5);
         let pairs = run(set.clone(), 2);

@@ -25,6 +25,7 @@ use crate::train::checkpoint;
 use crate::train::trainer::Classifier;
 use crate::train::{OptimConfig, Schedule, TrainConfig};
 use crate::util::fsutil;
+use crate::util::table::{csv_row, md_row};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneConfig {
@@ -183,23 +184,16 @@ impl FinetuneReport {
             s,
             "| labels | init | seeds | top-1 | top-5 |\n|---|---|---|---|---|"
         );
-        for SummaryRow {
-            fraction: f,
-            init,
-            seeds: n,
-            top1: (m1, s1),
-            top5: (m5, s5),
-        } in self.summary()
-        {
-            let _ = writeln!(
-                s,
-                "| {:.0}% | {init} | {n} | {:.2} ± {:.2} | {:.2} ± {:.2} |",
-                100.0 * f,
-                100.0 * m1,
-                100.0 * s1,
-                100.0 * m5,
-                100.0 * s5
-            );
+        for r in self.summary() {
+            let pm = |(m, sd): (f64, f64)| format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * sd);
+            let cells = [
+                format!("{:.0}%", 100.0 * r.fraction),
+                r.init.clone(),
+                r.seeds.to_string(),
+                pm(r.top1),
+                pm(r.top5),
+            ];
+            let _ = writeln!(s, "{}", md_row(cells));
         }
         s
     }
@@ -208,19 +202,18 @@ impl FinetuneReport {
         let mut s =
             String::from("method,fraction,seed,init,train_images,test_images,epochs,top1,top5\n");
         for r in &self.rows {
-            let _ = writeln!(
-                s,
-                "{},{},{},{},{},{},{},{:.4},{:.4}",
-                self.method,
-                r.fraction,
-                r.seed,
-                r.init,
-                r.train_images,
-                self.test_images,
-                self.protocol.epochs,
-                r.top1,
-                r.top5
-            );
+            let cells = [
+                self.method.clone(),
+                r.fraction.to_string(),
+                r.seed.to_string(),
+                r.init.clone(),
+                r.train_images.to_string(),
+                self.test_images.to_string(),
+                self.protocol.epochs.to_string(),
+                format!("{:.4}", r.top1),
+                format!("{:.4}", r.top5),
+            ];
+            let _ = writeln!(s, "{}", csv_row(cells));
         }
         s
     }

@@ -128,18 +128,12 @@ pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> 
         return Ok(());
     }
     let trained = crate::data::folder::list(&rc.data, rc.split, rc.holdout)?;
-    let mut resolver = Resolver::default();
-    let seen: std::collections::HashSet<PathBuf> = trained
+    let trained: Vec<String> = trained
         .files
         .iter()
-        .map(|f| resolver.resolve(&f.to_string_lossy()))
+        .map(|f| f.to_string_lossy().into_owned())
         .collect();
-    let shared: Vec<&String> = test
-        .header
-        .sources
-        .iter()
-        .filter(|s| seen.contains(&resolver.resolve(s)))
-        .collect();
+    let shared = shared_images(&trained, &test.header.sources);
     if let Some(first) = shared.first() {
         bail!(
             "{}: {} test image(s) are among the images the run trained on (first: {first}):              it held out {}, and these test images were drawn with {}. Evaluate with the              run's own split (leave out --test-fraction and --split-seed), or on other data",
@@ -154,6 +148,16 @@ pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> 
         );
     }
     Ok(())
+}
+
+/// The `test` images that are also `train` images (by where they really are).
+fn shared_images<'a>(train: &[String], test: &'a [String]) -> Vec<&'a String> {
+    let mut resolver = Resolver::default();
+    let seen: std::collections::HashSet<PathBuf> =
+        train.iter().map(|s| resolver.resolve(s)).collect();
+    test.iter()
+        .filter(|s| seen.contains(&resolver.resolve(s)))
+        .collect()
 }
 
 /// Where an image really is: its folder with symbolic links resolved (once per folder:
@@ -235,19 +239,7 @@ pub fn check_splits(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<()
 /// Refuse train and test splits that share an image (by the file or record it came from,
 /// symbolic links resolved).
 pub fn check_disjoint(train: &ImageSet, test: &ImageSet, data: &Path) -> Result<()> {
-    let mut resolver = Resolver::default();
-    let seen: std::collections::HashSet<PathBuf> = train
-        .header
-        .sources
-        .iter()
-        .map(|s| resolver.resolve(s))
-        .collect();
-    let shared: Vec<&String> = test
-        .header
-        .sources
-        .iter()
-        .filter(|s| seen.contains(&resolver.resolve(s)))
-        .collect();
+    let shared = shared_images(&train.header.sources, &test.header.sources);
     if let Some(first) = shared.first() {
         bail!(
             "{}: {} test image(s) are also training images (first: {first}); evaluating on \
@@ -299,6 +291,7 @@ pub fn evaluate_run(
         cfg.batch_size,
         dev,
         progress.then_some("train"),
+        None,
     )?;
     let fte = features::extract(
         &backbone,
@@ -308,6 +301,7 @@ pub fn evaluate_run(
         cfg.batch_size,
         dev,
         progress.then_some("test"),
+        None,
     )?;
     let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress);
     let mut rows = Vec::new();

@@ -14,6 +14,7 @@ use super::linear::ProbeResult;
 use crate::data::lab::InputTransform;
 use crate::models::BackboneConfig;
 use crate::util::fsutil;
+use crate::util::table::{csv_row, md_row};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerRow {
@@ -95,34 +96,24 @@ impl EvalReport {
         }
         let _ = writeln!(s, "{head}\n{rule}");
         for r in &self.rows {
-            let _ = write!(
-                s,
-                "| {} | {} ({}×{}) | {:.2} | {:.2} |",
-                r.layer,
-                r.dim,
-                r.pool_grid,
-                r.pool_grid,
-                100.0 * r.linear.top1,
-                100.0 * r.linear.top5
-            );
-            for k in &r.knn {
-                let _ = write!(s, " {:.2} |", 100.0 * k.top1);
-            }
+            let mut cells = vec![
+                r.layer.clone(),
+                format!("{} ({}×{})", r.dim, r.pool_grid, r.pool_grid),
+                format!("{:.2}", 100.0 * r.linear.top1),
+                format!("{:.2}", 100.0 * r.linear.top5),
+            ];
+            cells.extend(r.knn.iter().map(|k| format!("{:.2}", 100.0 * k.top1)));
             if clustered {
                 match &r.cluster {
-                    Some(c) => {
-                        let _ = write!(
-                            s,
-                            " {:.4} | {:.4} | {:.2} |",
-                            c.nmi,
-                            c.ari,
-                            100.0 * c.purity
-                        );
-                    }
-                    None => s.push_str(" – | – | – |"),
+                    Some(c) => cells.extend([
+                        format!("{:.4}", c.nmi),
+                        format!("{:.4}", c.ari),
+                        format!("{:.2}", 100.0 * c.purity),
+                    ]),
+                    None => cells.extend(["–".to_string(), "–".into(), "–".into()]),
                 }
             }
-            s.push('\n');
+            let _ = writeln!(s, "{}", md_row(cells));
         }
         s
     }
@@ -131,50 +122,61 @@ impl EvalReport {
         let mut s = String::from(
             "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs,nmi,ari,purity\n",
         );
+        let (tr, te) = (self.train_images.to_string(), self.test_images.to_string());
+        let f4 = |v: f64| format!("{v:.4}");
         for r in &self.rows {
-            let _ = writeln!(
-                s,
-                "{},{},{},{},linear,,,{:.4},{:.4},{},{},{},,,",
-                self.method,
-                r.layer,
-                r.dim,
-                r.pool_grid,
-                r.linear.top1,
-                r.linear.top5,
-                self.train_images,
-                self.test_images,
-                self.protocol.probe.epochs
-            );
+            let mut line = |cells: [String; 11]| {
+                let head = [
+                    self.method.clone(),
+                    r.layer.clone(),
+                    r.dim.to_string(),
+                    r.pool_grid.to_string(),
+                ];
+                let _ = writeln!(s, "{}", csv_row(head.into_iter().chain(cells)));
+            };
+            let none = String::new;
+            line([
+                "linear".into(),
+                none(),
+                none(),
+                f4(r.linear.top1),
+                f4(r.linear.top5),
+                tr.clone(),
+                te.clone(),
+                self.protocol.probe.epochs.to_string(),
+                none(),
+                none(),
+                none(),
+            ]);
             for k in &r.knn {
-                let _ = writeln!(
-                    s,
-                    "{},{},{},{},knn,{},{},{:.4},{:.4},{},{},,,,",
-                    self.method,
-                    r.layer,
-                    r.dim,
-                    r.pool_grid,
-                    k.k,
-                    k.t,
-                    k.top1,
-                    k.top5,
-                    self.train_images,
-                    self.test_images
-                );
+                line([
+                    "knn".into(),
+                    k.k.to_string(),
+                    k.t.to_string(),
+                    f4(k.top1),
+                    f4(k.top5),
+                    tr.clone(),
+                    te.clone(),
+                    none(),
+                    none(),
+                    none(),
+                    none(),
+                ]);
             }
             if let Some(c) = &r.cluster {
-                let _ = writeln!(
-                    s,
-                    "{},{},{},{},kmeans,{},,,,,{},,{:.4},{:.4},{:.4}",
-                    self.method,
-                    r.layer,
-                    r.dim,
-                    r.pool_grid,
-                    c.k,
-                    self.test_images,
-                    c.nmi,
-                    c.ari,
-                    c.purity
-                );
+                line([
+                    "kmeans".into(),
+                    c.k.to_string(),
+                    none(),
+                    none(),
+                    none(),
+                    none(),
+                    te.clone(),
+                    none(),
+                    f4(c.nmi),
+                    f4(c.ari),
+                    f4(c.purity),
+                ]);
             }
         }
         s

@@ -15,6 +15,7 @@ use crate::eval::EvalReport;
 use crate::eval::finetune::{FinetuneReport, SummaryRow};
 use crate::models::Arch;
 use crate::util::fsutil;
+use crate::util::table::md_row;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
@@ -199,19 +200,17 @@ impl Comparison {
 
     fn table(&self, title: &str, cell: impl Fn(&EvalReport, &str) -> Option<String>) -> String {
         let layers = self.layers();
-        let mut s = format!("### {title}\n\n| method |");
-        for l in &layers {
-            let _ = write!(s, " {l} |");
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---|".repeat(layers.len()));
-        s.push('\n');
+        let head = std::iter::once("method").chain(layers.iter().map(String::as_str));
+        let mut s = format!(
+            "### {title}\n\n{}\n{}\n",
+            md_row(head),
+            md_row(vec!["---"; layers.len() + 1]).replace(' ', "")
+        );
         for (r, name) in self.evals.iter().zip(self.row_names()) {
-            let _ = write!(s, "| {name} |");
-            for l in &layers {
-                let _ = write!(s, " {} |", cell(r, l).unwrap_or_else(|| "–".into()));
-            }
-            s.push('\n');
+            let cells = layers
+                .iter()
+                .map(|l| cell(r, l).unwrap_or_else(|| "–".into()));
+            let _ = writeln!(s, "{}", md_row(std::iter::once(name).chain(cells)));
         }
         s
     }

@@ -5,3 +5,4 @@ pub mod device;
 pub mod fault;
 pub mod fsutil;
 pub mod progress;
+pub mod table;
