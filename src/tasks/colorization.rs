@@ -15,15 +15,14 @@ use super::{PretextTask, Task, TaskConfig, TrainingDefaults};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
 use crate::data::lab::{InputTransform, lab_to_srgb, srgb_to_lab};
-use crate::data::loader::Batch;
 use crate::data::loader::{SampleMaker, SampleOut, preview_indices};
 use crate::draw::preview::{self, Cell};
 use crate::models::hypercolumn::ColorNet;
 use crate::run::Job;
 use crate::train::TrainOutcome;
-use crate::train::trainer::{Learner, StepStats};
+use crate::train::trainer::{Learner, Step, StepStats};
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::Int;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::activation::softmax;
@@ -360,13 +359,8 @@ pub fn split_targets(targets: &[i64], pixels: usize) -> (Vec<i64>, Vec<i64>, Vec
 }
 
 impl Learner for ColorNet {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats) {
+    fn train_step(self, step: Step<'_>) -> (Self, StepStats) {
+        let (batch, dev, optim, lr) = step.parts();
         let (pos, a, b) = split_targets(&batch.targets, self.pixels);
         let m = pos.len();
         let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);

@@ -13,15 +13,14 @@ use serde::{Deserialize, Serialize};
 use super::{PretextTask, Task, TaskConfig, TrainingDefaults};
 use crate::data::ImageSet;
 use crate::data::augment::{AugmentConfig, Normalize, crop_image};
-use crate::data::loader::Batch;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
 use crate::draw::preview::{self, Cell};
 use crate::models::context_encoder::ContextEncoder;
 use crate::run::{Job, RunConfig};
-use crate::train::trainer::{Learner, StepStats};
+use crate::train::trainer::{Learner, Step, StepStats};
 use crate::train::{OptimConfig, OptimKind, Schedule, TrainOutcome};
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -434,13 +433,8 @@ pub fn aux_len(c: usize, side: usize) -> usize {
 }
 
 impl Learner for ContextEncoder {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats) {
+    fn train_step(self, step: Step<'_>) -> (Self, StepStats) {
+        let (batch, dev, optim, lr) = step.parts();
         let [_, c, s, _] = batch.shape;
         let n = batch.images;
         let plane = s * s;

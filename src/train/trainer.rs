@@ -28,17 +28,26 @@ pub struct StepStats {
     pub count: u64,
 }
 
+/// What one optimizer step works on: the batch, the device, the optimizer and the rate.
+pub struct Step<'a> {
+    pub batch: Batch,
+    pub dev: &'a Device,
+    pub optim: &'a mut ModuleOptimizer,
+    pub lr: f64,
+}
+
+impl<'a> Step<'a> {
+    /// The batch, device, optimizer and rate, to take apart in one line.
+    pub fn parts(self) -> (Batch, &'a Device, &'a mut ModuleOptimizer, f64) {
+        (self.batch, self.dev, self.optim, self.lr)
+    }
+}
+
 /// A trainable objective: one optimizer step on a batch. Classifiers get this for free
 /// (cross-entropy, accuracy); the context encoder steps its generator and discriminator
 /// with their own losses.
 pub trait Learner: Module + Sized {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats);
+    fn train_step(self, step: Step<'_>) -> (Self, StepStats);
     /// What the score is ("accuracy", "hole MSE", …), for logs and progress bars.
     fn score_name(&self) -> &'static str {
         "accuracy"
@@ -47,24 +56,13 @@ pub trait Learner: Module + Sized {
 
 /// Every classifier trains the same way: cross-entropy on the logits, accuracy as the score.
 impl<M: Classifier> Learner for M {
-    fn train_step(
-        self,
-        batch: Batch,
-        dev: &Device,
-        optim: &mut ModuleOptimizer,
-        lr: f64,
-    ) -> (Self, StepStats) {
-        classifier_step(self, batch, dev, optim, lr)
+    fn train_step(self, step: Step<'_>) -> (Self, StepStats) {
+        classifier_step(self, step)
     }
 }
 
-fn classifier_step<M: Classifier>(
-    model: M,
-    batch: Batch,
-    dev: &Device,
-    optim: &mut ModuleOptimizer,
-    lr: f64,
-) -> (M, StepStats) {
+fn classifier_step<M: Classifier>(model: M, step: Step<'_>) -> (M, StepStats) {
+    let (batch, dev, optim, lr) = step.parts();
     let (x, y) = batch_tensors(batch, dev);
     let logits = model.logits(x);
     let [n, _] = logits.dims();
@@ -348,7 +346,12 @@ impl Trainer<'_> {
             );
             e.images += batch.images as u64;
             let stats;
-            (model, stats) = model.train_step(batch, self.device, optim, e.lr);
+            (model, stats) = model.train_step(Step {
+                batch,
+                dev: self.device,
+                optim,
+                lr: e.lr,
+            });
             pending_loss.push(stats.loss_sum);
             pending_score.push(stats.score_sum);
             pending_inputs += stats.count;
