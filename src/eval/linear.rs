@@ -83,38 +83,46 @@ pub fn standardizer(data: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     (m, inv)
 }
 
-fn standardize(data: &mut [f32], d: usize, mean: &[f32], inv: &[f32]) {
-    for row in data.chunks_exact_mut(d) {
-        for ((v, m), s) in row.iter_mut().zip(mean).zip(inv) {
-            *v = (*v - m) * s;
-        }
-    }
-}
-
-fn gather(data: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.len() * d);
-    for &r in rows {
-        out.extend_from_slice(&data[r * d..(r + 1) * d]);
+/// Rows `rows` of the `n × d` matrix `data`, standardised with `(mean, inv)` on the way:
+/// the features are never copied whole (a full copy of every tap of 50k images is
+/// gigabytes).
+fn gather(
+    data: &[f32],
+    d: usize,
+    rows: impl Iterator<Item = usize>,
+    (mean, inv): &(Vec<f32>, Vec<f32>),
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(
+            data[r * d..(r + 1) * d]
+                .iter()
+                .zip(mean)
+                .zip(inv)
+                .map(|((v, m), s)| (v - m) * s),
+        );
     }
     out
 }
 
-/// Scores `[n × classes]` of every tap's probe on `feats` (already standardized).
+/// Scores `[n × classes]` of every tap's probe on `feats`, standardised on the way.
 fn scores(
     probes: &Probes,
-    feats: &[Vec<f32>],
-    dims: &[usize],
-    n: usize,
+    feats: &Features,
+    stats: &[(Vec<f32>, Vec<f32>)],
     dev: &Device,
 ) -> Vec<Vec<f32>> {
     let block = 1024;
-    let mut out = vec![Vec::new(); dims.len()];
-    for start in (0..n).step_by(block) {
-        let end = (start + block).min(n);
+    let mut out = vec![Vec::new(); feats.dims.len()];
+    for start in (0..feats.n).step_by(block) {
+        let end = (start + block).min(feats.n);
         for (t, head) in probes.heads.iter().enumerate() {
-            let d = dims[t];
+            let d = feats.dims[t];
             let x = Tensor::<2>::from_data(
-                TensorData::new(feats[t][start * d..end * d].to_vec(), [end - start, d]),
+                TensorData::new(
+                    gather(&feats.data[t], d, start..end, &stats[t]),
+                    [end - start, d],
+                ),
                 dev,
             );
             out[t].extend(
@@ -138,13 +146,10 @@ pub fn evaluate(
     progress: bool,
 ) -> Vec<ProbeResult> {
     let taps = train.taps.len();
-    let mut xtr = train.data.clone();
-    let mut xte = test.data.clone();
-    for t in 0..taps {
-        let (m, inv) = standardizer(&xtr[t], train.dims[t]);
-        standardize(&mut xtr[t], train.dims[t], &m, &inv);
-        standardize(&mut xte[t], test.dims[t], &m, &inv);
-    }
+    // The training set's statistics, for both sets.
+    let stats: Vec<(Vec<f32>, Vec<f32>)> = (0..taps)
+        .map(|t| standardizer(&train.data[t], train.dims[t]))
+        .collect();
     let train_dev = dev.clone().autodiff();
     train_dev.seed(cfg.seed);
     let mut probes = Probes {
@@ -173,7 +178,10 @@ pub fn evaluate(
             for (t, head) in probes.heads.iter().enumerate() {
                 let d = train.dims[t];
                 let x = Tensor::<2>::from_data(
-                    TensorData::new(gather(&xtr[t], d, rows), [rows.len(), d]),
+                    TensorData::new(
+                        gather(&train.data[t], d, rows.iter().copied(), &stats[t]),
+                        [rows.len(), d],
+                    ),
                     &train_dev,
                 );
                 let l = cross_entropy(head.forward(x), y.clone());
@@ -190,8 +198,8 @@ pub fn evaluate(
     }
     bar.finish_and_clear();
     let probes = probes.valid();
-    let s_test = scores(&probes, &xte, &test.dims, test.n, dev);
-    let s_train = scores(&probes, &xtr, &train.dims, train.n, dev);
+    let s_test = scores(&probes, test, &stats, dev);
+    let s_train = scores(&probes, train, &stats, dev);
     (0..taps)
         .map(|t| ProbeResult {
             top1: top_k_accuracy(&s_test[t], classes, &test.labels, 1),

@@ -304,15 +304,18 @@ pub fn evaluate_run(
         None,
     )?;
     let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress);
+    let (mut ftr, mut fte) = (ftr, fte);
     let mut rows = Vec::new();
     for (t, probe) in probes.into_iter().enumerate() {
         let d = ftr.dims[t];
-        let mut a = ftr.data[t].clone();
-        let mut b = fte.data[t].clone();
+        // The probes are done with the raw features: each tap is normalised in place and
+        // handed on, never copied (a tap of 50k images is gigabytes).
+        let mut a = std::mem::take(&mut ftr.data[t]);
+        let mut b = std::mem::take(&mut fte.data[t]);
         l2_normalize(&mut a, d);
         l2_normalize(&mut b, d);
         let knn = knn::evaluate(
-            (&a, &ftr.labels),
+            (a, &ftr.labels),
             (&b, &fte.labels),
             d,
             classes,
