@@ -569,4 +569,21 @@ fn evaluation_never_tests_on_images_the_run_pretrained_on() {
         err.contains("held out nothing (it trained on the whole tree)"),
         "{err}"
     );
+    // `data inspect` shows such a tree as train only: it once listed the whole tree a
+    // second time as its "test" split.
+    let out = pretext(&["data", "inspect", "tree", "--test-fraction", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("train: 60 images"), "{text}");
+    assert!(!text.contains("test:"), "{text}");
+    assert!(text.contains("no test split"), "{text}");
+    let text = String::from_utf8_lossy(&pretext(&["data", "inspect", "tree"]).stdout).into_owned();
+    assert!(
+        text.contains("train: 54 images") && text.contains("test: 6 images"),
+        "{text}"
+    );
 }

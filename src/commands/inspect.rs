@@ -19,8 +19,15 @@ pub fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
                 .filter_map(|e| e.ok())
                 .any(|e| e.path().is_dir())
             {
-                // Class folders: a test split is held out of each class.
-                vec![data::Split::Train, data::Split::Test]
+                // Class folders: a test split is held out of each class, unless
+                // `--test-fraction 0` keeps every image for training (then there is no
+                // test split to show: showing the whole tree again would call training
+                // images test images).
+                if cache.holdout.is_some() {
+                    vec![data::Split::Train, data::Split::Test]
+                } else {
+                    vec![data::Split::Train]
+                }
             } else {
                 vec![data::Split::Unlabeled]
             }
@@ -66,6 +73,14 @@ pub fn inspect(path: &std::path::Path, cache: &CacheOptions) -> Result<()> {
         );
         if let Some(held) = h.holdout {
             println!("    (no train/ and test/ folders: {held}; --test-fraction, --split-seed)");
+        } else if split == data::Split::Train
+            && h.labels.is_some()
+            && matches!(format, data::Format::Folder)
+            && !data::folder::has_split_folders(path)
+        {
+            println!(
+                "    (no train/ and test/ folders, --test-fraction 0: every image is for training, no test split)"
+            );
         }
         for (name, count) in h.classes.iter().zip(set.class_counts()) {
             println!("    {name:<16} {count}");

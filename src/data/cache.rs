@@ -1,9 +1,13 @@
 //! Decoded images as one u8 file per data set split, memory-mapped on reuse.
 //!
-//! Layout: `PRTXIMG1` magic, a little-endian u64 header length, a JSON header (counts,
-//! size, labels, class names, source names, fingerprint of the source), zero padding to a
-//! 64-byte boundary, then `n × h × w × c` bytes in HWC order. The file is written to a
-//! temporary name and renamed, so a killed run never leaves a half-written cache behind.
+//! Layout: `n × h × w × c` bytes in HWC order from the start of the file, then a JSON
+//! header (counts, size, labels, class names, source names, fingerprint of the source), its
+//! length as a little-endian u64 and the `PRTXIMG2` magic. The header comes last so a
+//! reader decoding millions of files can stream the pixels into the file as they come and
+//! write what it learnt about them (skipped files, sources) at the end: memory stays
+//! bounded whatever the folder's size. The file is written to a temporary name, flushed
+//! and renamed, so a killed run never leaves a half-written cache behind. (`PRTXIMG1`
+//! files, header first, are not read: they are decoded again once.)
 
 use std::fs;
 use std::io::Write;
@@ -15,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DataError;
 
-const MAGIC: &[u8; 8] = b"PRTXIMG1";
+const MAGIC: &[u8; 8] = b"PRTXIMG2";
 
 /// Where decoded caches live and how a folder's images are brought to one size.
 #[derive(Clone, Debug)]
@@ -140,7 +144,20 @@ pub struct Header {
 
 enum Pixels {
     Owned(Vec<u8>),
-    Mapped { map: Mmap, offset: usize },
+    /// The first `len` bytes of a cache file.
+    Mapped {
+        map: Mmap,
+        len: usize,
+    },
+}
+
+impl Pixels {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Pixels::Owned(v) => v,
+            Pixels::Mapped { map, len } => &map[..*len],
+        }
+    }
 }
 
 /// A decoded split: `n` images of `h × w × c` u8 pixels (HWC), with optional labels.
@@ -148,6 +165,8 @@ enum Pixels {
 pub struct ImageSet {
     pub header: Arc<Header>,
     pixels: Arc<Pixels>,
+    /// A subset's view of the pixels it shares: image `i` is stored image `index[i]`.
+    index: Option<Arc<Vec<usize>>>,
     /// Where the cache file is, if it was written.
     pub cache_path: Option<PathBuf>,
 }
@@ -172,6 +191,7 @@ impl ImageSet {
         Self {
             header: Arc::new(header),
             pixels: Arc::new(Pixels::Owned(pixels)),
+            index: None,
             cache_path: None,
         }
     }
@@ -202,16 +222,11 @@ impl ImageSet {
     pub fn image_bytes(&self) -> usize {
         self.header.h * self.header.w * self.header.c
     }
-    pub fn all_pixels(&self) -> &[u8] {
-        match &*self.pixels {
-            Pixels::Owned(v) => v,
-            Pixels::Mapped { map, offset } => &map[*offset..],
-        }
-    }
     /// HWC bytes of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
+        let j = self.index.as_ref().map_or(i, |ix| ix[i]);
         let b = self.image_bytes();
-        &self.all_pixels()[i * b..(i + 1) * b]
+        &self.pixels.bytes()[j * b..(j + 1) * b]
     }
     pub fn label(&self, i: usize) -> Option<u16> {
         self.header.labels.as_ref().map(|l| l[i])
@@ -233,13 +248,13 @@ impl ImageSet {
         counts
     }
 
-    /// A copy restricted to `indices` (in that order), kept in memory.
+    /// The images `indices` (in that order): a view that shares the pixels (of a cache
+    /// file, or in memory), so a subset of a large set costs no copy of its pixels.
     pub fn subset(&self, indices: &[usize]) -> ImageSet {
-        let b = self.image_bytes();
-        let mut pixels = Vec::with_capacity(indices.len() * b);
-        for &i in indices {
-            pixels.extend_from_slice(self.image(i));
-        }
+        let index: Vec<usize> = match &self.index {
+            Some(ix) => indices.iter().map(|&i| ix[i]).collect(),
+            None => indices.to_vec(),
+        };
         let h = &self.header;
         let header = Header {
             n: indices.len(),
@@ -252,7 +267,12 @@ impl ImageSet {
             skipped_small: 0,
             ..(**h).clone()
         };
-        ImageSet::from_parts(header, pixels)
+        ImageSet {
+            header: Arc::new(header),
+            pixels: self.pixels.clone(),
+            index: Some(Arc::new(index)),
+            cache_path: self.cache_path.clone(),
+        }
     }
 
     /// Per-channel mean and standard deviation in [0, 1] units, from up to `max` images
@@ -352,22 +372,23 @@ pub fn load(path: &Path, fingerprint: u64) -> Option<ImageSet> {
     // SAFETY: the file is only ever replaced by rename, never modified in place, so the
     // mapping stays valid for as long as we hold it.
     let map = unsafe { Mmap::map(&file) }.ok()?;
-    if map.len() < 16 || &map[..8] != MAGIC {
+    let end = map.len().checked_sub(16)?;
+    if &map[end + 8..] != MAGIC {
         return None;
     }
-    let hlen = usize::try_from(u64::from_le_bytes(map[8..16].try_into().ok()?)).ok()?;
-    let header: Header = serde_json::from_slice(map.get(16..16usize.checked_add(hlen)?)?).ok()?;
+    let hlen = usize::try_from(u64::from_le_bytes(map[end..end + 8].try_into().ok()?)).ok()?;
+    let start = end.checked_sub(hlen)?;
+    let header: Header = serde_json::from_slice(&map[start..end]).ok()?;
     if header.fingerprint != fingerprint {
         return None;
     }
-    let offset = (16 + hlen).div_ceil(64) * 64;
     // Checked: a damaged header must make a cache miss, not an overflow.
     let need = header
         .n
         .checked_mul(header.h)?
         .checked_mul(header.w)?
         .checked_mul(header.c)?;
-    if map.len() != offset.checked_add(need)? {
+    if start != need {
         return None;
     }
     let labels_fit = header.labels.as_ref().is_none_or(|l| {
@@ -378,32 +399,110 @@ pub fn load(path: &Path, fingerprint: u64) -> Option<ImageSet> {
     }
     Some(ImageSet {
         header: Arc::new(header),
-        pixels: Arc::new(Pixels::Mapped { map, offset }),
+        pixels: Arc::new(Pixels::Mapped { map, len: need }),
+        index: None,
         cache_path: Some(path.to_path_buf()),
     })
 }
 
-/// Write `set` to `path` atomically (temporary file + rename).
+/// Write `set` to `path` atomically (temporary file, flushed, renamed).
 pub fn store(path: &Path, set: &ImageSet) -> Result<(), DataError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        let header = serde_json::to_vec(&*set.header).map_err(std::io::Error::other)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&(header.len() as u64).to_le_bytes())?;
-        f.write_all(&header)?;
-        let offset = (16 + header.len()).div_ceil(64) * 64;
-        f.write_all(&vec![0u8; offset - 16 - header.len()])?;
-        f.write_all(set.all_pixels())?;
-        f.into_inner()?.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        DataError::io(path, e)
-    })
+    let mut sink = PixelSink::to_file(path)?;
+    for i in 0..set.len() {
+        sink.push(set.image(i))?;
+    }
+    sink.finish_file(&set.header).map(|_| ())
+}
+
+/// Where a reader puts decoded pixels as they come: straight into the cache file (bounded
+/// memory whatever the number of images) or, without a cache, into memory.
+pub struct PixelSink {
+    file: Option<(PathBuf, PathBuf, std::io::BufWriter<fs::File>)>,
+    mem: Vec<u8>,
+}
+
+impl PixelSink {
+    /// A sink for the cache file of this source in `opts`' folder, or in memory without
+    /// one (or when the folder cannot be written: a cache costs speed, not correctness).
+    pub fn new(opts: &CacheOptions, kind: &str, split: &str, fingerprint: u64) -> Self {
+        if let Some(d) = &opts.dir {
+            match Self::to_file(&cache_file(d, kind, split, fingerprint)) {
+                Ok(s) => return s,
+                Err(e) => eprintln!("warning: could not write the image cache: {e}"),
+            }
+        }
+        Self {
+            file: None,
+            mem: Vec::new(),
+        }
+    }
+
+    fn to_file(path: &Path) -> Result<Self, DataError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let f = fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+        Ok(Self {
+            file: Some((path.to_path_buf(), tmp, std::io::BufWriter::new(f))),
+            mem: Vec::new(),
+        })
+    }
+
+    /// The next image's HWC bytes.
+    pub fn push(&mut self, pixels: &[u8]) -> Result<(), DataError> {
+        match &mut self.file {
+            Some((_, tmp, w)) => w.write_all(pixels).map_err(|e| DataError::io(tmp, e)),
+            None => {
+                self.mem.extend_from_slice(pixels);
+                Ok(())
+            }
+        }
+    }
+
+    /// The set of the images pushed, described by `header`: the cache file mapped, or
+    /// the pixels in memory.
+    pub fn finish(mut self, header: Header) -> Result<ImageSet, DataError> {
+        if self.file.is_none() {
+            return Ok(ImageSet::from_parts(header, std::mem::take(&mut self.mem)));
+        }
+        let path = self.finish_file(&header)?;
+        load(&path, header.fingerprint).ok_or_else(|| {
+            DataError::format(&path, "the image cache just written does not read back")
+        })
+    }
+
+    /// Write the header after the pixels, flush, and rename into place.
+    fn finish_file(mut self, header: &Header) -> Result<PathBuf, DataError> {
+        let (path, tmp, mut w) = self.file.take().expect("a file sink");
+        let write = || -> std::io::Result<()> {
+            let json = serde_json::to_vec(header).map_err(std::io::Error::other)?;
+            w.write_all(&json)?;
+            w.write_all(&(json.len() as u64).to_le_bytes())?;
+            w.write_all(MAGIC)?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            DataError::io(&path, e)
+        })?;
+        Ok(path)
+    }
+}
+
+/// A sink dropped unfinished (its reader failed) leaves no half-written file behind.
+impl Drop for PixelSink {
+    fn drop(&mut self) {
+        if let Some((_, tmp, _)) = &self.file {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// The cached set for this source, if its cache file is there and matches.
+pub fn lookup(opts: &CacheOptions, kind: &str, split: &str, fingerprint: u64) -> Option<ImageSet> {
+    let dir = opts.dir.as_ref()?;
+    load(&cache_file(dir, kind, split, fingerprint), fingerprint)
 }
 
 /// Return the cached set for `fingerprint`, or build it with `decode` and cache it.
@@ -467,7 +566,9 @@ mod tests {
         store(&p, &set).unwrap();
         let back = load(&p, 42).expect("cache loads");
         assert_eq!(back.header, set.header);
-        assert_eq!(back.all_pixels(), set.all_pixels());
+        for i in 0..set.len() {
+            assert_eq!(back.image(i), set.image(i));
+        }
         assert_eq!(back.image(1), &[6, 7, 8, 9, 10, 11]);
         assert!(
             load(&p, 43).is_none(),
@@ -481,5 +582,30 @@ mod tests {
         assert_eq!(s.image(0), &[6, 7, 8, 9, 10, 11]);
         assert_eq!(s.header.labels, Some(vec![0]));
         assert_eq!(tiny().class_counts(), vec![1, 1]);
+        // A subset of a subset maps through both; both share the pixels (no copy).
+        let two = tiny().subset(&[1, 0, 1]);
+        let one = two.subset(&[2, 1]);
+        assert_eq!(one.image(0), tiny().image(1));
+        assert_eq!(one.image(1), tiny().image(0));
+        assert_eq!(one.header.sources, ["y", "x"]);
+        assert!(Arc::ptr_eq(&one.pixels, &two.pixels));
+    }
+
+    #[test]
+    fn a_sink_dropped_unfinished_leaves_no_file_and_a_view_stores_its_own_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.u8");
+        let mut sink = PixelSink::to_file(&p).unwrap();
+        sink.push(&[1, 2, 3]).unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A view writes the images it shows, in its order.
+        let view = tiny().subset(&[1]);
+        store(&p, &view).unwrap();
+        let back = load(&p, 42).unwrap();
+        assert_eq!(
+            (back.len(), back.image(0)),
+            (1, &[6u8, 7, 8, 9, 10, 11][..])
+        );
     }
 }

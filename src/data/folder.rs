@@ -3,12 +3,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::imageops::FilterType;
 use rayon::prelude::*;
 
-use super::cache::{self, CacheOptions, FNV_START, Header, Holdout, ImageSet, fnv1a};
+use super::cache::{self, CacheOptions, FNV_START, Header, Holdout, ImageSet, PixelSink, fnv1a};
 use super::{DataError, Split};
 
 fn is_image(p: &Path) -> bool {
@@ -245,12 +244,21 @@ pub fn decode_file(path: &Path, size: Option<u32>) -> Result<image::RgbImage, Da
 pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, DataError> {
     let listing = list(root, split, opts.holdout)?;
     let fp = fingerprint(&listing, opts)?;
-    cache::cached(opts, "folder", split.name(), fp, || {
-        decode_all(listing, opts, fp)
-    })
+    if let Some(set) = cache::lookup(opts, "folder", split.name(), fp) {
+        return Ok(set);
+    }
+    let sink = PixelSink::new(opts, "folder", split.name(), fp);
+    decode_all(listing, opts, fp, sink)
 }
 
-fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet, DataError> {
+/// Decode every file into `sink`, in chunks decoded in parallel: memory holds one chunk
+/// of images, not the whole folder (millions of files stream into the cache file).
+fn decode_all(
+    listing: Listing,
+    opts: &CacheOptions,
+    fp: u64,
+    mut sink: PixelSink,
+) -> Result<ImageSet, DataError> {
     // The first readable image fixes the size when the user did not choose one (with
     // --skip-bad, unreadable files before it are skipped and counted like any other).
     let size = match opts.image_size {
@@ -291,41 +299,38 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
         &format!("decoding {}", listing.root.display()),
         opts.progress,
     );
-    let done = AtomicUsize::new(0);
-    let decoded: Vec<Result<image::RgbImage, DataError>> = listing
-        .files
-        .par_iter()
-        .map(|f| {
-            let r = decode_file(f, Some(size));
-            if done.fetch_add(1, Ordering::Relaxed).is_multiple_of(256) {
-                bar.set_position(done.load(Ordering::Relaxed) as u64);
-            }
-            r
-        })
-        .collect();
-    bar.finish_and_clear();
     let s = size as usize;
-    let mut pixels = Vec::with_capacity(n * s * s * 3);
+    // About 64 MiB of decoded images a chunk (and enough of them to keep every core busy).
+    let chunk = ((64 << 20) / (s * s * 3).max(1)).clamp(64, 8192);
     let mut labels = listing.labels.as_ref().map(|_| Vec::with_capacity(n));
     let mut sources = Vec::with_capacity(n);
     let mut skipped = Vec::new();
     let mut skipped_small = 0;
-    for (i, r) in decoded.into_iter().enumerate() {
-        match r {
-            Ok(img) => {
-                pixels.extend_from_slice(img.as_raw());
-                if let (Some(out), Some(src)) = (labels.as_mut(), listing.labels.as_ref()) {
-                    out.push(src[i]);
+    for (c, files) in listing.files.chunks(chunk).enumerate() {
+        let decoded: Vec<Result<image::RgbImage, DataError>> = files
+            .par_iter()
+            .map(|f| decode_file(f, Some(size)))
+            .collect();
+        for (k, r) in decoded.into_iter().enumerate() {
+            let i = c * chunk + k;
+            match r {
+                Ok(img) => {
+                    sink.push(img.as_raw())?;
+                    if let (Some(out), Some(src)) = (labels.as_mut(), listing.labels.as_ref()) {
+                        out.push(src[i]);
+                    }
+                    sources.push(listing.files[i].to_string_lossy().into_owned());
                 }
-                sources.push(listing.files[i].to_string_lossy().into_owned());
+                Err(e) if opts.skip_bad => {
+                    skipped_small += matches!(e, DataError::TooSmall { .. }) as usize;
+                    skipped.push(e.to_string());
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if opts.skip_bad => {
-                skipped_small += matches!(e, DataError::TooSmall { .. }) as usize;
-                skipped.push(e.to_string());
-            }
-            Err(e) => return Err(e),
         }
+        bar.set_position(((c + 1) * chunk).min(n) as u64);
     }
+    bar.finish_and_clear();
     if sources.is_empty() {
         return Err(DataError::Empty { path: listing.root });
     }
@@ -345,7 +350,7 @@ fn decode_all(listing: Listing, opts: &CacheOptions, fp: u64) -> Result<ImageSet
     if let Some(s) = header.skipped_summary() {
         eprintln!("warning: {}: {s}", listing.root.display());
     }
-    Ok(ImageSet::from_parts(header, pixels))
+    sink.finish(header)
 }
 
 #[cfg(test)]
