@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::eval::store::FeatureDtype;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
@@ -221,17 +222,17 @@ pub enum DataCommand {
     Inspect { path: PathBuf },
     /// Download a data set's official archive, verify its checksum and unpack it.
     Fetch {
-        /// Only `cifar10` for now.
+        /// cifar10, cifar100 or stl10.
         dataset: String,
         /// Folder to unpack into.
         #[arg(long, default_value = "data")]
         out: PathBuf,
-        /// Archive address (a mirror, or a local server).
-        #[arg(long, default_value = crate::data::fetch::CIFAR10_URL)]
-        url: String,
-        /// Expected MD5 of the archive.
-        #[arg(long, default_value = crate::data::fetch::CIFAR10_MD5)]
-        md5: String,
+        /// Archive address (a mirror, or a local server; default: the official one).
+        #[arg(long)]
+        url: Option<String>,
+        /// Expected MD5 of the archive (default: the published one).
+        #[arg(long)]
+        md5: Option<String>,
     },
 }
 
@@ -354,6 +355,10 @@ pub struct EvalArgs {
     pub probe_dim: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How the run's feature store (RUN/features) keeps the values: f16 halves its disk
+    /// and page cache, rounding each value to ~3 significant digits.
+    #[arg(long, value_enum, default_value_t = FeatureDtype::F32)]
+    pub feature_dtype: FeatureDtype,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -564,7 +569,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
             out,
             url,
             md5,
-        }) => fetch(&dataset, &out, &url, &md5, &ctx),
+        }) => fetch(&dataset, &out, url.as_deref(), md5.as_deref(), &ctx),
         Command::Bench {
             batch,
             warmup,
@@ -631,12 +636,12 @@ pub fn main_with(cli: Cli) -> Result<()> {
     }
 }
 
-fn fetch(dataset: &str, out: &Path, url: &str, md5: &str, ctx: &Ctx) -> Result<()> {
-    if dataset != "cifar10" {
-        bail!("unknown data set {dataset:?}; `data fetch` knows: cifar10");
-    }
-    let dir = crate::data::fetch::fetch_cifar10(out, url, md5, ctx.progress)?;
-    println!("CIFAR-10 is in {} (pass it as --data)", dir.display());
+fn fetch(dataset: &str, out: &Path, url: Option<&str>, md5: Option<&str>, ctx: &Ctx) -> Result<()> {
+    let a = crate::data::fetch::archive(dataset)?;
+    let url = url.unwrap_or(a.url);
+    let md5 = md5.unwrap_or(a.md5);
+    let dir = crate::data::fetch::fetch(a, out, url, md5, ctx.progress)?;
+    println!("{} is in {} (pass it as --data)", a.title, dir.display());
     Ok(())
 }
 
@@ -788,6 +793,7 @@ fn evaluate(a: &EvalArgs, ctx: &Ctx) -> Result<()> {
         probe_lr: a.probe_lr,
         probe_dim: a.probe_dim,
         seed: a.seed,
+        feature_dtype: a.feature_dtype,
     }
     .resolve();
     let (report, out) = eval::evaluate_run(

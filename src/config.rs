@@ -217,6 +217,8 @@ pub struct EvalSpec {
     /// Pooled feature size per layer.
     pub probe_dim: usize,
     pub seed: u64,
+    /// How the feature store keeps the values.
+    pub feature_dtype: crate::eval::store::FeatureDtype,
 }
 
 impl Default for EvalSpec {
@@ -229,6 +231,7 @@ impl Default for EvalSpec {
             probe_lr: d.probe.optim.lr,
             probe_dim: d.probe_dim,
             seed: d.seed,
+            feature_dtype: d.feature_dtype,
         }
     }
 }
@@ -240,6 +243,7 @@ impl EvalSpec {
             test_images: self.test_images,
             probe_dim: self.probe_dim,
             seed: self.seed,
+            feature_dtype: self.feature_dtype,
             ..EvalConfig::default()
         };
         c.probe.epochs = self.probe_epochs;

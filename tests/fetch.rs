@@ -119,3 +119,121 @@ fn a_wrong_checksum_or_a_cut_download_is_an_error() {
     assert!(err.contains("cifar-10-binary.tar.gz"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A `.tar.gz` of `members` under `dir/`.
+fn tar_gz(dir: &str, members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("{dir}/{name}"), &data[..])
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn md5_hex(body: &[u8]) -> String {
+    Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn fetch_named(name: &str, out: &Path, url: &str, md5: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(["data", "fetch", name, "--quiet", "--out"])
+        .arg(out)
+        .args(["--url", url, "--md5", md5])
+        .output()
+        .unwrap()
+}
+
+/// STL-10 and CIFAR-100 in their official layouts (a few images each), fetched, verified
+/// and read back split by split; an archive missing a member is refused by name.
+#[test]
+fn stl10_and_cifar100_fetch_into_readable_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = pretext::data::CacheOptions {
+        dir: None,
+        image_size: None,
+        skip_bad: false,
+        progress: false,
+        holdout: Default::default(),
+    };
+    use pretext::data::Split;
+    let img = vec![7u8; 3 * 96 * 96];
+    let stl = tar_gz(
+        "stl10_binary",
+        &[
+            ("train_X.bin", img.repeat(2)),
+            ("train_y.bin", vec![1, 10]),
+            ("test_X.bin", img.clone()),
+            ("test_y.bin", vec![4]),
+            ("unlabeled_X.bin", img.repeat(3)),
+            (
+                "class_names.txt",
+                b"airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n".to_vec(),
+            ),
+            ("fold_indices.txt", b"0 1\n".to_vec()),
+        ],
+    );
+    let url = serve(stl.clone(), stl.len(), 1);
+    let out = fetch_named("stl10", tmp.path(), &url, &md5_hex(&stl));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("STL-10 is in"));
+    let dir = tmp.path().join("stl10_binary");
+    let n = |s| pretext::data::open(&dir, s, &opts).unwrap().len();
+    assert_eq!(
+        (n(Split::Train), n(Split::Test), n(Split::Unlabeled)),
+        (2, 1, 3)
+    );
+    assert!(!tmp.path().join("stl10_binary.tar.gz").exists());
+
+    let rec = |label: u8| [vec![label / 5, label], vec![label; 3072]].concat();
+    let names: Vec<u8> = (0..100)
+        .flat_map(|i| format!("class{i}\n").into_bytes())
+        .collect();
+    let c100 = tar_gz(
+        "cifar-100-binary",
+        &[
+            ("train.bin", [rec(3), rec(99), rec(0)].concat()),
+            ("test.bin", rec(42)),
+            ("fine_label_names.txt", names.clone()),
+            ("coarse_label_names.txt", names[..60].to_vec()),
+        ],
+    );
+    let url = serve(c100.clone(), c100.len(), 1);
+    let out = fetch_named("cifar100", tmp.path(), &url, &md5_hex(&c100));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("cifar-100-binary");
+    let train = pretext::data::open(&dir, Split::Train, &opts).unwrap();
+    assert_eq!((train.len(), train.header.classes.len()), (3, 100));
+    assert_eq!(train.header.labels, Some(vec![3, 99, 0]));
+
+    // An archive without the unlabeled images is not STL-10.
+    let cut = tar_gz("stl10_binary", &[("train_X.bin", img.clone())]);
+    let url = serve(cut.clone(), cut.len(), 1);
+    let out = fetch_named("stl10", &tmp.path().join("cut"), &url, &md5_hex(&cut));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not the STL-10 binary archive") && err.contains("unlabeled_X.bin"),
+        "{err}"
+    );
+    // An unknown name lists the known ones, before anything is created.
+    let out = fetch_named("imagenet", &tmp.path().join("none"), &url, "0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cifar10, cifar100, stl10"), "{err}");
+    assert!(!tmp.path().join("none").exists());
+}

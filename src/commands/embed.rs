@@ -108,7 +108,7 @@ pub fn embed(
     check_fits(&rc, &set, req.data, req.split.name())?;
     let idx = subset_indices(set.len(), req.images, 0);
     let set = Arc::new(set.subset(&idx));
-    let feats = extract(
+    let mut feats = extract(
         &backbone,
         set.clone(),
         Arc::new(EvalView::for_run(&rc)),
@@ -117,6 +117,7 @@ pub fn embed(
         dev,
         progress.then_some("embedding"),
         Some(tap),
+        None,
     )?;
     let info = EmbeddingInfo {
         run,
@@ -130,7 +131,8 @@ pub fn embed(
         classes: set.header.classes.clone(),
     };
     let dim = feats.dims[0];
-    let bytes: Vec<u8> = feats.data[0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let rows = feats.take_memory(0).expect("extracted to memory");
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
     let labels: Option<Vec<u8>> = set
         .header
         .labels
@@ -302,7 +304,7 @@ pub fn search(
     let side = rc.image_size;
     let query_set = ImageSet::unlabelled(side, side, 3, img.into_raw());
     check_fits(&rc, &query_set, query, "the query")?;
-    let q = extract(
+    let mut q = extract(
         &backbone,
         Arc::new(query_set.clone()),
         Arc::new(EvalView::for_run(&rc)),
@@ -311,6 +313,7 @@ pub fn search(
         dev,
         None,
         Some(tap),
+        None,
     )?;
     if q.dims[0] != index.dim {
         bail!(
@@ -320,7 +323,7 @@ pub fn search(
             index.dim
         );
     }
-    let hits: Vec<Hit> = nearest(&index, &q.data[0], k)
+    let hits: Vec<Hit> = nearest(&index, &q.take_memory(0).expect("extracted to memory"), k)
         .into_iter()
         .map(|(row, similarity)| Hit {
             row,

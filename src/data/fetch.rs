@@ -1,5 +1,5 @@
-//! `pretext data fetch cifar10`: download the official CIFAR-10 binary archive, check its
-//! MD5 against the published one, and unpack only the expected files.
+//! `pretext data fetch cifar10|cifar100|stl10`: download a data set's official binary
+//! archive, check its MD5 against the published one, and unpack only the expected files.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -8,19 +8,83 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use md5::{Digest, Md5};
 
-pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
-/// The MD5 the dataset's authors publish for `cifar-10-binary.tar.gz`.
-pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
-pub const CIFAR10_DIR: &str = "cifar-10-batches-bin";
-const CIFAR10_FILES: [&str; 7] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-    "test_batch.bin",
-    "batches.meta.txt",
+/// A data set's official archive: where it is, its published MD5, the folder it unpacks
+/// to and the members pretext reads from it.
+#[derive(Clone, Copy, Debug)]
+pub struct Archive {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub url: &'static str,
+    pub md5: &'static str,
+    /// The archive's file name.
+    pub file: &'static str,
+    /// The folder inside the archive, and under `--out` after unpacking.
+    pub dir: &'static str,
+    pub members: &'static [&'static str],
+}
+
+/// The data sets `data fetch` knows (MD5s as their authors publish them).
+pub const ARCHIVES: [Archive; 3] = [
+    Archive {
+        name: "cifar10",
+        title: "CIFAR-10",
+        url: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        md5: "c32a1d4ab5d03f1284b67883e8d87530",
+        file: "cifar-10-binary.tar.gz",
+        dir: "cifar-10-batches-bin",
+        members: &[
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+            "test_batch.bin",
+            "batches.meta.txt",
+        ],
+    },
+    Archive {
+        name: "cifar100",
+        title: "CIFAR-100",
+        url: "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+        md5: "03b5dce01913d631647c71ecec9e9cb8",
+        file: "cifar-100-binary.tar.gz",
+        dir: "cifar-100-binary",
+        members: &[
+            "train.bin",
+            "test.bin",
+            "fine_label_names.txt",
+            "coarse_label_names.txt",
+        ],
+    },
+    Archive {
+        name: "stl10",
+        title: "STL-10",
+        url: "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        md5: "91f7769df0f17e558f3565bffb0c7dfb",
+        file: "stl10_binary.tar.gz",
+        dir: "stl10_binary",
+        members: &[
+            "train_X.bin",
+            "train_y.bin",
+            "test_X.bin",
+            "test_y.bin",
+            "unlabeled_X.bin",
+            "class_names.txt",
+            "fold_indices.txt",
+        ],
+    },
 ];
+
+/// The archive of data set `name`, or an error listing the known ones.
+pub fn archive(name: &str) -> Result<&'static Archive> {
+    ARCHIVES.iter().find(|a| a.name == name).ok_or_else(|| {
+        let known: Vec<&str> = ARCHIVES.iter().map(|a| a.name).collect();
+        anyhow::anyhow!(
+            "unknown data set {name:?}; `data fetch` knows: {}",
+            known.join(", ")
+        )
+    })
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -69,67 +133,84 @@ pub fn download(url: &str, dest: &Path, progress: bool) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Unpack the CIFAR-10 binary members of `archive` into `out/cifar-10-batches-bin/`.
-/// Anything else in the archive (or any path that would escape `out`) is ignored.
-pub fn unpack_cifar10(archive: &Path, out: &Path) -> Result<PathBuf> {
-    let f = fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+/// Unpack the members of `archive` (the file at `path`) into `out/<dir>/`. Anything else
+/// in the archive (or any path that would escape `out`) is ignored.
+pub fn unpack(archive: &Archive, path: &Path, out: &Path) -> Result<PathBuf> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let dir = out.join(CIFAR10_DIR);
+    let dir = out.join(archive.dir);
     fs::create_dir_all(&dir)?;
     let mut found = Vec::new();
     for entry in tar
         .entries()
-        .with_context(|| format!("{}: not a tar.gz archive", archive.display()))?
+        .with_context(|| format!("{}: not a tar.gz archive", path.display()))?
     {
-        let mut entry = entry.with_context(|| format!("{}: corrupt archive", archive.display()))?;
-        let path = entry.path()?.into_owned();
-        let name = path
+        let mut entry = entry.with_context(|| format!("{}: corrupt archive", path.display()))?;
+        let member = entry.path()?.into_owned();
+        let name = member
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        let parent_ok = path
+        let parent_ok = member
             .parent()
             .and_then(|p| p.file_name())
-            .is_some_and(|p| p == CIFAR10_DIR);
+            .is_some_and(|p| p == archive.dir);
         if entry.header().entry_type().is_file()
             && parent_ok
-            && CIFAR10_FILES.contains(&name.as_str())
+            && archive.members.contains(&name.as_str())
         {
             let target = dir.join(&name);
             crate::util::fsutil::atomic_write(&target, |tmp| {
                 let mut w = fs::File::create(tmp)?;
                 std::io::copy(&mut entry, &mut w)?;
                 Ok(())
-            })?;
+            })
+            .with_context(|| format!("{}: unpacking {name}", path.display()))?;
             found.push(name);
         }
     }
-    let missing: Vec<&str> = CIFAR10_FILES
+    let missing: Vec<&str> = archive
+        .members
         .iter()
         .copied()
         .filter(|f| !found.iter().any(|g| g == f))
         .collect();
     if !missing.is_empty() {
         bail!(
-            "{}: not the CIFAR-10 binary archive (missing {})",
-            archive.display(),
+            "{}: not the {} binary archive (missing {})",
+            path.display(),
+            archive.title,
             missing.join(", ")
         );
     }
     Ok(dir)
 }
 
-/// Download, verify and unpack CIFAR-10 into `out`; returns the folder to pass to `--data`.
-pub fn fetch_cifar10(out: &Path, url: &str, md5: &str, progress: bool) -> Result<PathBuf> {
+/// Download, verify and unpack `archive` into `out` (from `url`, expecting `md5`: the
+/// official ones unless a mirror is given); returns the folder to pass to `--data`.
+pub fn fetch(
+    archive: &Archive,
+    out: &Path,
+    url: &str,
+    md5: &str,
+    progress: bool,
+) -> Result<PathBuf> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let archive = out.join("cifar-10-binary.tar.gz");
-    let sum = download(url, &archive, progress)?;
+    let path = out.join(archive.file);
+    let sum = download(url, &path, progress).with_context(|| {
+        format!(
+            "fetching {} (without internet: download {} elsewhere and unpack it into {})",
+            archive.title,
+            archive.url,
+            out.display()
+        )
+    })?;
     if !sum.eq_ignore_ascii_case(md5) {
-        let _ = fs::remove_file(&archive);
+        let _ = fs::remove_file(&path);
         bail!("{url}: MD5 {sum} does not match the published {md5}; the download was deleted");
     }
-    let dir = unpack_cifar10(&archive, out)?;
-    fs::remove_file(&archive)?;
+    let dir = unpack(archive, &path, out)?;
+    fs::remove_file(&path)?;
     Ok(dir)
 }

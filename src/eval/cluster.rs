@@ -5,10 +5,15 @@
 //! Distances come from matrix products on the device, like kNN's: ‖x − c‖² = ‖x‖² − 2x·c +
 //! ‖c‖², one `n × k` product per Lloyd step. The center update runs on the host.
 
+use std::ops::Range;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use super::features::Features;
+use super::store::{TapRows, blocks, rows_for};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -42,18 +47,18 @@ pub struct KMeans {
 }
 
 /// Squared distances of every row of `x` (`n × d`, with squared norms `xn`) to `centers`,
-/// minimised over centers: (index, distance) per row.
+/// minimised over centers: (index, distance) per row, appended.
 fn nearest(
     x: &Tensor<2>,
     xn: &Tensor<1>,
-    centers: &[f32],
-    k: usize,
-    dev: &Device,
-) -> (Vec<usize>, Vec<f32>) {
-    let [n, d] = x.dims();
-    let c = Tensor::<2>::from_data(TensorData::new(centers.to_vec(), [k, d]), dev);
-    let cn = c.clone().powi_scalar(2).sum_dim(1).reshape([1, k]);
-    let dist = x.clone().matmul(c.transpose()) * -2.0 + cn + xn.clone().reshape([n, 1]);
+    centers: &Tensor<2>,
+    cn: &Tensor<2>,
+    out: &mut (Vec<usize>, Vec<f32>),
+) {
+    let [n, _] = x.dims();
+    let dist = x.clone().matmul(centers.clone().transpose()) * -2.0
+        + cn.clone()
+        + xn.clone().reshape([n, 1]);
     let idx: Tensor<2, Int> = dist.clone().argmin(1);
     let best = dist.min_dim(1);
     let idx: Vec<i64> = idx
@@ -62,28 +67,90 @@ fn nearest(
         .try_into_vec::<i64>()
         .expect("i64");
     let best: Vec<f32> = best.into_data().try_into_vec::<f32>().expect("f32");
-    (
-        idx.into_iter().map(|i| i as usize).collect(),
-        best.into_iter().map(|v| v.max(0.0)).collect(),
-    )
+    out.0.extend(idx.into_iter().map(|i| i as usize));
+    out.1.extend(best.into_iter().map(|v| v.max(0.0)));
+}
+
+/// A tap's rows in blocks on the device: kept there when the whole tap fits in
+/// [`RESIDENT_BYTES`] (one block, the common case, read once), else read from the store
+/// for every pass — memory then holds one block whatever the number of images.
+struct Blocks<'a> {
+    src: TapRows<'a>,
+    ranges: Vec<Range<usize>>,
+    resident: Vec<(Tensor<2>, Tensor<1>)>,
+    dev: Device,
+}
+
+/// The most a tap's rows may take to stay on the device for a whole clustering.
+const RESIDENT_BYTES: usize = 512 << 20;
+/// Rows per block when they do not (64 MiB of f32).
+const BLOCK_BYTES: usize = 64 << 20;
+
+impl<'a> Blocks<'a> {
+    fn new(src: TapRows<'a>, block_rows: Option<usize>, dev: &Device) -> anyhow::Result<Self> {
+        let (n, d) = (src.n(), src.d());
+        let fits = n * d * 4 <= RESIDENT_BYTES;
+        let rows = block_rows.unwrap_or(if fits { n } else { rows_for(BLOCK_BYTES, d) });
+        let mut b = Self {
+            src,
+            ranges: blocks(n, rows).collect(),
+            resident: Vec::new(),
+            dev: dev.clone(),
+        };
+        if fits && b.ranges.len() == 1 {
+            b.resident = vec![b.load(0)?];
+        }
+        Ok(b)
+    }
+
+    fn load(&self, i: usize) -> anyhow::Result<(Tensor<2>, Tensor<1>)> {
+        let r = self.ranges[i].clone();
+        let x = Tensor::<2>::from_data(
+            TensorData::new(self.src.read(r.clone())?, [r.len(), self.src.d()]),
+            &self.dev,
+        );
+        let xn = x.clone().powi_scalar(2).sum_dim(1).reshape([r.len()]);
+        Ok((x, xn))
+    }
+
+    /// `f(rows, x, ‖x‖²)` for every block, in order.
+    fn each(&self, mut f: impl FnMut(Range<usize>, &Tensor<2>, &Tensor<1>)) -> anyhow::Result<()> {
+        for (i, r) in self.ranges.iter().enumerate() {
+            match self.resident.get(i) {
+                Some((x, xn)) => f(r.clone(), x, xn),
+                None => {
+                    let (x, xn) = self.load(i)?;
+                    f(r.clone(), &x, &xn)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Nearest center (index, squared distance) of every row.
+    fn nearest(&self, centers: &[f32], k: usize) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+        let d = self.src.d();
+        let c = Tensor::<2>::from_data(TensorData::new(centers.to_vec(), [k, d]), &self.dev);
+        let cn = c.clone().powi_scalar(2).sum_dim(1).reshape([1, k]);
+        let n = self.src.n();
+        let mut out = (Vec::with_capacity(n), Vec::with_capacity(n));
+        self.each(|_, x, xn| nearest(x, xn, &c, &cn, &mut out))?;
+        Ok(out)
+    }
+
+    fn row(&self, i: usize) -> anyhow::Result<Vec<f32>> {
+        self.src.read(i..i + 1)
+    }
 }
 
 /// k-means++ seeding: each next center drawn with probability ∝ squared distance to the
 /// nearest center chosen so far.
-fn seed_centers(
-    data: &[f32],
-    d: usize,
-    k: usize,
-    x: &Tensor<2>,
-    xn: &Tensor<1>,
-    rng: &mut ChaCha8Rng,
-    dev: &Device,
-) -> Vec<f32> {
-    let n = data.len() / d;
-    let mut centers = Vec::with_capacity(k * d);
+fn seed_centers(x: &Blocks, k: usize, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<f32>> {
+    let n = x.src.n();
+    let mut centers = Vec::with_capacity(k * x.src.d());
     let first = rng.random_range(0..n);
-    centers.extend_from_slice(&data[first * d..(first + 1) * d]);
-    let (_, mut best) = nearest(x, xn, &centers, 1, dev);
+    centers.extend(x.row(first)?);
+    let (_, mut best) = x.nearest(&centers, 1)?;
     for _ in 1..k {
         let total: f64 = best.iter().map(|&v| v as f64).sum();
         let pick = if total <= 0.0 {
@@ -100,14 +167,14 @@ fn seed_centers(
             }
             chosen
         };
-        let c = &data[pick * d..(pick + 1) * d];
-        centers.extend_from_slice(c);
-        let (_, to_new) = nearest(x, xn, c, 1, dev);
+        let c = x.row(pick)?;
+        let (_, to_new) = x.nearest(&c, 1)?;
+        centers.extend(c);
         for (b, t) in best.iter_mut().zip(to_new) {
             *b = b.min(t);
         }
     }
-    centers
+    Ok(centers)
 }
 
 /// Cluster the rows of `data` (`n × d`, row-major) into `k` groups.
@@ -119,16 +186,40 @@ pub fn kmeans(
     dev: &Device,
 ) -> anyhow::Result<KMeans> {
     let n = data.len() / d.max(1);
+    let f = Features::in_memory(
+        vec!["x".into()],
+        vec![d],
+        vec![1],
+        vec![data.to_vec()],
+        vec![0; n],
+    );
+    let src = TapRows {
+        features: &f,
+        tap: 0,
+        normalize: false,
+    };
+    kmeans_rows(src, k, cfg, None, dev)
+}
+
+/// Cluster the rows of `src` into `k` groups, in blocks of `block_rows` rows (`None`: all
+/// at once when they fit in memory, see [`Blocks`]).
+pub fn kmeans_rows(
+    src: TapRows,
+    k: usize,
+    cfg: &KMeansConfig,
+    block_rows: Option<usize>,
+    dev: &Device,
+) -> anyhow::Result<KMeans> {
+    let (n, d) = (src.n(), src.d());
     anyhow::ensure!(
         k >= 1 && k <= n,
         "k-means into {k} clusters needs at least {k} points, got {n}"
     );
-    let x = Tensor::<2>::from_data(TensorData::new(data.to_vec(), [n, d]), dev);
-    let xn = x.clone().powi_scalar(2).sum_dim(1).reshape([n]);
+    let x = Blocks::new(src, block_rows, dev)?;
     let mut best: Option<KMeans> = None;
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (restart as u64).wrapping_mul(0x9E37));
-        let mut centers = seed_centers(data, d, k, &x, &xn, &mut rng, dev);
+        let mut centers = seed_centers(&x, k, &mut rng)?;
         let mut prev = f64::INFINITY;
         let mut result = KMeans {
             assign: vec![],
@@ -136,7 +227,7 @@ pub fn kmeans(
             iterations: 0,
         };
         for it in 0..cfg.max_iters.max(1) {
-            let (assign, dist) = nearest(&x, &xn, &centers, k, dev);
+            let (assign, dist) = x.nearest(&centers, k)?;
             let inertia: f64 = dist.iter().map(|&v| v as f64).sum();
             result = KMeans {
                 assign: assign.clone(),
@@ -149,30 +240,41 @@ pub fn kmeans(
                 break;
             }
             prev = inertia;
-            // New centers: the means of their members (one k × n by n × d product on the
-            // device); an emptied cluster takes the point farthest from its center (as
-            // scikit-learn relocates empty clusters).
+            // New centers: the means of their members (a k × rows by rows × d product on
+            // the device per block); an emptied cluster takes the point farthest from its
+            // center (as scikit-learn relocates empty clusters).
             let mut counts = vec![0usize; k];
-            let mut onehot = vec![0f32; k * n];
-            for (i, &a) in assign.iter().enumerate() {
+            for &a in &assign {
                 counts[a] += 1;
-                onehot[a * n + i] = 1.0;
             }
-            let sums: Vec<f32> = Tensor::<2>::from_data(TensorData::new(onehot, [k, n]), dev)
-                .matmul(x.clone())
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32");
+            let mut sums = vec![0f32; k * d];
+            x.each(|r, xb, _| {
+                let b = r.len();
+                let mut onehot = vec![0f32; k * b];
+                for (i, &a) in assign[r.clone()].iter().enumerate() {
+                    onehot[a * b + i] = 1.0;
+                }
+                let part: Vec<f32> = Tensor::<2>::from_data(TensorData::new(onehot, [k, b]), dev)
+                    .matmul(xb.clone())
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("f32");
+                if r.start == 0 {
+                    sums = part;
+                } else {
+                    sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+                }
+            })?;
             let mut far: Vec<usize> = (0..n).collect();
             far.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]).then(a.cmp(&b)));
             let mut next_far = far.into_iter();
             for c in 0..k {
-                let dst = &mut centers[c * d..(c + 1) * d];
                 if counts[c] == 0 {
                     let p = next_far.next().unwrap_or(0);
-                    dst.copy_from_slice(&data[p * d..(p + 1) * d]);
+                    centers[c * d..(c + 1) * d].copy_from_slice(&x.row(p)?);
                 } else {
                     let inv = 1.0 / counts[c] as f32;
+                    let dst = &mut centers[c * d..(c + 1) * d];
                     for (o, s) in dst.iter_mut().zip(&sums[c * d..(c + 1) * d]) {
                         *o = s * inv;
                     }
@@ -271,17 +373,22 @@ pub struct ClusterScores {
     pub inertia: f64,
 }
 
-/// k-means with k = `classes` on L2-normalized rows, scored against `labels`.
+/// k-means with k = `classes` on the L2-normalized rows of tap `t` of `f`, scored against
+/// its labels.
 pub fn evaluate(
-    data: &[f32],
-    d: usize,
-    labels: &[u16],
+    f: &Features,
+    t: usize,
     classes: usize,
     cfg: &KMeansConfig,
     dev: &Device,
 ) -> anyhow::Result<ClusterScores> {
-    let km = kmeans(data, d, classes, cfg, dev)?;
-    let t = contingency(&km.assign, labels, classes, classes);
+    let src = TapRows {
+        features: f,
+        tap: t,
+        normalize: true,
+    };
+    let km = kmeans_rows(src, classes, cfg, None, dev)?;
+    let t = contingency(&km.assign, &f.labels, classes, classes);
     Ok(ClusterScores {
         k: classes,
         nmi: nmi(&t),
@@ -410,13 +517,14 @@ mod reference {
         // (Before the convergence test was fixed, every start stopped after its k-means++
         // seeding: NMI 0.539 here.)
         let (x, y) = blobs(6, 16, 100, 1.2);
+        let f = Features::in_memory(vec!["x".into()], vec![16], vec![1], vec![x], y);
         let dev = Device::flex();
         for seed in 0..3 {
             let cfg = KMeansConfig {
                 seed,
                 ..KMeansConfig::default()
             };
-            let s = evaluate(&x, 16, &y, 6, &cfg, &dev).unwrap();
+            let s = evaluate(&f, 0, 6, &cfg, &dev).unwrap();
             assert!(
                 (s.nmi - 0.8866).abs() < 0.01,
                 "seed {seed}: NMI {} vs scikit-learn's 0.8866",
@@ -428,5 +536,24 @@ mod reference {
                 s.inertia
             );
         }
+    }
+
+    /// Streamed in blocks of 37 rows (every pass reads the rows again, the center sums add
+    /// up over blocks), k-means finds the clustering it finds with all rows at once.
+    #[test]
+    fn kmeans_in_blocks_matches_kmeans_at_once() {
+        let (x, y) = blobs(6, 16, 100, 1.2);
+        let f = Features::in_memory(vec!["x".into()], vec![16], vec![1], vec![x], y);
+        let src = TapRows {
+            features: &f,
+            tap: 0,
+            normalize: true,
+        };
+        let dev = Device::flex();
+        let cfg = KMeansConfig::default();
+        let whole = kmeans_rows(src, 6, &cfg, None, &dev).unwrap();
+        let cut = kmeans_rows(src, 6, &cfg, Some(37), &dev).unwrap();
+        assert_eq!(cut.assign, whole.assign);
+        assert!((cut.inertia - whole.inertia).abs() < 1e-4 * whole.inertia);
     }
 }

@@ -13,24 +13,8 @@ use crate::data::lab::InputTransform;
 use crate::data::loader::{self, LoaderConfig, SampleMaker, SampleOut};
 use crate::models::{Backbone, pool_grid};
 
-/// A row-major `n × dim` matrix per tap.
-#[derive(Clone, Debug)]
-pub struct Features {
-    pub taps: Vec<String>,
-    pub dims: Vec<usize>,
-    /// Pooling grid side per tap (the map was pooled to `grid × grid`).
-    pub grids: Vec<usize>,
-    pub data: Vec<Vec<f32>>,
-    pub labels: Vec<u16>,
-    pub n: usize,
-}
-
-impl Features {
-    pub fn row(&self, tap: usize, i: usize) -> &[f32] {
-        let d = self.dims[tap];
-        &self.data[tap][i * d..(i + 1) * d]
-    }
-}
+pub use super::store::Features;
+use super::store::{FeatureDtype, Sink};
 
 /// The evaluation view of an image: the deterministic center crop, normalized.
 pub struct EvalView {
@@ -90,7 +74,8 @@ impl SampleMaker for EvalView {
 
 /// Pooled features of `set` at every tap of `backbone` (an inference copy), or at tap
 /// number `only` (the others are still computed on the way, but neither pooled nor
-/// stored), with a progress bar labelled `progress` when given.
+/// stored), with a progress bar labelled `progress` when given. The rows go to memory, or
+/// with `to` as they come into a tap file each in that folder (see [`super::store`]).
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
     backbone: &Backbone,
@@ -101,6 +86,7 @@ pub fn extract(
     dev: &Device,
     progress: Option<&str>,
     only: Option<usize>,
+    to: Option<(&std::path::Path, FeatureDtype)>,
 ) -> anyhow::Result<Features> {
     let keep = |t: usize| only.is_none_or(|o| o == t);
     let taps: Vec<String> = backbone
@@ -125,7 +111,7 @@ pub fn extract(
         &format!("features {}", progress.unwrap_or_default()),
         progress.is_some(),
     );
-    let mut data: Vec<Vec<f32>> = vec![Vec::new(); taps.len()];
+    let mut sink = Sink::new(taps.len(), to);
     let mut dims = vec![0; taps.len()];
     let mut grids = vec![0; taps.len()];
     let mut labels = Vec::with_capacity(n);
@@ -150,22 +136,12 @@ pub fn extract(
                 .expect("f32 features");
             dims[t] = c * g * g;
             grids[t] = g;
-            if data[t].is_empty() {
-                data[t].reserve(n * dims[t]);
-            }
-            data[t].extend_from_slice(&flat);
+            sink.push(t, &taps[t], &flat)?;
         }
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
-    Ok(Features {
-        taps,
-        dims,
-        grids,
-        data,
-        labels,
-        n,
-    })
+    sink.finish(taps, dims, grids, labels)
 }
 
 /// Scale every row of an `n × d` matrix to unit L2 norm (zero rows stay zero).
@@ -252,7 +228,18 @@ mod tests {
         };
         let view = Arc::new(EvalView::new(8, 8, InputTransform::Rgb, norm));
         let run = |set: Arc<ImageSet>, batch: usize| {
-            extract(&backbone, set, view.clone(), 64, batch, &dev, None, None).unwrap()
+            extract(
+                &backbone,
+                set,
+                view.clone(),
+                64,
+                batch,
+                &dev,
+                None,
+                None,
+                None,
+            )
+            .unwrap()
         };
         let whole = run(set.clone(), 5);
         let pairs = run(set.clone(), 2);
@@ -265,18 +252,22 @@ mod tests {
                     .zip(b)
                     .all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0))
         };
+        let all = |f: &Features, t: usize| {
+            let mut v = vec![];
+            f.read(t, 0..f.n, &mut v).unwrap();
+            v
+        };
         for t in 0..2 {
-            assert_eq!(whole.data[t].len(), 5 * whole.dims[t]);
+            let d = whole.dims[t];
+            let (w, p) = (all(&whole, t), all(&pairs, t));
+            assert_eq!(w.len(), 5 * d);
             let c = backbone.tap_channels()[t];
             assert_eq!(whole.dims[t], c * whole.grids[t] * whole.grids[t]);
-            assert!(close(&whole.data[t], &pairs.data[t]), "tap {t}: batching");
-            let third = run(Arc::new(set.subset(&[3])), 1);
+            assert!(close(&w, &p), "tap {t}: batching");
+            let third = all(&run(Arc::new(set.subset(&[3])), 1), t);
+            assert!(close(&w[3 * d..4 * d], &third), "tap {t}: image 3 alone");
             assert!(
-                close(whole.row(t, 3), third.row(t, 0)),
-                "tap {t}: image 3 alone"
-            );
-            assert!(
-                !close(whole.row(t, 3), whole.row(t, 2)),
+                !close(&w[3 * d..4 * d], &w[2 * d..3 * d]),
                 "tap {t}: rows differ"
             );
         }

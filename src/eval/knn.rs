@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::features::Features;
 use super::metrics::top_k_accuracy;
+use super::store::{TapRows, blocks, rows_for};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KnnSetting {
@@ -31,38 +33,81 @@ pub fn vote(neighbors: &[(f32, u16)], k: usize, t: f32, classes: usize) -> Vec<f
     scores
 }
 
-/// Neighbors (similarity, training index) of every query, most similar first (ties: the
-/// lower index first), `kmax` each. Both matrices must already be L2-normalized, row-major
-/// with `d` columns; `train` is moved onto the device, not copied.
+/// Neighbors (similarity, training index) of every query row, most similar first (ties:
+/// the lower index first), `kmax` each.
 ///
-/// Similarities come in blocks of queries from one matrix product each; the `kmax` best of
-/// a row are found by partial selection (linear in the training images) and only they are
-/// sorted — a full sort of every 50,000-wide row took a fifth of an evaluation.
+/// Blocks of queries meet blocks of training rows (each about `BLOCK_BYTES`, read from
+/// memory or the feature store), one matrix product per pair; a row keeps its `kmax` best
+/// of each block by partial selection (linear in the block: a full sort of every
+/// 50,000-wide row once took a fifth of an evaluation) and merges them into the best so
+/// far. Memory holds two blocks and their similarities, whatever the number of images.
 pub fn neighbors(
-    train: Vec<f32>,
-    test: &[f32],
-    d: usize,
+    train: TapRows,
+    test: TapRows,
     kmax: usize,
     dev: &Device,
-) -> Vec<Vec<(f32, usize)>> {
-    let n_train = train.len() / d;
-    let n_test = test.len() / d;
-    let kmax = kmax.min(n_train);
-    let train_t = Tensor::<2>::from_data(TensorData::new(train, [n_train, d]), dev).transpose();
-    let block = 256;
-    let mut out = Vec::with_capacity(n_test);
-    for start in (0..n_test).step_by(block) {
-        let end = (start + block).min(n_test);
-        let q = Tensor::<2>::from_data(
-            TensorData::new(test[start * d..end * d].to_vec(), [end - start, d]),
-            dev,
-        );
-        let sims: Vec<f32> = q
-            .matmul(train_t.clone())
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32");
-        out.par_extend(sims.par_chunks(n_train).map(|row| top_k(row, kmax)));
+) -> anyhow::Result<Vec<Vec<(f32, usize)>>> {
+    let d = train.d();
+    anyhow::ensure!(test.d() == d, "queries of {} values, rows of {d}", test.d());
+    neighbors_in_blocks(train, test, kmax, rows_for(BLOCK_BYTES, d), dev)
+}
+
+/// [`neighbors`] with blocks of `rows` rows.
+fn neighbors_in_blocks(
+    train: TapRows,
+    test: TapRows,
+    kmax: usize,
+    rows: usize,
+    dev: &Device,
+) -> anyhow::Result<Vec<Vec<(f32, usize)>>> {
+    let d = train.d();
+    let kmax = kmax.min(train.n());
+    let mut out = Vec::with_capacity(test.n());
+    for q in blocks(test.n(), rows) {
+        let qx = Tensor::<2>::from_data(TensorData::new(test.read(q.clone())?, [q.len(), d]), dev);
+        let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::new(); q.len()];
+        for b in blocks(train.n(), rows) {
+            let bx =
+                Tensor::<2>::from_data(TensorData::new(train.read(b.clone())?, [b.len(), d]), dev);
+            let sims: Vec<f32> = qx
+                .clone()
+                .matmul(bx.transpose())
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            best.par_iter_mut()
+                .zip(sims.par_chunks(b.len()))
+                .for_each(|(acc, row)| {
+                    let top: Vec<(f32, usize)> = top_k(row, kmax)
+                        .into_iter()
+                        .map(|(v, i)| (v, i + b.start))
+                        .collect();
+                    *acc = merge(acc, &top, kmax);
+                });
+        }
+        out.extend(best);
+    }
+    Ok(out)
+}
+
+/// Rows of a block of queries or training rows (128 MiB of f32 each).
+const BLOCK_BYTES: usize = 128 << 20;
+
+/// The `k` best of two lists each ordered best first (larger value, then lower index):
+/// the same order [`top_k`] gives, so a row's best over blocks are its best over all.
+pub fn merge(a: &[(f32, usize)], b: &[(f32, usize)], k: usize) -> Vec<(f32, usize)> {
+    let before = |x: &(f32, usize), y: &(f32, usize)| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1));
+    let mut out = Vec::with_capacity(k.min(a.len() + b.len()));
+    let (mut i, mut j) = (0, 0);
+    while out.len() < k && (i < a.len() || j < b.len()) {
+        let take_a = j == b.len() || (i < a.len() && before(&a[i], &b[j]).is_le());
+        if take_a {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
     }
     out
 }
@@ -82,36 +127,42 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<(f32, usize)> {
     idx.into_iter().map(|i| (row[i], i)).collect()
 }
 
-/// kNN top-1/top-5 for each setting, from one neighbor search.
+/// kNN top-1/top-5 for each setting, from one neighbor search of the L2-normalised rows
+/// of tap `t` of `test` among those of `train`.
 pub fn evaluate(
-    (train, train_labels): (Vec<f32>, &[u16]),
-    (test, test_labels): (&[f32], &[u16]),
-    d: usize,
+    train: &Features,
+    test: &Features,
+    t: usize,
     classes: usize,
     settings: &[KnnSetting],
     dev: &Device,
-) -> Vec<KnnResult> {
+) -> anyhow::Result<Vec<KnnResult>> {
     let kmax = settings.iter().map(|s| s.k).max().unwrap_or(1);
-    let nb = neighbors(train, test, d, kmax, dev);
-    settings
+    let rows = |f| TapRows {
+        features: f,
+        tap: t,
+        normalize: true,
+    };
+    let nb = neighbors(rows(train), rows(test), kmax, dev)?;
+    Ok(settings
         .iter()
         .map(|s| {
             let scores: Vec<f32> = nb
                 .iter()
                 .flat_map(|row| {
                     let labelled: Vec<(f32, u16)> =
-                        row.iter().map(|&(sim, i)| (sim, train_labels[i])).collect();
+                        row.iter().map(|&(sim, i)| (sim, train.labels[i])).collect();
                     vote(&labelled, s.k, s.t, classes)
                 })
                 .collect();
             KnnResult {
                 k: s.k,
                 t: s.t,
-                top1: top_k_accuracy(&scores, classes, test_labels, 1),
-                top5: top_k_accuracy(&scores, classes, test_labels, 5.min(classes)),
+                top1: top_k_accuracy(&scores, classes, &test.labels, 1),
+                top5: top_k_accuracy(&scores, classes, &test.labels, 5.min(classes)),
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -146,6 +197,61 @@ mod tests {
     }
 
     #[test]
+    fn merging_the_best_of_blocks_gives_the_best_of_the_whole_row() {
+        // By hand: two blocks' best, ties across blocks to the lower index.
+        let a = [(0.9, 1), (0.5, 4)];
+        let b = [(0.9, 0), (0.7, 6), (0.1, 7)];
+        assert_eq!(merge(&a, &b, 3), vec![(0.9, 0), (0.9, 1), (0.7, 6)]);
+        assert_eq!(merge(&a, &[], 5), a.to_vec());
+        // Against the whole row, over every way of cutting it in two.
+        let row: Vec<f32> = (0..40).map(|i| ((i * 17 % 11) as f32).sin()).collect();
+        for cut in 0..=row.len() {
+            let shift =
+                |v: Vec<(f32, usize)>| v.into_iter().map(|(x, i)| (x, i + cut)).collect::<Vec<_>>();
+            let parts = merge(&top_k(&row[..cut], 7), &shift(top_k(&row[cut..], 7)), 7);
+            assert_eq!(parts, top_k(&row, 7), "cut at {cut}");
+        }
+    }
+
+    /// Blocks of 7 rows (queries and training rows cut unevenly) find the neighbours one
+    /// block of everything finds.
+    #[test]
+    fn blocked_search_equals_the_search_in_one_block() {
+        let dev = Device::flex();
+        let d = 8;
+        let data = |n: usize, s: usize| -> Vec<f32> {
+            (0..n * d)
+                .map(|i| (((i * 31 + s) % 97) as f32 - 48.0) / 7.0)
+                .collect()
+        };
+        let f = |n, s| {
+            Features::in_memory(
+                vec!["t".into()],
+                vec![d],
+                vec![1],
+                vec![data(n, s)],
+                vec![0; n],
+            )
+        };
+        let (train, test) = (f(50, 1), f(23, 5));
+        let rows = |f| TapRows {
+            features: f,
+            tap: 0,
+            normalize: true,
+        };
+        let whole = neighbors_in_blocks(rows(&train), rows(&test), 10, 1000, &dev).unwrap();
+        let cut = neighbors_in_blocks(rows(&train), rows(&test), 10, 7, &dev).unwrap();
+        assert_eq!(whole.len(), 23);
+        for (a, b) in whole.iter().zip(&cut) {
+            let ids = |v: &[(f32, usize)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
+            assert_eq!(ids(a), ids(b));
+            for (x, y) in a.iter().zip(b) {
+                assert!((x.0 - y.0).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
     fn search_finds_the_nearest_rows() {
         let dev = Device::flex();
         // Unit vectors in 2-D at angles 0°, 90°, 180°; queries near 0° and near 180°.
@@ -153,18 +259,26 @@ mod tests {
         let labels = [0u16, 1, 2];
         let (c, s) = (0.1f32.cos(), 0.1f32.sin());
         let test = [c, s, -c, s];
-        let nb = neighbors(train.to_vec(), &test, 2, 2, &dev);
+        let f = |data: &[f32], labels: Vec<u16>| {
+            Features::in_memory(
+                vec!["t".into()],
+                vec![2],
+                vec![1],
+                vec![data.to_vec()],
+                labels,
+            )
+        };
+        let (train, test) = (f(&train, labels.to_vec()), f(&test, vec![0, 2]));
+        let rows = |f| TapRows {
+            features: f,
+            tap: 0,
+            normalize: true,
+        };
+        let nb = neighbors(rows(&train), rows(&test), 2, &dev).unwrap();
         assert_eq!(nb[0][0].1, 0);
         assert_eq!(nb[0][1].1, 1);
         assert_eq!(nb[1][0].1, 2);
-        let r = evaluate(
-            (train.to_vec(), &labels),
-            (&test, &[0, 2]),
-            2,
-            3,
-            &[KnnSetting { k: 1, t: 0.1 }],
-            &dev,
-        );
+        let r = evaluate(&train, &test, 0, 3, &[KnnSetting { k: 1, t: 0.1 }], &dev).unwrap();
         assert_eq!(r[0].top1, 1.0);
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::features::Features;
 use super::metrics::top_k_accuracy;
+use super::store::{blocks, rows_for};
 use crate::train::trainer::cross_entropy;
 use crate::train::{OptimConfig, OptimKind, Schedule};
 
@@ -60,15 +61,22 @@ pub struct ProbeResult {
     pub train_top1: f64,
 }
 
-/// Per-dimension mean and inverse std of `data` (`n × d`).
-pub fn standardizer(data: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
-    let n = (data.len() / d).max(1) as f64;
+/// Per-dimension mean and inverse std of tap `t` of `f`, in one pass over blocks of its
+/// rows (sums in f64, row by row).
+pub fn standardizer(f: &Features, t: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let d = f.dims[t];
+    let n = f.n.max(1) as f64;
     let mut mean = vec![0f64; d];
     let mut sq = vec![0f64; d];
-    for row in data.chunks_exact(d) {
-        for (j, &v) in row.iter().enumerate() {
-            mean[j] += v as f64;
-            sq[j] += (v as f64) * (v as f64);
+    let mut block = Vec::new();
+    for rows in blocks(f.n, rows_for(BLOCK_BYTES, d)) {
+        block.clear();
+        f.read(t, rows, &mut block)?;
+        for row in block.chunks_exact(d) {
+            for (j, &v) in row.iter().enumerate() {
+                mean[j] += v as f64;
+                sq[j] += (v as f64) * (v as f64);
+            }
         }
     }
     let m: Vec<f32> = mean.iter().map(|s| (s / n) as f32).collect();
@@ -80,29 +88,17 @@ pub fn standardizer(data: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
             (1.0 / (var + 1e-5).sqrt()) as f32
         })
         .collect();
-    (m, inv)
+    Ok((m, inv))
 }
 
-/// Rows `rows` of the `n × d` matrix `data`, standardised with `(mean, inv)` on the way:
-/// the features are never copied whole (a full copy of every tap of 50k images is
-/// gigabytes).
-fn gather(
-    data: &[f32],
-    d: usize,
-    rows: impl Iterator<Item = usize>,
-    (mean, inv): &(Vec<f32>, Vec<f32>),
-) -> Vec<f32> {
-    let mut out = Vec::new();
-    for r in rows {
-        out.extend(
-            data[r * d..(r + 1) * d]
-                .iter()
-                .zip(mean)
-                .zip(inv)
-                .map(|((v, m), s)| (v - m) * s),
-        );
+/// Rows of a store read at once (a block of 64 MiB).
+const BLOCK_BYTES: usize = 64 << 20;
+
+/// `row` standardised with `(mean, inv)` in place.
+fn standardize(row: &mut [f32], (mean, inv): &(Vec<f32>, Vec<f32>)) {
+    for ((v, m), s) in row.iter_mut().zip(mean).zip(inv) {
+        *v = (*v - m) * s;
     }
-    out
 }
 
 /// Scores `[n × classes]` of every tap's probe on `feats`, standardised on the way.
@@ -111,20 +107,16 @@ fn scores(
     feats: &Features,
     stats: &[(Vec<f32>, Vec<f32>)],
     dev: &Device,
-) -> Vec<Vec<f32>> {
-    let block = 1024;
+) -> anyhow::Result<Vec<Vec<f32>>> {
     let mut out = vec![Vec::new(); feats.dims.len()];
-    for start in (0..feats.n).step_by(block) {
-        let end = (start + block).min(feats.n);
+    for rows in blocks(feats.n, 1024) {
         for (t, head) in probes.heads.iter().enumerate() {
             let d = feats.dims[t];
-            let x = Tensor::<2>::from_data(
-                TensorData::new(
-                    gather(&feats.data[t], d, start..end, &stats[t]),
-                    [end - start, d],
-                ),
-                dev,
-            );
+            let mut x = Vec::with_capacity(rows.len() * d);
+            feats.read(t, rows.clone(), &mut x)?;
+            x.chunks_exact_mut(d)
+                .for_each(|r| standardize(r, &stats[t]));
+            let x = Tensor::<2>::from_data(TensorData::new(x, [rows.len(), d]), dev);
             out[t].extend(
                 head.forward(x)
                     .into_data()
@@ -133,7 +125,7 @@ fn scores(
             );
         }
     }
-    out
+    Ok(out)
 }
 
 /// Train one linear probe per tap of `train` and test them on `test`.
@@ -144,12 +136,12 @@ pub fn evaluate(
     cfg: &ProbeConfig,
     dev: &Device,
     progress: bool,
-) -> Vec<ProbeResult> {
+) -> anyhow::Result<Vec<ProbeResult>> {
     let taps = train.taps.len();
     // The training set's statistics, for both sets.
-    let stats: Vec<(Vec<f32>, Vec<f32>)> = (0..taps)
-        .map(|t| standardizer(&train.data[t], train.dims[t]))
-        .collect();
+    let stats = (0..taps)
+        .map(|t| standardizer(train, t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let train_dev = dev.clone().autodiff();
     train_dev.seed(cfg.seed);
     let mut probes = Probes {
@@ -176,14 +168,12 @@ pub fn evaluate(
             let y = Tensor::<1, Int>::from_data(TensorData::new(y, [rows.len()]), &train_dev);
             let mut loss: Option<Tensor<1>> = None;
             for (t, head) in probes.heads.iter().enumerate() {
+                // The rows are read (from memory or the store) and standardised as they
+                // are gathered: a tap is never copied whole.
                 let d = train.dims[t];
-                let x = Tensor::<2>::from_data(
-                    TensorData::new(
-                        gather(&train.data[t], d, rows.iter().copied(), &stats[t]),
-                        [rows.len(), d],
-                    ),
-                    &train_dev,
-                );
+                let mut x = Vec::new();
+                train.gather(t, rows, &mut x, |r| standardize(r, &stats[t]))?;
+                let x = Tensor::<2>::from_data(TensorData::new(x, [rows.len(), d]), &train_dev);
                 let l = cross_entropy(head.forward(x), y.clone());
                 loss = Some(match loss {
                     Some(acc) => acc + l,
@@ -198,15 +188,15 @@ pub fn evaluate(
     }
     bar.finish_and_clear();
     let probes = probes.valid();
-    let s_test = scores(&probes, test, &stats, dev);
-    let s_train = scores(&probes, train, &stats, dev);
-    (0..taps)
+    let s_test = scores(&probes, test, &stats, dev)?;
+    let s_train = scores(&probes, train, &stats, dev)?;
+    Ok((0..taps)
         .map(|t| ProbeResult {
             top1: top_k_accuracy(&s_test[t], classes, &test.labels, 1),
             top5: top_k_accuracy(&s_test[t], classes, &test.labels, 5.min(classes)),
             train_top1: top_k_accuracy(&s_train[t], classes, &train.labels, 1),
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -216,21 +206,21 @@ mod tests {
     #[test]
     fn standardizer_by_hand() {
         // Rows (1, 2) and (3, 6): mean (2, 4), biased variance (1, 4).
-        let (m, inv) = standardizer(&[1.0, 2.0, 3.0, 6.0], 2);
+        let f = features(vec![[1.0, 2.0], [3.0, 6.0]], vec![0, 1]);
+        let (m, inv) = standardizer(&f, 0).unwrap();
         assert_eq!(m, vec![2.0, 4.0]);
         assert!((inv[0] - 1.0 / (1.0f32 + 1e-5).sqrt()).abs() < 1e-6);
         assert!((inv[1] - 1.0 / (4.0f32 + 1e-5).sqrt()).abs() < 1e-6);
     }
 
     fn features(rows: Vec<[f32; 2]>, labels: Vec<u16>) -> Features {
-        Features {
-            taps: vec!["t".into()],
-            dims: vec![2],
-            grids: vec![1],
-            n: rows.len(),
-            data: vec![rows.into_iter().flatten().collect()],
+        Features::in_memory(
+            vec!["t".into()],
+            vec![2],
+            vec![1],
+            vec![rows.into_iter().flatten().collect()],
             labels,
-        }
+        )
     }
 
     /// The test features are standardized with the training set's statistics, never their
@@ -254,7 +244,7 @@ mod tests {
             batch_size: 8,
             ..ProbeConfig::default()
         };
-        let r = evaluate(&train, &test, 2, &cfg, &Device::flex(), false);
+        let r = evaluate(&train, &test, 2, &cfg, &Device::flex(), false).unwrap();
         assert_eq!(r[0].train_top1, 1.0, "separable training set");
         assert_eq!(r[0].top1, 0.5, "every shifted test row lands in one class");
     }

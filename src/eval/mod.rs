@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
+pub mod store;
 pub mod table;
 
 use std::path::{Path, PathBuf};
@@ -20,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::{CacheOptions, ImageSet, Split};
 use crate::run::{RunConfig, load_backbone, open_split, subset_indices};
 use cluster::KMeansConfig;
-use features::{EvalView, l2_normalize};
+use features::EvalView;
 use knn::KnnSetting;
 use linear::ProbeConfig;
+use store::{FeatureDtype, StoreKey};
 pub use table::{EvalReport, LayerRow};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +42,9 @@ pub struct EvalConfig {
     /// k-means on the test features of every layer (k = classes).
     #[serde(default)]
     pub kmeans: KMeansConfig,
+    /// How the feature store keeps the values (f16 rounds them).
+    #[serde(default)]
+    pub feature_dtype: FeatureDtype,
 }
 
 impl EvalConfig {
@@ -90,6 +95,7 @@ impl Default for EvalConfig {
             batch_size: 256,
             seed: 0,
             kmeans: KMeansConfig::default(),
+            feature_dtype: FeatureDtype::F32,
         }
     }
 }
@@ -283,49 +289,52 @@ pub fn evaluate_run(
     let train = Arc::new(train.subset(&tr_idx));
     let test = Arc::new(test.subset(&te_idx));
     let view = Arc::new(EvalView::for_run(&rc));
-    let ftr = features::extract(
-        &backbone,
-        train.clone(),
-        view.clone(),
-        cfg.probe_dim,
-        cfg.batch_size,
-        dev,
-        progress.then_some("train"),
-        None,
-    )?;
-    let fte = features::extract(
-        &backbone,
-        test.clone(),
-        view,
-        cfg.probe_dim,
-        cfg.batch_size,
-        dev,
-        progress.then_some("test"),
-        None,
-    )?;
-    let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress);
-    let (mut ftr, mut fte) = (ftr, fte);
+    // Both splits' features go to the run's feature store (or come from it, when an
+    // earlier evaluation of these very weights on these very images left them there).
+    let view_key = serde_json::to_string(&(&view.augment, &view.input, &view.norm))?;
+    let features_of = |set: &Arc<ImageSet>, split: &str| {
+        let key = StoreKey::new(
+            &backbone,
+            epoch,
+            random_init,
+            view_key.clone(),
+            cfg,
+            split,
+            set,
+        );
+        let dir = run.join("features").join(format!(
+            "{}-{split}",
+            if random_init {
+                "eval-random-init"
+            } else {
+                "eval"
+            }
+        ));
+        store::stored(&dir, &key, set, |to| {
+            features::extract(
+                &backbone,
+                set.clone(),
+                view.clone(),
+                cfg.probe_dim,
+                cfg.batch_size,
+                dev,
+                progress.then_some(split),
+                None,
+                Some((to, cfg.feature_dtype)),
+            )
+        })
+    };
+    let ftr = features_of(&train, "train")?;
+    let fte = features_of(&test, "test")?;
+    let probes = linear::evaluate(&ftr, &fte, classes, &cfg.probe, dev, progress)?;
     let mut rows = Vec::new();
     for (t, probe) in probes.into_iter().enumerate() {
-        let d = ftr.dims[t];
-        // The probes are done with the raw features: each tap is normalised in place and
-        // handed on, never copied (a tap of 50k images is gigabytes).
-        let mut a = std::mem::take(&mut ftr.data[t]);
-        let mut b = std::mem::take(&mut fte.data[t]);
-        l2_normalize(&mut a, d);
-        l2_normalize(&mut b, d);
-        let knn = knn::evaluate(
-            (a, &ftr.labels),
-            (&b, &fte.labels),
-            d,
-            classes,
-            &cfg.knn,
-            dev,
-        );
-        let cluster = cluster::evaluate(&b, d, &fte.labels, classes, &cfg.kmeans, dev)?;
+        // kNN and k-means read the store in blocks, L2-normalised on the way.
+        let knn = knn::evaluate(&ftr, &fte, t, classes, &cfg.knn, dev)?;
+        let cluster = cluster::evaluate(&fte, t, classes, &cfg.kmeans, dev)?;
         rows.push(LayerRow {
             layer: ftr.taps[t].clone(),
-            dim: d,
+            dim: ftr.dims[t],
             pool_grid: ftr.grids[t],
             linear: probe,
             knn,
