@@ -64,6 +64,17 @@ fn fetch(out: &Path, url: &str, md5: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Reading without a cache folder.
+fn in_memory() -> pretext::data::CacheOptions {
+    pretext::data::CacheOptions {
+        dir: None,
+        image_size: None,
+        skip_bad: false,
+        progress: false,
+        holdout: Default::default(),
+    }
+}
+
 #[test]
 fn fetch_downloads_verifies_and_unpacks() {
     let body = archive(2);
@@ -80,13 +91,7 @@ fn fetch_downloads_verifies_and_unpacks() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dir = tmp.path().join("cifar-10-batches-bin");
-    let opts = pretext::data::CacheOptions {
-        dir: None,
-        image_size: None,
-        skip_bad: false,
-        progress: false,
-        holdout: Default::default(),
-    };
+    let opts = in_memory();
     let train = pretext::data::open(&dir, pretext::data::Split::Train, &opts).unwrap();
     let test = pretext::data::open(&dir, pretext::data::Split::Test, &opts).unwrap();
     assert_eq!((train.len(), test.len()), (10, 3));
@@ -156,13 +161,7 @@ fn fetch_named(name: &str, out: &Path, url: &str, md5: &str) -> std::process::Ou
 #[test]
 fn stl10_and_cifar100_fetch_into_readable_folders() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = pretext::data::CacheOptions {
-        dir: None,
-        image_size: None,
-        skip_bad: false,
-        progress: false,
-        holdout: Default::default(),
-    };
+    let opts = in_memory();
     use pretext::data::Split;
     let img = vec![7u8; 3 * 96 * 96];
     let stl = tar_gz(

@@ -100,16 +100,21 @@ fn pretraining_on_unlabeled_stl10_and_evaluating_on_its_labelled_splits() {
     assert!(config.contains("split = \"unlabeled\""), "{config}");
     assert!(config.contains("image_size = 96"), "{config}");
 
-    let eval = [
-        "eval",
-        "--run",
-        "run",
-        "--probe-epochs",
-        "2",
-        "--probe-dim",
-        "512",
-    ];
-    let first = pretext(tmp.path(), &eval);
+    let eval = |dim: &str| {
+        pretext(
+            tmp.path(),
+            &[
+                "eval",
+                "--run",
+                "run",
+                "--probe-epochs",
+                "2",
+                "--probe-dim",
+                dim,
+            ],
+        )
+    };
+    let first = eval("512");
     let report = pretext::eval::EvalReport::read(&tmp.path().join("run/eval")).unwrap();
     assert_eq!((report.train_images, report.test_images), (24, 12));
     assert_eq!(report.rows.len(), 2);
@@ -136,7 +141,7 @@ fn pretraining_on_unlabeled_stl10_and_evaluating_on_its_labelled_splits() {
             .unwrap()
     };
     let before = stamp("eval-train/manifest.json");
-    let second = pretext(tmp.path(), &eval);
+    let second = eval("512");
     assert_eq!(stamp("eval-train/manifest.json"), before);
     let rows = |t: &str| {
         t.lines()
@@ -147,18 +152,7 @@ fn pretraining_on_unlabeled_stl10_and_evaluating_on_its_labelled_splits() {
     assert_eq!(rows(&first), rows(&second));
     assert_eq!(rows(&first).len(), 2);
     // Another pooling is another store: computed anew, replacing the old one.
-    pretext(
-        tmp.path(),
-        &[
-            "eval",
-            "--run",
-            "run",
-            "--probe-epochs",
-            "2",
-            "--probe-dim",
-            "128",
-        ],
-    );
+    eval("128");
     assert_ne!(stamp("eval-train/manifest.json"), before);
     assert_eq!(
         fs::read_dir(tmp.path().join("run/features"))
