@@ -123,6 +123,13 @@ fn a_wrong_checksum_or_a_cut_download_is_an_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cifar-10-binary.tar.gz"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // Nothing of the cut download is left behind.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A `.tar.gz` of `members` under `dir/`.

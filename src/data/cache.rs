@@ -448,6 +448,14 @@ impl PixelSink {
         })
     }
 
+    /// Room for `bytes` more in memory (a sink without a file), so a split of known
+    /// size is not copied as its vector grows.
+    pub fn reserve(&mut self, bytes: usize) {
+        if self.file.is_none() {
+            self.mem.reserve_exact(bytes);
+        }
+    }
+
     /// The next image's HWC bytes.
     pub fn push(&mut self, pixels: &[u8]) -> Result<(), DataError> {
         match &mut self.file {

@@ -93,6 +93,22 @@ fn hex(bytes: &[u8]) -> String {
 /// Download `url` to `dest`, returning the MD5 of what arrived. Written to a `.part` file
 /// first, so an interrupted download never looks complete.
 pub fn download(url: &str, dest: &Path, progress: bool) -> Result<String> {
+    let part = dest.with_extension("part");
+    let r = download_to(url, &part, progress);
+    match r {
+        Ok(sum) => {
+            fs::rename(&part, dest)?;
+            Ok(sum)
+        }
+        Err(e) => {
+            // A cut download is no use to anyone: nothing is left behind.
+            let _ = fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+fn download_to(url: &str, part: &Path, progress: bool) -> Result<String> {
     let mut resp = ureq::get(url)
         .call()
         .with_context(|| format!("downloading {url}"))?;
@@ -103,9 +119,7 @@ pub fn download(url: &str, dest: &Path, progress: bool) -> Result<String> {
         .and_then(|v| v.parse::<u64>().ok());
     let bar =
         crate::util::progress::bar(len.unwrap_or(0), "downloading", progress && len.is_some());
-    let part = dest.with_extension("part");
-    let mut out =
-        fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    let mut out = fs::File::create(part).with_context(|| format!("creating {}", part.display()))?;
     let mut reader = resp.body_mut().as_reader();
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -129,7 +143,6 @@ pub fn download(url: &str, dest: &Path, progress: bool) -> Result<String> {
     {
         bail!("{url}: the download stopped after {got} of {l} bytes");
     }
-    fs::rename(&part, dest)?;
     Ok(hex(&hasher.finalize()))
 }
 

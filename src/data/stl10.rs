@@ -87,6 +87,7 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, 
     // Streamed image by image into the cache file: the unlabeled split alone is 2.8 GB,
     // which read whole and converted once held twice that in memory.
     let mut sink = PixelSink::new(opts, "stl10", split.name(), fp);
+    sink.reserve(n * PIXELS);
     let mut reader =
         std::io::BufReader::new(fs::File::open(&xs).map_err(|e| DataError::io(&xs, e))?);
     let (mut img, mut hwc) = (vec![0u8; PIXELS], vec![0u8; PIXELS]);

@@ -552,6 +552,22 @@ mod reference {
         let dev = Device::flex();
         let cfg = KMeansConfig::default();
         let whole = kmeans_rows(src, 6, &cfg, None, &dev).unwrap();
+        // The blocks are read from a store file, as `eval` reads a large tap.
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = vec![];
+        f.read(0, 0..f.n, &mut rows).unwrap();
+        let mut sink = crate::eval::store::Sink::new(
+            1,
+            Some((dir.path(), crate::eval::store::FeatureDtype::F32)),
+        );
+        sink.push(0, "x", &rows).unwrap();
+        let on_disk = sink
+            .finish(vec!["x".into()], vec![16], vec![1], f.labels.clone())
+            .unwrap();
+        let src = TapRows {
+            features: &on_disk,
+            ..src
+        };
         let cut = kmeans_rows(src, 6, &cfg, Some(37), &dev).unwrap();
         assert_eq!(cut.assign, whole.assign);
         assert!((cut.inertia - whole.inertia).abs() < 1e-4 * whole.inertia);

@@ -40,7 +40,8 @@ pub fn vote(neighbors: &[(f32, u16)], k: usize, t: f32, classes: usize) -> Vec<f
 /// memory or the feature store), one matrix product per pair; a row keeps its `kmax` best
 /// of each block by partial selection (linear in the block: a full sort of every
 /// 50,000-wide row once took a fifth of an evaluation) and merges them into the best so
-/// far. Memory holds two blocks and their similarities, whatever the number of images.
+/// far. Memory holds two blocks and their similarities (each about `BLOCK_BYTES`),
+/// whatever the number of images.
 pub fn neighbors(
     train: TapRows,
     test: TapRows,
@@ -49,21 +50,25 @@ pub fn neighbors(
 ) -> anyhow::Result<Vec<Vec<(f32, usize)>>> {
     let d = train.d();
     anyhow::ensure!(test.d() == d, "queries of {} values, rows of {d}", test.d());
-    neighbors_in_blocks(train, test, kmax, rows_for(BLOCK_BYTES, d), dev)
+    // Queries and training rows of about BLOCK_BYTES each, and their similarities too:
+    // narrow rows make long blocks, whose product would otherwise grow as 1/d².
+    let queries = rows_for(BLOCK_BYTES, d).min(4096);
+    let rows = rows_for(BLOCK_BYTES, d).min((BLOCK_BYTES / 4 / queries).max(1));
+    neighbors_in_blocks(train, test, kmax, (queries, rows), dev)
 }
 
-/// [`neighbors`] with blocks of `rows` rows.
+/// [`neighbors`] with blocks of `queries` query rows and `rows` training rows.
 fn neighbors_in_blocks(
     train: TapRows,
     test: TapRows,
     kmax: usize,
-    rows: usize,
+    (queries, rows): (usize, usize),
     dev: &Device,
 ) -> anyhow::Result<Vec<Vec<(f32, usize)>>> {
     let d = train.d();
     let kmax = kmax.min(train.n());
     let mut out = Vec::with_capacity(test.n());
-    for q in blocks(test.n(), rows) {
+    for q in blocks(test.n(), queries) {
         let qx = Tensor::<2>::from_data(TensorData::new(test.read(q.clone())?, [q.len(), d]), dev);
         let mut best: Vec<Vec<(f32, usize)>> = vec![Vec::new(); q.len()];
         for b in blocks(train.n(), rows) {
@@ -239,8 +244,25 @@ mod tests {
             tap: 0,
             normalize: true,
         };
-        let whole = neighbors_in_blocks(rows(&train), rows(&test), 10, 1000, &dev).unwrap();
-        let cut = neighbors_in_blocks(rows(&train), rows(&test), 10, 7, &dev).unwrap();
+        // The blocked search reads its rows from store files, as `eval` does.
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk = |f: &Features, name: &str| {
+            let to = dir.path().join(name);
+            std::fs::create_dir_all(&to).unwrap();
+            let mut rows = vec![];
+            f.read(0, 0..f.n, &mut rows).unwrap();
+            let mut sink = crate::eval::store::Sink::new(
+                1,
+                Some((&to, crate::eval::store::FeatureDtype::F32)),
+            );
+            sink.push(0, "t", &rows).unwrap();
+            sink.finish(vec!["t".into()], vec![d], vec![1], f.labels.clone())
+                .unwrap()
+        };
+        let (train_file, test_file) = (on_disk(&train, "a"), on_disk(&test, "b"));
+        let whole = neighbors_in_blocks(rows(&train), rows(&test), 10, (1000, 1000), &dev).unwrap();
+        let cut =
+            neighbors_in_blocks(rows(&train_file), rows(&test_file), 10, (7, 5), &dev).unwrap();
         assert_eq!(whole.len(), 23);
         for (a, b) in whole.iter().zip(&cut) {
             let ids = |v: &[(f32, usize)]| v.iter().map(|x| x.1).collect::<Vec<_>>();

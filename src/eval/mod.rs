@@ -292,16 +292,9 @@ pub fn evaluate_run(
     // Both splits' features go to the run's feature store (or come from it, when an
     // earlier evaluation of these very weights on these very images left them there).
     let view_key = serde_json::to_string(&(&view.augment, &view.input, &view.norm))?;
+    let producer = store::Producer::new(&backbone, epoch, random_init);
     let features_of = |set: &Arc<ImageSet>, split: &str| {
-        let key = StoreKey::new(
-            &backbone,
-            epoch,
-            random_init,
-            view_key.clone(),
-            cfg,
-            split,
-            set,
-        );
+        let key = StoreKey::new(&producer, view_key.clone(), cfg, split, set);
         let dir = run.join("features").join(format!(
             "{}-{split}",
             if random_init {

@@ -228,6 +228,14 @@ impl Sink {
                         .with_context(|| format!("creating {}", path.display()))?;
                     files[t] = Some(std::io::BufWriter::with_capacity(1 << 20, f));
                 }
+                if *dtype == FeatureDtype::F16
+                    && let Some(v) = rows.iter().find(|v| v.is_nan() || v.abs() > 65504.0)
+                {
+                    anyhow::bail!(
+                        "{name}: a feature value of {v} does not fit in f16 (largest 65504); \
+                         evaluate with --feature-dtype f32"
+                    );
+                }
                 buf.clear();
                 dtype.encode(rows, buf);
                 files[t]
@@ -302,8 +310,13 @@ fn open_files(
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoreKey {
     pub format: u32,
+    /// FNV-1a of the program that computed the rows: another build may pool, crop or
+    /// compute differently, and nothing else in the key would say so.
+    pub program: String,
     /// FNV-1a of every weight and running statistic of the network, in module order.
     pub network: String,
+    /// The network's taps, in order.
+    pub taps: Vec<String>,
     pub checkpoint_epoch: usize,
     pub random_init: bool,
     /// The evaluation view (crop, padding, input transform, normalisation) as JSON text:
@@ -330,11 +343,29 @@ struct TapInfo {
     grid: usize,
 }
 
+/// What computes a store's rows: a network (by the hash of its weights) and its taps, from
+/// a checkpoint epoch or the random init.
+pub struct Producer {
+    pub weights: u64,
+    pub taps: Vec<String>,
+    pub checkpoint_epoch: usize,
+    pub random_init: bool,
+}
+
+impl Producer {
+    pub fn new(network: &Backbone, checkpoint_epoch: usize, random_init: bool) -> Self {
+        Self {
+            weights: weights_hash(network),
+            taps: network.tap_names(),
+            checkpoint_epoch,
+            random_init,
+        }
+    }
+}
+
 impl StoreKey {
     pub fn new(
-        network: &Backbone,
-        checkpoint_epoch: usize,
-        random_init: bool,
+        by: &Producer,
         view: String,
         cfg: &super::EvalConfig,
         split: &str,
@@ -346,9 +377,11 @@ impl StoreKey {
         }
         Self {
             format: 1,
-            network: format!("{:016x}", weights_hash(network)),
-            checkpoint_epoch,
-            random_init,
+            program: program_hash(),
+            network: format!("{:016x}", by.weights),
+            taps: by.taps.clone(),
+            checkpoint_epoch: by.checkpoint_epoch,
+            random_init: by.random_init,
             view,
             target_dim: cfg.probe_dim,
             dtype: cfg.feature_dtype,
@@ -357,6 +390,22 @@ impl StoreKey {
             image_list: format!("{h:016x}"),
         }
     }
+}
+
+/// FNV-1a of the running executable's bytes (once per process), or, where it cannot be
+/// read, a value no other process gives: then nothing is reused rather than something
+/// stale.
+fn program_hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| match std::env::current_exe().and_then(fs::read) {
+        Ok(bytes) => format!("{:016x}", fnv1a(&bytes, FNV_START)),
+        Err(_) => format!(
+            "unread-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ),
+    })
+    .clone()
 }
 
 /// FNV-1a over the shape and values of every float tensor of `module` (parameters and
@@ -454,19 +503,25 @@ pub fn stored(
 
 /// The store in `dir`, if its manifest is `key`'s and its files are whole.
 fn open(dir: &Path, key: &StoreKey, labels: &[u16]) -> Option<Features> {
-    let m: Manifest = serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
-    if m.key != *key || key.images != labels.len() {
+    let text = fs::read(dir.join("manifest.json")).ok()?;
+    let m: Manifest = serde_json::from_slice(&text).ok()?;
+    let names: Vec<String> = m.taps.iter().map(|t| t.name.clone()).collect();
+    if m.key != *key || key.images != labels.len() || names != key.taps {
         return None;
     }
-    open_files(
+    let f = open_files(
         dir,
         key.dtype,
-        m.taps.iter().map(|t| t.name.clone()).collect(),
+        names,
         m.taps.iter().map(|t| t.dim).collect(),
         m.taps.iter().map(|t| t.grid).collect(),
         labels.to_vec(),
     )
-    .ok()
+    .ok()?;
+    // Another evaluation may have replaced the store between the manifest and the files:
+    // the files held now are the manifest's only if it is still the one read (a file
+    // opened stays readable when its folder is replaced).
+    (fs::read(dir.join("manifest.json")).ok()? == text).then_some(f)
 }
 
 /// The rows of one tap as kNN and k-means read them: in blocks, scaled to unit L2 norm on
@@ -554,10 +609,31 @@ mod tests {
         }
     }
 
+    /// A value f16 cannot hold is an error naming the way out, not an infinity that turns
+    /// into NaN in the standardiser.
+    #[test]
+    fn an_f16_store_refuses_values_beyond_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(1, Some((dir.path(), FeatureDtype::F16)));
+        sink.push(0, "block1", &[1.0, 65504.0, -65504.0]).unwrap();
+        let e = sink
+            .push(0, "block1", &[1.0, 7e4, 0.0])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not fit in f16") && e.contains("--feature-dtype f32"),
+            "{e}"
+        );
+        let e = sink.push(0, "block1", &[f32::NAN]).unwrap_err().to_string();
+        assert!(e.contains("does not fit in f16"), "{e}");
+    }
+
     fn key(network: &str) -> StoreKey {
         StoreKey {
             format: 1,
+            program: "p".into(),
             network: network.into(),
+            taps: vec!["block1".into()],
             checkpoint_epoch: 3,
             random_init: false,
             // A float that JSON text does not give back bit for bit once parsed (the
