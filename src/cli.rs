@@ -106,6 +106,22 @@ impl Common {
     }
 }
 
+impl Command {
+    /// How to carry on after this command was interrupted.
+    pub fn resume_hint(&self) -> &'static str {
+        match self {
+            Command::Run(_) | Command::Pretrain(_) | Command::TrainSupervised(_) => {
+                "add --resume to the same command to continue from the last checkpoint"
+            }
+            Command::Study(_) => "run `pretext study --out <the same folder> --resume` to continue",
+            Command::Finetune(_) => {
+                "run the same command again: finished fine-tunings are kept, the others resume"
+            }
+            _ => "run the same command again",
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pretrain with a pretext task, then evaluate it beside a random-init network.

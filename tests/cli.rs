@@ -113,3 +113,65 @@ fn bench_times_a_task_and_its_pipeline_on_real_data() {
     let pipeline: f64 = cells[7].parse().unwrap();
     assert!(train > 0.0 && pipeline > 0.0, "{row}");
 }
+
+/// An interrupted command says how to continue and exits 143 (SIGTERM) or 130 (SIGINT),
+/// never with a status that could pass for success; the run it stopped resumes.
+#[test]
+fn an_interrupted_run_says_how_to_continue_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let out = tmp.path().join(format!("run-{signal}"));
+        let child = pretext()
+            .args(["pretrain", "--data"])
+            .arg(common::cifar_root())
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--width",
+                "8",
+                "--epochs",
+                "500",
+                "--train-images",
+                "64",
+                "--batch-size",
+                "16",
+                "--quiet",
+                "--no-cache",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once the first checkpoint is there, the run is well under way.
+        let t0 = std::time::Instant::now();
+        while !out.join("checkpoints").join("latest.json").exists() {
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "no checkpoint after 2 minutes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let done = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(code), "SIG{signal}: {err}");
+        assert!(err.contains(&format!("interrupted (SIG{signal})")), "{err}");
+        assert!(err.contains("--resume"), "{err}");
+    }
+    // The run picks up where it stopped.
+    let resumed = pretext()
+        .args(["pretrain", "--out"])
+        .arg(tmp.path().join("run-TERM"))
+        .args(["--resume", "--stop-after", "1", "--quiet", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+}
