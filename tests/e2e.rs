@@ -73,6 +73,7 @@ fn setup() -> Setup {
 
 #[test]
 fn rotation_pretraining_learns_and_its_features_beat_random_init() {
+    let _serial = common::serial();
     let Setup {
         data,
         tmp,
@@ -171,6 +172,7 @@ fn rotation_pretraining_learns_and_its_features_beat_random_init() {
 
 #[test]
 fn a_stopped_run_resumes_from_its_last_checkpoint() {
+    let _serial = common::serial();
     let Setup {
         data,
         tmp: _tmp,
@@ -212,6 +214,7 @@ fn a_stopped_run_resumes_from_its_last_checkpoint() {
 
 #[test]
 fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let _serial = common::serial();
     let Setup {
         data,
         tmp: _tmp,

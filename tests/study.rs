@@ -56,6 +56,7 @@ fn epoch_records(run: &Path) -> Vec<u64> {
 
 #[test]
 fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
+    let _serial = common::serial();
     let tmp = tempfile::tempdir().unwrap();
     let (out, cache) = (tmp.path().join("study"), tmp.path().join("cache"));
 
@@ -177,6 +178,7 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
 
 #[test]
 fn a_fraction_that_leaves_a_class_empty_is_refused_before_any_training() {
+    let _serial = common::serial();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("study");
     let r = study(&out, &tmp.path().join("cache"), "6s", "0.00001")

@@ -103,6 +103,7 @@ fn evaluates(r: &Ran) {
 
 #[test]
 fn jigsaw_learns_to_name_permutations() {
+    let _serial = common::serial();
     let r = pretrain("jigsaw", |a| {
         a.epochs = 8;
         a.lr = Some(0.03);
@@ -121,6 +122,7 @@ fn jigsaw_learns_to_name_permutations() {
 
 #[test]
 fn relative_position_learns_the_eight_neighbors() {
+    let _serial = common::serial();
     let r = pretrain("relative-position", |a| {
         a.train_images = Some(10_000);
         a.epochs = 6;
@@ -137,6 +139,7 @@ fn relative_position_learns_the_eight_neighbors() {
 
 #[test]
 fn context_encoder_fills_holes_better_than_the_mean() {
+    let _serial = common::serial();
     let r = pretrain("inpainting", |a| {
         a.train_images = Some(1500);
         a.epochs = 3;
@@ -193,6 +196,7 @@ fn context_encoder_fills_holes_better_than_the_mean() {
 
 #[test]
 fn colorization_beats_the_color_prior_and_evaluates_on_lightness() {
+    let _serial = common::serial();
     let r = pretrain("colorization", |_| {});
     let ccfg = &r.cfg.task.typed::<ColorizationConfig>().unwrap();
     assert_eq!(r.cfg.input, pretext::run::InputTransform::Lightness);
@@ -260,6 +264,7 @@ fn colorization_beats_the_color_prior_and_evaluates_on_lightness() {
 
 #[test]
 fn supervised_baseline_learns_and_few_label_finetuning_starts_from_it() {
+    let _serial = common::serial();
     let r = pretrain("supervised", |a| {
         a.width = Some(16);
         a.train_images = Some(2000);

@@ -82,3 +82,15 @@ pub fn eval_config(
     }
     .resolve()
 }
+
+/// Held for the whole of a test that trains: burn's CPU device draws parameter inits from
+/// one process-wide generator (seeded by `Device::seed`, consumed lazily at a parameter's
+/// first use), so two such tests running at once in one test binary take each other's
+/// draws and their seeded numbers change from run to run (a few-label fine-tuning once
+/// failed in CI this way, passing alone). Tests of one binary that train run one at a time.
+#[allow(dead_code)]
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons it; the next one still runs.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
