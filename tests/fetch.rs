@@ -238,6 +238,21 @@ fn stl10_and_cifar100_fetch_into_readable_folders() {
         "{err}"
     );
     // An unknown name lists the known ones, before anything is created.
+    // Offline: the error says where the archive is and where to put it, and leaves no
+    // folder behind.
+    let out = fetch_named(
+        "stl10",
+        &tmp.path().join("offline"),
+        "http://127.0.0.1:1/x.tar.gz",
+        "0",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("stl10_binary.tar.gz elsewhere and unpack it into"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("offline").exists());
     let out = fetch_named("imagenet", &tmp.path().join("none"), &url, "0");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cifar10, cifar100, stl10"), "{err}");

@@ -209,7 +209,23 @@ pub fn fetch(
     md5: &str,
     progress: bool,
 ) -> Result<PathBuf> {
+    let existed = out.exists();
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let r = fetch_into(archive, out, url, md5, progress);
+    if r.is_err() && !existed {
+        // A failed fetch leaves no empty folder behind (remove_dir keeps a non-empty one).
+        let _ = fs::remove_dir(out);
+    }
+    r
+}
+
+fn fetch_into(
+    archive: &Archive,
+    out: &Path,
+    url: &str,
+    md5: &str,
+    progress: bool,
+) -> Result<PathBuf> {
     let path = out.join(archive.file);
     let sum = download(url, &path, progress).with_context(|| {
         format!(
