@@ -851,7 +851,7 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
     let rc = pretrain(&a.pretrain, &cache, &ctx.dev, ctx.progress)?;
     let out = &a.pretrain.out;
     let evaluate = |random_init| {
-        eval::evaluate_run(
+        let r = eval::evaluate_run(
             out,
             &rc.data,
             random_init,
@@ -859,7 +859,9 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
             &cache,
             &ctx.dev,
             ctx.progress,
-        )
+        )?;
+        eval::store::discard(out, random_init)?;
+        anyhow::Ok(r)
     };
     let ((trained, _), (random, _)) = (evaluate(false)?, evaluate(true)?);
     println!("{}\n{}", trained.markdown(), random.markdown());

@@ -126,6 +126,8 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
         assert_eq!(m["images_seen"].as_u64().unwrap(), 512 * epochs, "{name}");
         assert!(m["calibrated_images_per_second"].as_f64().unwrap() > 0.0);
         assert!(run.join("eval/eval.json").is_file(), "{name}");
+        // A study evaluates each network once: it keeps no feature store.
+        assert!(!run.join("features").exists(), "{name}");
         if name != "supervised" {
             assert!(run.join("finetune/finetune.json").is_file(), "{name}");
         }

@@ -346,6 +346,7 @@ impl Study<'_> {
             self.device,
             self.progress,
         )?;
+        crate::eval::store::discard(run, random_init)?;
         Ok(Some(t0.elapsed().as_secs_f64()))
     }
 

@@ -295,14 +295,7 @@ pub fn evaluate_run(
     let producer = store::Producer::new(&backbone, epoch, random_init);
     let features_of = |set: &Arc<ImageSet>, split: &str| {
         let key = StoreKey::new(&producer, view_key.clone(), cfg, split, set);
-        let dir = run.join("features").join(format!(
-            "{}-{split}",
-            if random_init {
-                "eval-random-init"
-            } else {
-                "eval"
-            }
-        ));
+        let dir = store::dir(run, random_init, split);
         store::stored(&dir, &key, set, |to| {
             features::extract(
                 &backbone,

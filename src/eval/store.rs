@@ -306,6 +306,33 @@ fn open_files(
     })
 }
 
+/// The store folder of one evaluation split of a run.
+pub fn dir(run: &Path, random_init: bool, split: &str) -> PathBuf {
+    let kind = if random_init {
+        "eval-random-init"
+    } else {
+        "eval"
+    };
+    run.join("features").join(format!("{kind}-{split}"))
+}
+
+/// Remove an evaluation's stores (train and test). `run` and `study` evaluate each
+/// network once, so they do not keep gigabytes of rows for an evaluation that will not
+/// come; `pretext eval` keeps them for the next one.
+pub fn discard(run: &Path, random_init: bool) -> Result<()> {
+    for split in ["train", "test"] {
+        let d = dir(run, random_init, split);
+        if d.exists() {
+            fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    let parent = run.join("features");
+    if fs::read_dir(&parent).is_ok_and(|mut e| e.next().is_none()) {
+        let _ = fs::remove_dir(&parent);
+    }
+    Ok(())
+}
+
 /// What a store's rows are: two stores of equal keys hold the same numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoreKey {
