@@ -211,35 +211,27 @@ pub fn fetch(
 ) -> Result<PathBuf> {
     let existed = out.exists();
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let r = fetch_into(archive, out, url, md5, progress);
+    let path = out.join(archive.file);
+    let r = (|| {
+        let sum = download(url, &path, progress).with_context(|| {
+            format!(
+                "fetching {} (without internet: download {} elsewhere and unpack it into {})",
+                archive.title,
+                archive.url,
+                out.display()
+            )
+        })?;
+        if !sum.eq_ignore_ascii_case(md5) {
+            let _ = fs::remove_file(&path);
+            bail!("{url}: MD5 {sum} does not match the published {md5}; the download was deleted");
+        }
+        let dir = unpack(archive, &path, out)?;
+        fs::remove_file(&path)?;
+        Ok(dir)
+    })();
     if r.is_err() && !existed {
         // A failed fetch leaves no empty folder behind (remove_dir keeps a non-empty one).
         let _ = fs::remove_dir(out);
     }
     r
-}
-
-fn fetch_into(
-    archive: &Archive,
-    out: &Path,
-    url: &str,
-    md5: &str,
-    progress: bool,
-) -> Result<PathBuf> {
-    let path = out.join(archive.file);
-    let sum = download(url, &path, progress).with_context(|| {
-        format!(
-            "fetching {} (without internet: download {} elsewhere and unpack it into {})",
-            archive.title,
-            archive.url,
-            out.display()
-        )
-    })?;
-    if !sum.eq_ignore_ascii_case(md5) {
-        let _ = fs::remove_file(&path);
-        bail!("{url}: MD5 {sum} does not match the published {md5}; the download was deleted");
-    }
-    let dir = unpack(archive, &path, out)?;
-    fs::remove_file(&path)?;
-    Ok(dir)
 }
