@@ -61,7 +61,10 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
     let (out, cache) = (tmp.path().join("study"), tmp.path().join("cache"));
 
     // Kill it once relative position (the second method, ~20 short epochs) has a checkpoint.
-    let mut child = study(&out, &cache, "6s", "0.01").spawn().unwrap();
+    let mut child = study(&out, &cache, "6s", "0.01")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let marker = out.join("relative-position/checkpoints/latest.json");
     let t0 = Instant::now();
     while !marker.exists() && t0.elapsed() < Duration::from_secs(600) {
@@ -71,8 +74,19 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
-    child.wait().unwrap();
+    let first = child.wait_with_output().unwrap();
     assert!(marker.exists(), "relative position never checkpointed");
+    // The plan came first, with every fine-tuning counted (even under --quiet).
+    let plan = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        plan.contains("pretraining: 4 method(s) (rotation, relative-position, colorization, supervised), 0.1 min each"),
+        "{plan}"
+    );
+    assert!(plan.contains("on 500 train / 500 test images"), "{plan}");
+    assert!(
+        plan.contains("3 fine-tunings of 1 epochs (rotation, relative-position, colorization × labels 1% × 1 seed(s)), each beside a random-init one (at most 2 more"),
+        "{plan}"
+    );
     assert!(!out.join("study.md").exists());
 
     let done = study(&out, &cache, "6s", "0.01").output().unwrap();

@@ -180,6 +180,64 @@ impl Study<'_> {
         m
     }
 
+    /// What the study will do, said before it starts: the methods and their budget, the
+    /// evaluations, and the fine-tunings with their count (the longest part of a default
+    /// study, easy to miss), with the time that can be known up front.
+    pub fn plan(&self) -> String {
+        let c = &self.cfg;
+        let methods = self.methods();
+        let minutes = |s: f64| format!("{:.1} min", s / 60.0);
+        let images = |n: Option<usize>| n.map_or("all".to_string(), |n| n.to_string());
+        // Colorization's network sees L* only: its random init is another network.
+        let networks = |tasks: &[String]| {
+            1 + tasks.iter().any(|t| t == "colorization") as usize
+                - tasks.iter().all(|t| t == "colorization") as usize
+        };
+        let mut out = format!(
+            "plan for {}:
+  pretraining: {} method(s) ({}), {} each (at most {} epochs): {} in all
+",
+            self.out.display(),
+            methods.len(),
+            methods.join(", "),
+            minutes(c.budget_seconds),
+            c.max_epochs,
+            minutes(c.budget_seconds * methods.len() as f64),
+        );
+        out += &format!(
+            "  evaluation: {} run(s) and {} random-init network(s), each with linear probes ({} epochs), kNN and k-means on {} train / {} test images; not timed in advance
+",
+            methods.len(),
+            networks(&methods),
+            c.eval.probe.epochs,
+            images(c.eval.train_images),
+            images(c.eval.test_images),
+        );
+        if c.finetune_tasks.is_empty() {
+            out += "  few-label fine-tuning: none
+";
+        } else {
+            let per = c.finetune.fractions.len() * c.finetune.seeds.len();
+            let fractions: Vec<String> = c
+                .finetune
+                .fractions
+                .iter()
+                .map(|f| format!("{}%", 100.0 * f))
+                .collect();
+            out += &format!(
+                "  few-label fine-tuning: {} fine-tunings of {} epochs ({} × labels {} × {} seed(s)), each beside a random-init one (at most {} more, shared between methods of one network); not timed in advance; --finetune none skips them
+",
+                c.finetune_tasks.len() * per,
+                c.finetune.epochs,
+                c.finetune_tasks.join(", "),
+                fractions.join("/"),
+                c.finetune.seeds.len(),
+                networks(&c.finetune_tasks) * per,
+            );
+        }
+        out
+    }
+
     /// Everything that can be refused before hours of training are spent on it.
     fn check(&self) -> Result<()> {
         let c = &self.cfg;
@@ -364,6 +422,7 @@ impl Study<'_> {
             }
         } else {
             self.check()?;
+            eprint!("{}", self.plan());
             std::fs::create_dir_all(self.out)
                 .with_context(|| format!("creating {}", self.out.display()))?;
             fsutil::write_bytes(&p, toml::to_string_pretty(&self.cfg)?.as_bytes())?;
