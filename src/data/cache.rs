@@ -406,7 +406,8 @@ pub fn load(path: &Path, fingerprint: u64) -> Option<ImageSet> {
 }
 
 /// Write `set` to `path` atomically (temporary file, flushed, renamed).
-pub fn store(path: &Path, set: &ImageSet) -> Result<(), DataError> {
+#[cfg(test)]
+fn store(path: &Path, set: &ImageSet) -> Result<(), DataError> {
     let mut sink = PixelSink::to_file(path)?;
     for i in 0..set.len() {
         sink.push(set.image(i))?;
@@ -508,41 +509,27 @@ impl Drop for PixelSink {
 }
 
 /// The cached set for this source, if its cache file is there and matches.
-pub fn lookup(opts: &CacheOptions, kind: &str, split: &str, fingerprint: u64) -> Option<ImageSet> {
+fn lookup(opts: &CacheOptions, kind: &str, split: &str, fingerprint: u64) -> Option<ImageSet> {
     let dir = opts.dir.as_ref()?;
     load(&cache_file(dir, kind, split, fingerprint), fingerprint)
 }
 
-/// Return the cached set for `fingerprint`, or build it with `decode` and cache it.
+/// The cached set for this source, or the one `fill` streams into a [`PixelSink`] (the
+/// cache file, or memory without a cache folder) and describes with the header it returns.
+/// Every reader goes through here, so none holds a whole split in memory to cache it.
 pub fn cached(
     opts: &CacheOptions,
     kind: &str,
     split: &str,
     fingerprint: u64,
-    decode: impl FnOnce() -> Result<ImageSet, DataError>,
+    fill: impl FnOnce(&mut PixelSink) -> Result<Header, DataError>,
 ) -> Result<ImageSet, DataError> {
-    let path = opts
-        .dir
-        .as_ref()
-        .map(|d| cache_file(d, kind, split, fingerprint));
-    if let Some(p) = &path
-        && let Some(set) = load(p, fingerprint)
-    {
+    if let Some(set) = lookup(opts, kind, split, fingerprint) {
         return Ok(set);
     }
-    let set = decode()?;
-    if let Some(p) = &path {
-        // A cache that cannot be written costs speed, not correctness: say so and go on.
-        match store(p, &set) {
-            Ok(()) => {
-                if let Some(mapped) = load(p, fingerprint) {
-                    return Ok(mapped);
-                }
-            }
-            Err(e) => eprintln!("warning: could not write the image cache: {e}"),
-        }
-    }
-    Ok(set)
+    let mut sink = PixelSink::new(opts, kind, split, fingerprint);
+    let header = fill(&mut sink)?;
+    sink.finish(header)
 }
 
 #[cfg(test)]

@@ -136,16 +136,19 @@ pub fn open(
         Variant::Cifar10 => "cifar10",
         Variant::Cifar100 => "cifar100",
     };
-    cache::cached(opts, kind, split.name(), fp, || {
-        let mut pixels = Vec::new();
+    cache::cached(opts, kind, split.name(), fp, |sink| {
+        // One batch file (10,000 images) in memory at a time, streamed into the cache.
         let mut labels = Vec::new();
         let mut sources = Vec::new();
+        let mut pixels = Vec::new();
         for f in &files {
             let bytes = fs::read(f).map_err(|e| DataError::io(f, e))?;
+            pixels.clear();
             let n = parse(f, &bytes, variant, &mut pixels, &mut labels)?;
+            sink.push(&pixels)?;
             sources.extend((0..n).map(|k| format!("{}#{k}", f.display())));
         }
-        let header = Header {
+        Ok(Header {
             n: labels.len(),
             h: SIDE,
             w: SIDE,
@@ -157,8 +160,7 @@ pub fn open(
             fingerprint: fp,
             holdout: None,
             skipped_small: 0,
-        };
-        Ok(ImageSet::from_parts(header, pixels))
+        })
     })
 }
 

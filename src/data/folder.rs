@@ -244,11 +244,9 @@ pub fn decode_file(path: &Path, size: Option<u32>) -> Result<image::RgbImage, Da
 pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, DataError> {
     let listing = list(root, split, opts.holdout)?;
     let fp = fingerprint(&listing, opts)?;
-    if let Some(set) = cache::lookup(opts, "folder", split.name(), fp) {
-        return Ok(set);
-    }
-    let sink = PixelSink::new(opts, "folder", split.name(), fp);
-    decode_all(listing, opts, fp, sink)
+    cache::cached(opts, "folder", split.name(), fp, |sink| {
+        decode_all(listing, opts, fp, sink)
+    })
 }
 
 /// Decode every file into `sink`, in chunks decoded in parallel: memory holds one chunk
@@ -257,8 +255,8 @@ fn decode_all(
     listing: Listing,
     opts: &CacheOptions,
     fp: u64,
-    mut sink: PixelSink,
-) -> Result<ImageSet, DataError> {
+    sink: &mut PixelSink,
+) -> Result<Header, DataError> {
     // The first readable image fixes the size when the user did not choose one (with
     // --skip-bad, unreadable files before it are skipped and counted like any other).
     let size = match opts.image_size {
@@ -350,7 +348,7 @@ fn decode_all(
     if let Some(s) = header.skipped_summary() {
         eprintln!("warning: {}: {s}", listing.root.display());
     }
-    sink.finish(header)
+    Ok(header)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet, PixelSink};
+use super::cache::{self, CacheOptions, FNV_START, Header, ImageSet};
 use super::{DataError, Split};
 
 pub const SIDE: usize = 96;
@@ -70,53 +70,51 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> Result<ImageSet, 
     let xs = root.join(format!("{}_X.bin", split.name()));
     let ys = (split != Split::Unlabeled).then(|| root.join(format!("{}_y.bin", split.name())));
     let fp = cache::fingerprint_files(std::iter::once(&xs).chain(ys.as_ref()), FNV_START)?;
-    if let Some(set) = cache::lookup(opts, "stl10", split.name(), fp) {
-        return Ok(set);
-    }
-    // Checked before anything is read or written: the size, then the labels.
-    let len = fs::metadata(&xs).map_err(|e| DataError::io(&xs, e))?.len();
-    let n = image_count(&xs, len)?;
-    let labels = match &ys {
-        Some(y) => Some(parse_labels(
-            y,
-            &fs::read(y).map_err(|e| DataError::io(y, e))?,
+    cache::cached(opts, "stl10", split.name(), fp, |sink| {
+        // Checked before anything is read: the size, then the labels.
+        let len = fs::metadata(&xs).map_err(|e| DataError::io(&xs, e))?.len();
+        let n = image_count(&xs, len)?;
+        let labels = match &ys {
+            Some(y) => Some(parse_labels(
+                y,
+                &fs::read(y).map_err(|e| DataError::io(y, e))?,
+                n,
+            )?),
+            None => None,
+        };
+        // Streamed image by image: the unlabeled split alone is 2.8 GB, which read whole
+        // and converted once held twice that in memory.
+        sink.reserve(n * PIXELS);
+        let mut reader =
+            std::io::BufReader::new(fs::File::open(&xs).map_err(|e| DataError::io(&xs, e))?);
+        let (mut img, mut hwc) = (vec![0u8; PIXELS], vec![0u8; PIXELS]);
+        for _ in 0..n {
+            reader
+                .read_exact(&mut img)
+                .map_err(|e| DataError::io(&xs, e))?;
+            to_hwc(&img, &mut hwc);
+            sink.push(&hwc)?;
+        }
+        let classes = fs::read_to_string(root.join("class_names.txt"))
+            .map(|s| s.lines().map(|l| l.trim().to_string()).collect::<Vec<_>>())
+            .ok()
+            .filter(|v| v.len() == 10)
+            .unwrap_or_else(|| CLASSES.iter().map(|s| s.to_string()).collect());
+        let header = Header {
             n,
-        )?),
-        None => None,
-    };
-    // Streamed image by image into the cache file: the unlabeled split alone is 2.8 GB,
-    // which read whole and converted once held twice that in memory.
-    let mut sink = PixelSink::new(opts, "stl10", split.name(), fp);
-    sink.reserve(n * PIXELS);
-    let mut reader =
-        std::io::BufReader::new(fs::File::open(&xs).map_err(|e| DataError::io(&xs, e))?);
-    let (mut img, mut hwc) = (vec![0u8; PIXELS], vec![0u8; PIXELS]);
-    for _ in 0..n {
-        reader
-            .read_exact(&mut img)
-            .map_err(|e| DataError::io(&xs, e))?;
-        to_hwc(&img, &mut hwc);
-        sink.push(&hwc)?;
-    }
-    let classes = fs::read_to_string(root.join("class_names.txt"))
-        .map(|s| s.lines().map(|l| l.trim().to_string()).collect::<Vec<_>>())
-        .ok()
-        .filter(|v| v.len() == 10)
-        .unwrap_or_else(|| CLASSES.iter().map(|s| s.to_string()).collect());
-    let header = Header {
-        n,
-        h: SIDE,
-        w: SIDE,
-        c: 3,
-        labels,
-        classes,
-        sources: (0..n).map(|k| format!("{}#{k}", xs.display())).collect(),
-        skipped: vec![],
-        fingerprint: fp,
-        holdout: None,
-        skipped_small: 0,
-    };
-    sink.finish(header)
+            h: SIDE,
+            w: SIDE,
+            c: 3,
+            labels,
+            classes,
+            sources: (0..n).map(|k| format!("{}#{k}", xs.display())).collect(),
+            skipped: vec![],
+            fingerprint: fp,
+            holdout: None,
+            skipped_small: 0,
+        };
+        Ok(header)
+    })
 }
 
 #[cfg(test)]
