@@ -343,9 +343,14 @@ mod tests {
 
     /// A flat folder of four 32×32 PNGs, opened without a cache.
     fn images() -> (tempfile::TempDir, CacheOptions) {
+        images_of(32)
+    }
+
+    /// A flat folder of four `side`×`side` PNGs, opened without a cache.
+    pub(super) fn images_of(side: u32) -> (tempfile::TempDir, CacheOptions) {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..4u8 {
-            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, i * 60]))
+            image::RgbImage::from_fn(side, side, |x, y| image::Rgb([x as u8, y as u8, i * 60]))
                 .save(dir.path().join(format!("{i}.png")))
                 .unwrap();
         }
@@ -524,17 +529,7 @@ mod spelling {
     /// and mean what they meant.
     #[test]
     fn old_spellings_of_task_settings_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..4u8 {
-            image::RgbImage::from_fn(48, 48, |x, y| image::Rgb([x as u8, y as u8, i * 60]))
-                .save(dir.path().join(format!("{i}.png")))
-                .unwrap();
-        }
-        let cache = CacheOptions {
-            dir: None,
-            progress: false,
-            ..CacheOptions::default()
-        };
+        let (dir, cache) = super::tests::images_of(48);
         for (task, new, old, value) in [
             ("jigsaw", "grayscale", "greyscale", "0.25"),
             ("relative-position", "color", "colour", "\"keep\""),

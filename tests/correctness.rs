@@ -207,19 +207,11 @@ fn finetuning_refuses_test_classes_that_differ_from_the_train_classes() {
 fn first_conv(run: &Path) -> Vec<f32> {
     let rc = pretext::run::RunConfig::load(run).unwrap();
     let dev = Device::flex();
-    match pretext::run::load_backbone(&rc, run, false, &dev)
-        .unwrap()
-        .0
-    {
-        pretext::models::Backbone::Nin(n) => n.blocks[0].convs[0]
-            .conv
-            .weight
-            .val()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap(),
-        _ => unreachable!("a NIN run"),
-    }
+    common::first_conv(
+        &pretext::run::load_backbone(&rc, run, false, &dev)
+            .unwrap()
+            .0,
+    )
 }
 
 /// Item 2: a fine-tuning resumed before its first checkpoint started from random init and

@@ -62,17 +62,11 @@ fn runs_written_before_the_format_changed_load_and_evaluate() {
         }
         let (backbone, epoch) = load_backbone(&rc, &run, false, &dev).unwrap();
         assert_eq!(epoch, 1);
-        let loaded = match backbone {
-            pretext::models::Backbone::Nin(n) => n.blocks[0].convs[0]
-                .conv
-                .weight
-                .val()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap(),
-            _ => unreachable!("NIN runs"),
-        };
-        assert_eq!(loaded, stored_first_conv(&run, prefix), "{name}");
+        assert_eq!(
+            common::first_conv(&backbone),
+            stored_first_conv(&run, prefix),
+            "{name}"
+        );
         let ecfg = common::eval_config(Some(200), Some(100), 1, 512);
         let (report, _) = pretext::eval::evaluate_run(
             &run,

@@ -94,3 +94,18 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     // A test that failed while holding it poisons it; the next one still runs.
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The first convolution's weights of a NIN backbone (what a load must bring back).
+#[allow(dead_code)]
+pub fn first_conv(backbone: &pretext::models::Backbone) -> Vec<f32> {
+    match backbone {
+        pretext::models::Backbone::Nin(n) => n.blocks[0].convs[0]
+            .conv
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+        _ => unreachable!("a NIN backbone"),
+    }
+}
