@@ -12,7 +12,7 @@ use crate::data::{self, CacheOptions};
 use crate::eval::EvalConfig;
 use crate::eval::finetune::FinetuneConfig;
 use crate::models::{Arch, BackboneConfig};
-use crate::run::{RunConfig, normalize_for, open_split};
+use crate::run::{RunConfig, normalize_for, open_training};
 use crate::tasks::{self, TaskConfig};
 use crate::train::{OptimKind, Schedule, TrainConfig};
 
@@ -96,7 +96,10 @@ impl PretrainSpec {
             bail!("--data is required to start a run (or pass --resume to continue one)");
         };
         // Absolute, so the run can be resumed or evaluated from any working directory.
-        let data_root = std::fs::canonicalize(&data_root).unwrap_or(data_root);
+        // (A shard pattern names no file itself: it is made absolute as written.)
+        let data_root = std::fs::canonicalize(&data_root)
+            .or_else(|_| std::path::absolute(&data_root))
+            .unwrap_or(data_root);
         let file = self.task_file()?;
         let task = match &file {
             Some(f) => f.task()?,
@@ -109,7 +112,7 @@ impl PretrainSpec {
         } else {
             data::Split::Train
         };
-        let set = open_split(&data_root, split, cache)?;
+        let (set, _) = open_training(&data_root, split, cache)?;
         let size = set.header.h.min(set.header.w);
         let crop = self.crop.unwrap_or(size);
         let mut task_cfg = file.unwrap_or_else(|| task.defaults(crop));

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentConfig, Normalize};
+use crate::data::loader::Source;
 use crate::data::{self, CacheOptions, Holdout, ImageSet, Split};
 use crate::models::{Backbone, BackboneConfig};
 use crate::tasks::{PretextTask, Task, TaskConfig};
@@ -127,6 +128,22 @@ pub fn open_split(root: &Path, split: Split, opts: &CacheOptions) -> Result<Arc<
     Ok(Arc::new(data::open(root, split, opts)?))
 }
 
+/// The images a run trains on: a decoded split; or, for tar shards, a stream read anew
+/// each epoch (no decode pass first) and the images it opens with, from which the run
+/// takes its size, normalization and preview (see [`data::shards::Stream::open`]).
+pub fn open_training(
+    root: &Path,
+    split: Split,
+    opts: &CacheOptions,
+) -> Result<(Arc<ImageSet>, Option<Arc<data::shards::Stream>>)> {
+    if data::detect_format(root)? == data::Format::Shards && split != Split::Test {
+        opts.validate(root)?;
+        let (stream, sample) = data::shards::Stream::open(root, split, opts)?;
+        return Ok((Arc::new(sample), Some(Arc::new(stream))));
+    }
+    Ok((open_split(root, split, opts)?, None))
+}
+
 pub struct Pretrain<'a> {
     pub run: &'a Path,
     pub device: &'a Device,
@@ -160,8 +177,16 @@ impl Pretrain<'_> {
             holdout: cfg.holdout,
             ..self.cache.clone()
         };
-        let set = open_split(&cfg.data, cfg.split, cache)?;
+        let (set, stream) = open_training(&cfg.data, cfg.split, cache)?;
         let indices = task.training_indices(&cfg, &set)?;
+        if stream.is_some() && (cfg.train_images.is_some() || indices.len() != set.len()) {
+            bail!(
+                "{}: a shard stream trains on all its samples, and this run asks for a subset \
+                 (--train-images or --label-fraction): write the subset as shards of its own \
+                 (pretext data shard), or decode the shards into a folder",
+                cfg.data.display()
+            );
+        }
         self.check(task, &cfg, &set, &indices)?;
         if !resume {
             std::fs::create_dir_all(self.run)
@@ -176,6 +201,7 @@ impl Pretrain<'_> {
             train_device: &train_dev,
             device: self.device,
             set,
+            stream,
             indices,
             resume,
             progress: self.progress,
@@ -223,8 +249,12 @@ pub struct Job<'a> {
     pub train_device: &'a Device,
     /// The plain device, for inference after training.
     pub device: &'a Device,
+    /// The images trained on; for a shard stream, the images it opened with (see
+    /// [`open_training`]).
     pub set: Arc<ImageSet>,
-    /// The source images trained on.
+    /// Tar shards streamed each epoch, in place of `set` and `indices`.
+    pub stream: Option<Arc<data::shards::Stream>>,
+    /// The source images trained on (of `set`).
     pub indices: Vec<usize>,
     pub resume: bool,
     pub progress: bool,
@@ -273,13 +303,14 @@ impl Job<'_> {
             prefetch: 2,
             timing: self.timing,
         };
-        let (model, outcome) = trainer.fit(
-            model,
-            task.clone(),
-            self.set.clone(),
-            &self.indices,
-            self.resume,
-        )?;
+        let source = match &self.stream {
+            Some(stream) => Source::Shards(stream.clone()),
+            None => Source::Images {
+                set: self.set.clone(),
+                indices: Arc::new(self.indices.clone()),
+            },
+        };
+        let (model, outcome) = trainer.fit(model, task.clone(), &source, self.resume)?;
         Ok((task, model, outcome))
     }
 }

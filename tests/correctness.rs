@@ -414,8 +414,10 @@ fn a_failing_loader_stops_the_run_with_its_error_and_keeps_nothing_of_the_epoch(
     let e = match trainer.fit(
         model,
         std::sync::Arc::new(Fragile { bad: 40 }),
-        set,
-        &indices,
+        &pretext::data::loader::Source::Images {
+            set,
+            indices: std::sync::Arc::new(indices),
+        },
         false,
     ) {
         Ok(_) => panic!("a run whose loader failed must not succeed"),

@@ -25,7 +25,7 @@ use crate::eval::finetune::{FinetuneConfig, finetune_run};
 use crate::eval::{EvalConfig, evaluate_run};
 use crate::models::{Arch, BackboneConfig};
 use crate::report::{Comparison, gather};
-use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
+use crate::run::{InputTransform, Pretrain, RunConfig, open_split, open_training};
 use crate::tasks::supervised::balanced_subset;
 use crate::tasks::{self, Task};
 use crate::train::OptimKind;
@@ -341,8 +341,10 @@ impl Study<'_> {
                 )
                 .run(Some(rc.clone()), false)?;
             let _ = std::fs::remove_dir_all(self.out.join(".calibration"));
-            let set = open_split(&rc.data, rc.split, self.cache)?;
-            let images = rc.train_images.map_or(set.len(), |t| t.min(set.len()));
+            let images = match open_training(&rc.data, rc.split, self.cache)? {
+                (_, Some(stream)) => stream.len(),
+                (set, None) => rc.train_images.map_or(set.len(), |t| t.min(set.len())),
+            };
             rc.train.epochs = epochs_for(
                 self.cfg.budget_seconds,
                 timed.images_per_second,

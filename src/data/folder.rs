@@ -203,12 +203,22 @@ fn fingerprint(listing: &Listing, opts: &CacheOptions) -> Result<u64, DataError>
 
 /// Decode one file to `size × size` RGB: shorter side resized to `size`, center crop.
 pub fn decode_file(path: &Path, size: Option<u32>) -> Result<image::RgbImage, DataError> {
+    let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_bytes(&bytes, path, size)
+}
+
+/// Decode an encoded image (`path` names it in errors: a file, or `shard.tar#member`) to
+/// `size × size` RGB as [`decode_file`] does.
+pub fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    size: Option<u32>,
+) -> Result<image::RgbImage, DataError> {
     let corrupt = |reason: String| DataError::Corrupt {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
+    let img = image::load_from_memory(bytes)
         .map_err(|e| corrupt(e.to_string()))?
         .to_rgb8();
     let Some(size) = size else { return Ok(img) };

@@ -184,38 +184,104 @@ pub fn epoch<M: SampleMaker>(
 ) -> EpochBatches {
     let order = epoch_order(indices, cfg, epoch);
     let expected = batches_per_epoch(order.len(), cfg);
-    let (tx, rx) = sync_channel(cfg.prefetch.max(1));
     let cfg = cfg.clone();
-    std::thread::spawn(move || {
+    spawn(expected, cfg.prefetch, epoch, move |send| {
         for b in 0..expected {
             let start = b * cfg.batch_size;
             let end = (start + cfg.batch_size).min(order.len());
-            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                build_batch(&set, &*maker, &order[start..end], cfg.seed, epoch, start)
-            }));
-            let item = built.map_err(|payload| {
-                let why = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into());
-                format!(
-                    "the data loader failed building batch {} of {expected} (epoch {}): {why}",
-                    b + 1,
-                    epoch + 1
-                )
-            });
-            let failed = item.is_err();
-            if tx.send(item).is_err() || failed {
-                return; // the consumer stopped early, or there is nothing more to build
+            if !send(build_batch(
+                &set,
+                &*maker,
+                &order[start..end],
+                cfg.seed,
+                epoch,
+                start,
+            )) {
+                break;
             }
         }
+        Ok(())
+    })
+}
+
+/// Run `produce` on a background thread, handing its batches to the returned iterator
+/// (`prefetch` ahead). `produce` gets a `send` that returns false once the consumer has
+/// gone (then it should stop); an `Err` it returns, or a panic, becomes the epoch's last
+/// item, naming the batch it failed at. Every batch source (random access, shard streams)
+/// shares this, so none can end an epoch short without saying so.
+pub fn spawn(
+    expected: usize,
+    prefetch: usize,
+    epoch: u64,
+    produce: impl FnOnce(&mut dyn FnMut(Batch) -> bool) -> Result<(), String> + Send + 'static,
+) -> EpochBatches {
+    let (tx, rx) = sync_channel(prefetch.max(1));
+    std::thread::spawn(move || {
+        let mut sent = 0usize;
+        let outcome = {
+            let mut send = |batch: Batch| {
+                sent += 1;
+                tx.send(Ok(batch)).is_ok()
+            };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut send)))
+        };
+        let why = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(why)) => why,
+            Err(payload) => payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into()),
+        };
+        let _ = tx.send(Err(format!(
+            "the data loader failed building batch {} of {expected} (epoch {}): {why}",
+            sent + 1,
+            epoch + 1
+        )));
     });
     EpochBatches {
         rx,
         received: 0,
         expected,
         done: false,
+    }
+}
+
+/// Where a training run's images come from.
+#[derive(Clone)]
+pub enum Source {
+    /// Images of a decoded set, by index (random access: any subset, any order).
+    Images {
+        set: Arc<ImageSet>,
+        indices: Arc<Vec<usize>>,
+    },
+    /// Tar shards read front to back (see [`super::shards::Stream`]).
+    Shards(Arc<super::shards::Stream>),
+}
+
+impl Source {
+    /// Source images in one epoch.
+    pub fn len(&self) -> usize {
+        match self {
+            Source::Images { indices, .. } => indices.len(),
+            Source::Shards(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The batches of `epoch`.
+    pub fn epoch<M: SampleMaker>(
+        &self,
+        maker: Arc<M>,
+        cfg: &LoaderConfig,
+        epoch_index: u64,
+    ) -> EpochBatches {
+        match self {
+            Source::Images { set, indices } => epoch(set.clone(), maker, indices, cfg, epoch_index),
+            Source::Shards(s) => s.epoch(maker, cfg, epoch_index),
+        }
     }
 }
 

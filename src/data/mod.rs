@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod folder;
 pub mod lab;
 pub mod loader;
+pub mod shards;
 pub mod stl10;
 
 use std::path::{Path, PathBuf};
@@ -108,10 +109,16 @@ pub enum Format {
     Cifar100,
     /// The official STL-10 binary release (`train_X.bin`, `test_X.bin`, `unlabeled_X.bin`).
     Stl10,
+    /// WebDataset-style tar shards: a folder of `train-*.tar`, `test-*.tar`,
+    /// `unlabeled-*.tar`, or one split's pattern `dir/train-{000000..000099}.tar`.
+    Shards,
 }
 
 /// Work out which layout `root` holds, from the files present.
 pub fn detect_format(root: &Path) -> Result<Format, DataError> {
+    if shards::is_pattern(root) {
+        return Ok(Format::Shards);
+    }
     if !root.exists() {
         return Err(DataError::Missing {
             path: root.to_path_buf(),
@@ -120,7 +127,7 @@ pub fn detect_format(root: &Path) -> Result<Format, DataError> {
     if !root.is_dir() {
         return Err(DataError::format(
             root,
-            "expected a folder (an image tree, or the CIFAR-10/100 or STL-10 binary release)",
+            "expected a folder (an image tree, the CIFAR-10/100 or STL-10 binary release, or tar shards), or a shard pattern ending in .tar",
         ));
     }
     let has = |name: &str| root.join(name).is_file();
@@ -130,6 +137,8 @@ pub fn detect_format(root: &Path) -> Result<Format, DataError> {
         Ok(Format::Cifar100)
     } else if has("train_X.bin") || has("test_X.bin") || has("unlabeled_X.bin") {
         Ok(Format::Stl10)
+    } else if shards::is_shard_folder(root) {
+        Ok(Format::Shards)
     } else {
         Ok(Format::Folder)
     }
@@ -144,6 +153,7 @@ pub fn open(root: &Path, split: Split, opts: &CacheOptions) -> anyhow::Result<Im
         Format::Cifar10 => cifar::open(root, split, cifar::Variant::Cifar10, opts)?,
         Format::Cifar100 => cifar::open(root, split, cifar::Variant::Cifar100, opts)?,
         Format::Stl10 => stl10::open(root, split, opts)?,
+        Format::Shards => shards::open(root, split, opts)?,
     };
     Ok(set)
 }
@@ -159,6 +169,58 @@ pub fn pretrain_split(root: &Path) -> Result<Split, DataError> {
             Split::Unlabeled
         }),
         Format::Stl10 if root.join("unlabeled_X.bin").is_file() => Ok(Split::Unlabeled),
+        Format::Shards if shards::splits(root).contains(&Split::Unlabeled) => Ok(Split::Unlabeled),
         _ => Ok(Split::Train),
     }
+}
+
+/// The splits of the data set at `root` (with `holdout`, a labelled tree without split
+/// folders has a train and a test split; without, the whole tree is its train split).
+pub fn splits(root: &Path, holdout: Option<Holdout>) -> Result<Vec<Split>, DataError> {
+    let format = detect_format(root)?;
+    Ok(match format {
+        Format::Folder => {
+            if folder::has_split_folders(root) {
+                [Split::Train, Split::Test]
+                    .into_iter()
+                    .filter(|s| root.join(s.name()).is_dir())
+                    .collect()
+            } else if std::fs::read_dir(root)
+                .map_err(|e| DataError::io(root, e))?
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().is_dir())
+            {
+                // Class folders: a test split is held out of each class, unless
+                // `--test-fraction 0` keeps every image for training (then there is no
+                // test split: showing the whole tree again would call training images
+                // test images).
+                if holdout.is_some() {
+                    vec![Split::Train, Split::Test]
+                } else {
+                    vec![Split::Train]
+                }
+            } else {
+                vec![Split::Unlabeled]
+            }
+        }
+        Format::Stl10 => [Split::Train, Split::Test, Split::Unlabeled]
+            .into_iter()
+            .filter(|s| root.join(format!("{}_X.bin", s.name())).is_file())
+            .collect(),
+        // The splits whose files are there (a missing file of a present split is named
+        // when it is read).
+        Format::Cifar10 => [
+            (Split::Train, "data_batch_1.bin"),
+            (Split::Test, "test_batch.bin"),
+        ]
+        .into_iter()
+        .filter(|(_, f)| root.join(f).is_file())
+        .map(|(s, _)| s)
+        .collect(),
+        Format::Cifar100 => [Split::Train, Split::Test]
+            .into_iter()
+            .filter(|s| root.join(format!("{}.bin", s.name())).is_file())
+            .collect(),
+        Format::Shards => shards::splits(root),
+    })
 }

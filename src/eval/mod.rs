@@ -127,6 +127,31 @@ pub fn labelled_splits(
 /// (without decoding) with the split it recorded.
 pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> Result<()> {
     let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    use crate::data::{Format, detect_format, shards};
+    if detect_format(&rc.data).ok() == Some(Format::Shards)
+        && detect_format(data)? == Format::Shards
+    {
+        // A run streamed from a shard pattern may name test shards: compare the files.
+        // (If the run's shards are gone there is nothing left to compare.)
+        let trained: std::collections::HashSet<PathBuf> = shards::files(&rc.data, rc.split)
+            .map_or_else(
+                |_| Default::default(),
+                |f| f.iter().map(|p| same(p)).collect(),
+            );
+        if let Some(shared) = shards::files(data, Split::Test)?
+            .iter()
+            .find(|p| trained.contains(&same(p)))
+        {
+            bail!(
+                "{}: the run was pretrained on {}, which holds test images ({}); evaluate on \
+                 test shards it did not train on",
+                data.display(),
+                rc.data.display(),
+                shared.display()
+            );
+        }
+        return Ok(());
+    }
     if same(&rc.data) != same(data)
         || crate::data::detect_format(data)? != crate::data::Format::Folder
     {

@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
 use super::{OptimConfig, Schedule};
-use crate::data::ImageSet;
-use crate::data::loader::{self, Batch, LoaderConfig, SampleMaker};
+use crate::data::loader::{self, Batch, LoaderConfig, SampleMaker, Source};
 
 pub use crate::models::Classifier;
 
@@ -209,19 +208,18 @@ pub struct Timing {
 const TIMING_WARMUP: usize = 2;
 
 impl Trainer<'_> {
-    /// Train `model` on `indices` of `set` with batches from `maker`, resuming from the
-    /// run's latest checkpoint when `resume` is set.
+    /// Train `model` on the images of `source` with batches from `maker`, resuming from
+    /// the run's latest checkpoint when `resume` is set.
     pub fn fit<M: Learner, S: SampleMaker>(
         &self,
         model: M,
         maker: Arc<S>,
-        set: Arc<ImageSet>,
-        indices: &[usize],
+        source: &Source,
         resume: bool,
     ) -> Result<(M, TrainOutcome)> {
         let cfg = self.cfg;
         let (mut model, mut optim, mut state) = self.start(model, resume)?;
-        if indices.is_empty() {
+        if source.is_empty() {
             bail!("no training images");
         }
         let lcfg = LoaderConfig {
@@ -229,7 +227,7 @@ impl Trainer<'_> {
             shuffle: true,
             // A partial last batch is dropped, unless it is the only one: images fewer than
             // a batch (a 1% fine-tuning subset) train as one smaller batch.
-            drop_last: indices.len() >= cfg.batch_size,
+            drop_last: source.len() >= cfg.batch_size,
             seed: cfg.seed,
             prefetch: self.prefetch,
         };
@@ -253,7 +251,7 @@ impl Trainer<'_> {
             if self.stop_after.is_some_and(|s| done_here >= s) {
                 break;
             }
-            let batches = loader::epoch(set.clone(), maker.clone(), indices, &lcfg, epoch as u64);
+            let batches = source.epoch(maker.clone(), &lcfg, epoch as u64);
             let e;
             (model, e) = self.epoch(model, &mut optim, &mut state, batches, epoch, &mut log)?;
             if let Some(ips) = e.timed_images_per_second {

@@ -1,0 +1,192 @@
+//! Tar shards end to end on real CIFAR-10 photos: `pretext data shard` writes a slice as
+//! WebDataset-style shards, rotation pretraining streams them (no decode pass first) and
+//! learns — its frozen features, measured on the shard folder's test split, beat the same
+//! network at random init by a margin — and what a stream cannot do is refused up front.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::Device;
+use pretext::config::PretrainSpec;
+use pretext::eval::evaluate_run;
+use pretext::run::Pretrain;
+use pretext::train::OptimKind;
+
+const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// `dir/{train,test}/<class>/` linking to the first `train` / `test` CIFAR-10 photos of
+/// each class.
+fn slice(dir: &Path, train: usize, test: usize) {
+    for (split, n) in [("train", train), ("test", test)] {
+        for class in CLASSES {
+            let from = common::cifar_root().join(split).join(class);
+            let to = dir.join(split).join(class);
+            fs::create_dir_all(&to).unwrap();
+            let mut files: Vec<PathBuf> = fs::read_dir(&from)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for f in files.iter().take(n) {
+                std::os::unix::fs::symlink(f, to.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+fn pretext(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(args)
+        .args(["--quiet", "--no-cache"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn spec(data: &Path) -> PretrainSpec {
+    PretrainSpec {
+        optim: Some(OptimKind::Sgd),
+        lr: Some(0.1),
+        weight_decay: Some(5e-4),
+        schedule: Some("step".into()),
+        pad: Some(4),
+        train_images: None,
+        epochs: 6,
+        ..common::pretrain_spec(data, "rotation")
+    }
+}
+
+#[test]
+fn rotation_pretraining_streamed_from_shards_learns() {
+    let _serial = common::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    slice(&tmp.path().join("slice"), 300, 100);
+    let text = pretext(
+        tmp.path(),
+        &[
+            "data",
+            "shard",
+            "slice",
+            "--out",
+            "shards",
+            "--per-shard",
+            "250",
+        ],
+    );
+    assert!(
+        text.contains("train: 3000 samples in 12 shard(s)")
+            && text.contains("test: 1000 samples in 4 shard(s)"),
+        "{text}"
+    );
+    let shards = tmp.path().join("shards");
+    let pattern = shards.join("train-{000000..000011}.tar");
+    let cache = common::cache_opts(&tmp.path().join("cache"));
+    let dev = Device::flex();
+    let run = tmp.path().join("run");
+
+    // A stream trains on all its samples: a subset is refused before the run exists.
+    let subset = PretrainSpec {
+        train_images: Some(500),
+        ..spec(&pattern)
+    };
+    let p = Pretrain {
+        run: &run,
+        device: &dev,
+        progress: false,
+        stop_after: None,
+        cache: &cache,
+        timing: None,
+    };
+    let e = p
+        .run(Some(subset.resolve(&cache).unwrap()), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("subset"), "{e}");
+    assert!(!run.exists());
+
+    let cfg = spec(&pattern).resolve(&cache).unwrap();
+    assert_eq!(cfg.image_size, 32);
+    // Streamed: nothing was decoded into the cache to pretrain.
+    assert!(
+        !tmp.path().join("cache").exists()
+            || fs::read_dir(tmp.path().join("cache")).unwrap().count() == 0
+    );
+    let (_, outcome) = p.run(Some(cfg), false).unwrap();
+    let (l, acc) = (&outcome.epoch_losses, &outcome.epoch_scores);
+    eprintln!(
+        "losses {l:?} accuracies {acc:?} at {:.1} images/s",
+        outcome.images_per_second
+    );
+    assert_eq!(l.len(), 6);
+    assert!(l[5] < l[0] - 0.1, "loss must fall: {l:?}");
+    assert!(run.join("preview.png").exists());
+    // 3,000 images in batches of 64, the last partial batch dropped: 46 steps an epoch.
+    let state = pretext::train::checkpoint::latest(&run).unwrap().unwrap().1;
+    assert_eq!(state.step, 6 * 46);
+
+    // The run's data is one split: evaluation needs the folder with the test shards.
+    let ecfg = common::eval_config(None, None, 15, 9216);
+    let e = evaluate_run(&run, &pattern, false, &ecfg, &cache, &dev, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one split"), "{e}");
+    let (report, _) = evaluate_run(&run, &shards, false, &ecfg, &cache, &dev, false).unwrap();
+    let (random, _) = evaluate_run(&run, &shards, true, &ecfg, &cache, &dev, false).unwrap();
+    eprintln!("{}\n{}", report.markdown(), random.markdown());
+    assert_eq!((report.train_images, report.test_images), (3000, 1000));
+    // Learning happened, by the yardsticks of tests/e2e.rs. Measured here: best kNN top-1
+    // 37.5% vs 33.5% at random init, mean k-means NMI 0.136 vs 0.074.
+    let best_knn =
+        |r: &pretext::eval::EvalReport| r.rows.iter().map(|x| x.knn[0].top1).fold(0.0, f64::max);
+    let mean_nmi = |r: &pretext::eval::EvalReport| {
+        r.rows
+            .iter()
+            .map(|x| x.cluster.as_ref().unwrap().nmi)
+            .sum::<f64>()
+            / r.rows.len() as f64
+    };
+    assert!(
+        best_knn(&report) > best_knn(&random) + 0.03,
+        "kNN: pretrained {} vs random init {}",
+        best_knn(&report),
+        best_knn(&random)
+    );
+    assert!(
+        mean_nmi(&report) > mean_nmi(&random) + 0.02,
+        "k-means NMI: pretrained {} vs random init {}",
+        mean_nmi(&report),
+        mean_nmi(&random)
+    );
+
+    // A run pretrained on test shards is not evaluated on them.
+    let on_test = tmp.path().join("on-test");
+    let cfg = spec(&shards.join("test-{000000..000003}.tar"))
+        .resolve(&cache)
+        .unwrap();
+    fs::create_dir_all(&on_test).unwrap();
+    cfg.save(&on_test).unwrap();
+    let e = evaluate_run(&on_test, &shards, true, &ecfg, &cache, &dev, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test-000000.tar"), "{e}");
+}
