@@ -107,6 +107,22 @@ impl Common {
 }
 
 impl Command {
+    /// The data set this command was given, if it takes one (`--data`, or the path of
+    /// `data inspect` / `data shard`).
+    fn data_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            Command::Run(a) => a.pretrain.data.as_mut(),
+            Command::Pretrain(a) | Command::TrainSupervised(a) => a.data.as_mut(),
+            Command::Eval(a) => a.data.as_mut(),
+            Command::Finetune(a) => a.data.as_mut(),
+            Command::Study(a) => a.data.as_mut(),
+            Command::Embed { data, .. } | Command::Bench { data, .. } => data.as_mut(),
+            Command::Data(DataCommand::Inspect { path })
+            | Command::Data(DataCommand::Shard { path, .. }) => Some(path),
+            _ => None,
+        }
+    }
+
     /// How to carry on after this command was interrupted.
     pub fn resume_hint(&self) -> &'static str {
         match self {
@@ -249,6 +265,22 @@ pub enum DataCommand {
         /// Expected MD5 of the archive (default: the published one).
         #[arg(long)]
         md5: Option<String>,
+    },
+    /// Write a data set as WebDataset-style tar shards (`train-000000.tar`, …, with
+    /// `classes.txt`), shuffled, for streaming: `--data OUT` or `--data
+    /// 'OUT/train-{000000..000099}.tar'` then trains without a decode pass.
+    Shard {
+        /// Any data set pretext reads (image tree, CIFAR-10/100, STL-10, shards).
+        path: PathBuf,
+        /// New folder for the shards.
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 10_000)]
+        per_shard: usize,
+        /// Seed of the shuffle before sharding.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -564,7 +596,11 @@ struct Ctx {
     progress: bool,
 }
 
-pub fn main_with(cli: Cli) -> Result<()> {
+pub fn main_with(mut cli: Cli) -> Result<()> {
+    // A named data set (`--data cifar10`) is its folder, fetched on first use.
+    if let Some(data) = cli.command.data_mut() {
+        *data = crate::data::fetch::locate(data, !cli.common.quiet)?;
+    }
     if let Some(t) = cli.common.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
@@ -586,6 +622,24 @@ pub fn main_with(cli: Cli) -> Result<()> {
             url,
             md5,
         }) => fetch(&dataset, &out, url.as_deref(), md5.as_deref(), &ctx),
+        Command::Data(DataCommand::Shard {
+            path,
+            out,
+            per_shard,
+            seed,
+        }) => {
+            let w = crate::data::shards::write(&path, &out, per_shard, seed, &ctx.cache)?;
+            for (split, n, shards) in &w.splits {
+                println!(
+                    "{}: {n} samples in {shards} shard(s), {}/{}-{{000000..{:06}}}.tar",
+                    split.name(),
+                    out.display(),
+                    split.name(),
+                    shards.saturating_sub(1)
+                );
+            }
+            Ok(())
+        }
         Command::Bench {
             batch,
             warmup,
@@ -876,6 +930,13 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
             100.0 * (a.linear.top1 - b.linear.top1)
         );
     }
+    // The page a person opens: both rows, the plot, the preview.
+    let report_dir = out.join("report");
+    crate::report::gather(std::slice::from_ref(out))?.write(&report_dir)?;
+    println!(
+        "report: {} (with report.{{md,csv,json}} and accuracy-by-layer.{{png,svg}} beside it)",
+        report_dir.join("report.html").display()
+    );
     Ok(())
 }
 

@@ -249,7 +249,9 @@ fn stl10_and_cifar100_fetch_into_readable_folders() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("stl10_binary.tar.gz elsewhere and unpack it into"),
+        err.contains("stl10_binary.tar.gz elsewhere")
+            && err.contains("91f7769df0f17e558f3565bffb0c7dfb")
+            && err.contains("and unpack it into"),
         "{err}"
     );
     assert!(!tmp.path().join("offline").exists());
@@ -257,4 +259,106 @@ fn stl10_and_cifar100_fetch_into_readable_folders() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cifar10, cifar100, stl10"), "{err}");
     assert!(!tmp.path().join("none").exists());
+}
+
+/// `pretext ARGS` in `cwd` with the named data sets in `data_dir`, fetched from `mirror`.
+fn with_data_dir(cwd: &Path, data_dir: &Path, mirror: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(args)
+        .args(["--quiet", "--no-cache"])
+        .current_dir(cwd)
+        .env("PRETEXT_DATA_DIR", data_dir)
+        .env("PRETEXT_DATA_MIRROR", mirror)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// An address nothing listens on.
+fn closed_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// `--data cifar10` is CIFAR-10's folder in `$PRETEXT_DATA_DIR`: fetched (from the mirror,
+/// checked against the published MD5) when it is not there, reused without a network
+/// when it is; offline, the error says what to download and where to put it; a folder
+/// named `cifar10` in the working directory wins over the name.
+#[test]
+fn a_named_data_set_is_fetched_into_the_data_folder_once_and_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("datasets");
+    let body = archive(2);
+    // A mirror serving another file than the published one: refused by its MD5.
+    let url = serve(body.clone(), body.len(), 1);
+    let mirror = url.trim_end_matches("/cifar-10-binary.tar.gz");
+    let (ok, text) = with_data_dir(
+        tmp.path(),
+        &data_dir,
+        mirror,
+        &["data", "inspect", "cifar10"],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("does not match the published c32a1d4ab5d03f1284b67883e8d87530"),
+        "{text}"
+    );
+    assert!(!data_dir.exists(), "nothing left of a failed fetch");
+    // Offline: the official address, the checksum, and where the files go.
+    let (ok, text) = with_data_dir(
+        tmp.path(),
+        &data_dir,
+        &closed_port(),
+        &["data", "inspect", "cifar10"],
+    );
+    assert!(!ok, "{text}");
+    for want in [
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        "c32a1d4ab5d03f1284b67883e8d87530",
+        "datasets/cifar-10-batches-bin",
+        "data_batch_1.bin",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    assert!(!text.contains("panicked"), "{text}");
+    // Once the files are there (fetched as `data fetch` does), the name is the folder and
+    // no network is needed.
+    let out = fetch(&data_dir, &url_of(&body), &md5_hex(&body));
+    assert!(out.status.success());
+    let (ok, text) = with_data_dir(
+        tmp.path(),
+        &data_dir,
+        &closed_port(),
+        &["data", "inspect", "cifar10"],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("datasets/cifar-10-batches-bin: Cifar10"),
+        "{text}"
+    );
+    assert!(text.contains("train: 10 images"), "{text}");
+    // A folder of that name where the command runs is what the user means.
+    let own = tmp.path().join("cifar10");
+    std::fs::create_dir_all(&own).unwrap();
+    image::RgbImage::new(4, 4).save(own.join("x.png")).unwrap();
+    let (ok, text) = with_data_dir(
+        tmp.path(),
+        &data_dir,
+        &closed_port(),
+        &["data", "inspect", "cifar10"],
+    );
+    assert!(ok, "{text}");
+    assert!(text.starts_with("cifar10: Folder"), "{text}");
+}
+
+/// A server for `body` under CIFAR-10's archive name.
+fn url_of(body: &[u8]) -> String {
+    serve(body.to_vec(), body.len(), 1)
 }

@@ -169,6 +169,42 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
         assert!(md.contains(&format!("| {method} |")), "{method} row:\n{md}");
     }
     assert!(md.contains("k-means NMI") && md.contains("Few-label fine-tuning"));
+    // Each run's budget, and the page as people read it: it parses with a strict parser
+    // (no unclosed or mismatched element), holds the plot and the tables, and shows a
+    // preview sheet per run from a file that is there.
+    for name in &names {
+        assert!(
+            md.contains(&format!("| {name} | {}", out.join(name).display())),
+            "{name}:\n{md}"
+        );
+    }
+    let html = std::fs::read_to_string(out.join("report/report.html")).unwrap();
+    let doc = roxmltree::Document::parse_with_options(
+        &html,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("report.html does not parse: {e}"));
+    let elements = |tag: &str| {
+        doc.descendants()
+            .filter(|n| n.tag_name().name() == tag)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(elements("svg").len(), 1, "the plot");
+    assert!(
+        elements("table").len() >= 5,
+        "layer tables, few-label table, runs"
+    );
+    let images: Vec<&str> = elements("img")
+        .iter()
+        .map(|n| n.attribute("src").unwrap())
+        .collect();
+    assert_eq!(images.len(), names.len(), "{images:?}");
+    for src in &images {
+        assert!(out.join("report").join(src).is_file(), "{src} is missing");
+    }
 
     // Nothing left to do: no training, the same report.
     let logs: Vec<String> = names

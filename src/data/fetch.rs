@@ -1,5 +1,7 @@
 //! `pretext data fetch cifar10|cifar100|stl10`: download a data set's official binary
 //! archive, check its MD5 against the published one, and unpack only the expected files.
+//! `--data cifar10` (any command) does the same on first use, into the data directory
+//! (`$PRETEXT_DATA_DIR`, else `data/` in the cache folder), and reuses it afterwards.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -84,6 +86,56 @@ pub fn archive(name: &str) -> Result<&'static Archive> {
             known.join(", ")
         )
     })
+}
+
+/// Where named data sets live: `$PRETEXT_DATA_DIR`, else `data/` in the cache folder
+/// (`$PRETEXT_CACHE_DIR`, `$XDG_CACHE_HOME/pretext` or `~/.cache/pretext`).
+pub fn data_dir() -> Option<PathBuf> {
+    std::env::var_os("PRETEXT_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| super::cache::default_cache_dir().map(|d| d.join("data")))
+}
+
+/// Where `archive` is downloaded from: the official address, or the same file name
+/// under `$PRETEXT_DATA_MIRROR` (a mirror, a proxy, a local server). The published MD5 is
+/// checked either way.
+pub fn source_url(archive: &Archive) -> String {
+    match std::env::var("PRETEXT_DATA_MIRROR") {
+        Ok(m) if !m.is_empty() => format!("{}/{}", m.trim_end_matches('/'), archive.file),
+        _ => archive.url.to_string(),
+    }
+}
+
+/// The folder `data` stands for: a data set's name (`cifar10`, `cifar100`, `stl10`) is its
+/// folder in the [`data_dir`], downloaded, checked and unpacked on first use; anything
+/// else is a path and comes back as it is (so is a name that is also an existing path in
+/// the working directory: the folder the user has wins).
+pub fn locate(data: &Path, progress: bool) -> Result<PathBuf> {
+    let Some(archive) = data
+        .to_str()
+        .and_then(|name| ARCHIVES.iter().find(|a| a.name == name))
+    else {
+        return Ok(data.to_path_buf());
+    };
+    if data.exists() {
+        return Ok(data.to_path_buf());
+    }
+    let root = data_dir().context(
+        "no folder for named data sets: set PRETEXT_DATA_DIR (or HOME, for ~/.cache/pretext/data)",
+    )?;
+    let dir = root.join(archive.dir);
+    if archive.members.iter().all(|m| dir.join(m).is_file()) {
+        return Ok(dir);
+    }
+    let url = source_url(archive);
+    if progress {
+        eprintln!(
+            "{}: not in {} yet; fetching {url} (once)",
+            archive.title,
+            root.display()
+        );
+    }
+    fetch(archive, &root, &url, archive.md5, progress)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -215,10 +267,14 @@ pub fn fetch(
     let r = (|| {
         let sum = download(url, &path, progress).with_context(|| {
             format!(
-                "fetching {} (without internet: download {} elsewhere and unpack it into {})",
+                "fetching {} (without internet: download {} elsewhere, check that its MD5 is \
+                 {}, and unpack it into {}, so that {} holds {})",
                 archive.title,
                 archive.url,
-                out.display()
+                archive.md5,
+                out.display(),
+                out.join(archive.dir).display(),
+                archive.members.join(", ")
             )
         })?;
         if !sum.eq_ignore_ascii_case(md5) {

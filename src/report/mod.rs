@@ -21,6 +21,51 @@ use crate::util::table::md_row;
 pub struct Comparison {
     pub evals: Vec<EvalReport>,
     pub finetunes: Vec<FinetuneReport>,
+    /// The runs compared: their budgets and preview sheets (none in older reports).
+    #[serde(default)]
+    pub runs: Vec<RunSummary>,
+}
+
+/// What a run spent and what its task's samples look like, for the report's "Runs"
+/// section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run: String,
+    /// The task it was trained with (`rotation`, `supervised`, …).
+    pub method: String,
+    /// Epochs trained, of the epochs asked for.
+    pub epochs: usize,
+    pub epochs_planned: usize,
+    /// Source images seen over all epochs, and the wall-clock seconds of training.
+    pub images_seen: u64,
+    pub train_seconds: f64,
+    /// The run's preview sheet, as the report folder holds it (`previews/…png`).
+    pub preview: Option<String>,
+}
+
+/// The budget and preview of the run in `dir` (`None` for a folder that is not a run:
+/// a report may be gathered from evaluation folders alone).
+fn run_summary(dir: &Path, index: usize) -> Result<Option<RunSummary>> {
+    if !crate::run::RunConfig::path(dir).exists() {
+        return Ok(None);
+    }
+    let rc = crate::run::RunConfig::load(dir)?;
+    let state = crate::train::checkpoint::latest(dir)?
+        .map(|(_, s)| s)
+        .unwrap_or_default();
+    let method = rc.task.name().to_string();
+    Ok(Some(RunSummary {
+        run: dir.display().to_string(),
+        preview: dir
+            .join("preview.png")
+            .is_file()
+            .then(|| format!("previews/{}-{method}.png", index + 1)),
+        method,
+        epochs: state.epoch,
+        epochs_planned: rc.train.epochs,
+        images_seen: state.images_seen,
+        train_seconds: state.train_seconds,
+    }))
 }
 
 /// What must match for two evaluations to share a table.
@@ -101,7 +146,11 @@ fn network_difference(r: &EvalReport, main: &EvalReport) -> String {
 pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
     let mut evals: Vec<EvalReport> = vec![];
     let mut finetunes = vec![];
+    let mut summaries = vec![];
     for run in runs {
+        if let Some(r) = run_summary(run, summaries.len())? {
+            summaries.push(r);
+        }
         let mut found = false;
         for sub in ["eval", "eval-random-init"] {
             let dir = run.join(sub);
@@ -145,7 +194,11 @@ pub fn gather(runs: &[PathBuf]) -> Result<Comparison> {
             }
         }
     }
-    Ok(Comparison { evals, finetunes })
+    Ok(Comparison {
+        evals,
+        finetunes,
+        runs: summaries,
+    })
 }
 
 impl Comparison {
@@ -329,6 +382,30 @@ impl Comparison {
                 }
             }
         }
+        if !self.runs.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n### Runs\n\n| method | run | epochs | images seen | training time |\n|---|---|---|---|---|"
+            );
+            for r in &self.runs {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} of {} | {} | {:.1} min |",
+                    r.method,
+                    r.run,
+                    r.epochs,
+                    r.epochs_planned,
+                    r.images_seen,
+                    r.train_seconds / 60.0
+                );
+            }
+            s.push('\n');
+            for r in &self.runs {
+                if let Some(p) = &r.preview {
+                    let _ = writeln!(s, "![{}: the task's samples]({p})", r.method);
+                }
+            }
+        }
         s
     }
 
@@ -388,7 +465,9 @@ impl Comparison {
         s
     }
 
-    /// One page: the Markdown tables as HTML and the plot inline.
+    /// One page: the Markdown tables as HTML, the plot inline, each run's budget and
+    /// preview sheet. Void elements are closed (`<img …/>`), so the page is well-formed
+    /// XML as well as HTML.
     pub fn html(&self) -> String {
         let mut body = String::new();
         let mut in_table = false;
@@ -418,7 +497,19 @@ impl Comparison {
                 body.push_str("</table>\n");
                 in_table = false;
             }
-            if let Some(h) = line.strip_prefix("### ") {
+            if let Some((alt, src)) = line
+                .strip_prefix("![")
+                .and_then(|l| l.strip_suffix(')'))
+                .and_then(|l| l.split_once("]("))
+            {
+                let _ = writeln!(
+                    body,
+                    "<figure><img src=\"{}\" alt=\"{}\"/><figcaption>{}</figcaption></figure>",
+                    html_escape(src),
+                    html_escape(alt),
+                    html_escape(alt)
+                );
+            } else if let Some(h) = line.strip_prefix("### ") {
                 let _ = writeln!(body, "<h3>{}</h3>", html_escape(h));
             } else if let Some(h) = line.strip_prefix("# ") {
                 let _ = writeln!(body, "<h1>{}</h1>", html_escape(h));
@@ -437,7 +528,7 @@ impl Comparison {
             body.push_str("</table>\n");
         }
         format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pretext comparison</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n{body}</body></html>\n"
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"/><title>pretext comparison</title>\n<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\n{body}</body></html>\n"
         )
     }
 
@@ -453,6 +544,17 @@ impl Comparison {
             fsutil::write_bytes(&dir.join("accuracy-by-layer.svg"), chart.svg().as_bytes())?;
             crate::draw::preview::save(&chart.png(), &dir.join("accuracy-by-layer.png"))?;
         }
+        // The page names its pictures relative to itself, so the folder can be moved or
+        // sent as a whole.
+        for r in &self.runs {
+            if let Some(p) = &r.preview {
+                let from = Path::new(&r.run).join("preview.png");
+                let bytes =
+                    std::fs::read(&from).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+                std::fs::create_dir_all(dir.join("previews"))?;
+                fsutil::write_bytes(&dir.join(p), &bytes)?;
+            }
+        }
         Ok(())
     }
 
@@ -463,8 +565,11 @@ impl Comparison {
     }
 }
 
+/// Text and attribute values made safe for the page (which is also well-formed XML, so a
+/// strict parser checks it in the tests).
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
