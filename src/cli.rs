@@ -398,6 +398,11 @@ pub struct EvalArgs {
     pub probe_epochs: usize,
     #[arg(long, default_value_t = 0.01)]
     pub probe_lr: f64,
+    /// Choose each layer's probe learning rate × weight decay (0.1/0.01/0.001 × 5e-4/0)
+    /// on a stratified 10% validation split of the train images, then retrain on all of
+    /// them and test once; the choice is written beside each number.
+    #[arg(long)]
+    pub probe_sweep: bool,
     /// Pooled feature size per layer.
     #[arg(long, default_value_t = 9216)]
     pub probe_dim: usize,
@@ -478,6 +483,9 @@ pub struct StudyArgs {
     pub eval_test_images: Option<usize>,
     #[arg(long, default_value_t = 30)]
     pub probe_epochs: usize,
+    /// Choose each layer's probe lr × weight decay on a validation split (see `eval`).
+    #[arg(long)]
+    pub probe_sweep: bool,
     /// Tasks fine-tuned on few labels: comma-separated, `all` (default) or `none`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub finetune: Vec<String>,
@@ -566,6 +574,7 @@ impl StudyArgs {
             eval_train_images: self.eval_train_images,
             eval_test_images: self.eval_test_images,
             probe_epochs: self.probe_epochs,
+            probe_sweep: self.probe_sweep,
             finetune: self.finetune.clone(),
             fractions: self.fractions.clone(),
             seeds: self.seeds.clone(),
@@ -586,6 +595,9 @@ pub struct RunArgs {
     pub eval_test_images: Option<usize>,
     #[arg(long, default_value_t = 30)]
     pub probe_epochs: usize,
+    /// Choose each layer's probe lr × weight decay on a validation split (see `eval`).
+    #[arg(long)]
+    pub probe_sweep: bool,
 }
 
 /// What every command gets: the global flags, the cache options and the device.
@@ -864,6 +876,7 @@ fn evaluate(a: &EvalArgs, ctx: &Ctx) -> Result<()> {
         probe_dim: a.probe_dim,
         seed: a.seed,
         feature_dtype: a.feature_dtype,
+        probe_sweep: a.probe_sweep,
     }
     .resolve();
     let (report, out) = eval::evaluate_run(
@@ -886,6 +899,7 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
         train_images: a.eval_train_images,
         test_images: a.eval_test_images,
         probe_epochs: a.probe_epochs,
+        probe_sweep: a.probe_sweep,
         ..EvalSpec::default()
     }
     .resolve();

@@ -222,6 +222,9 @@ pub struct EvalSpec {
     pub seed: u64,
     /// How the feature store keeps the values.
     pub feature_dtype: crate::eval::store::FeatureDtype,
+    /// Choose each layer's probe lr and weight decay on a validation split (the default
+    /// grid of [`crate::eval::linear::SweepConfig`]).
+    pub probe_sweep: bool,
 }
 
 impl Default for EvalSpec {
@@ -235,6 +238,7 @@ impl Default for EvalSpec {
             probe_dim: d.probe_dim,
             seed: d.seed,
             feature_dtype: d.feature_dtype,
+            probe_sweep: false,
         }
     }
 }
@@ -252,6 +256,10 @@ impl EvalSpec {
         c.probe.epochs = self.probe_epochs;
         c.probe.optim.lr = self.probe_lr;
         c.probe.seed = self.seed;
+        c.probe.sweep = self.probe_sweep.then(|| crate::eval::linear::SweepConfig {
+            seed: self.seed,
+            ..Default::default()
+        });
         c
     }
 }
@@ -278,6 +286,7 @@ pub struct StudySpec {
     pub eval_train_images: Option<usize>,
     pub eval_test_images: Option<usize>,
     pub probe_epochs: usize,
+    pub probe_sweep: bool,
     /// Tasks fine-tuned on few labels: names, `all` or `none`.
     pub finetune: Vec<String>,
     pub fractions: Vec<f64>,
@@ -327,6 +336,7 @@ impl StudySpec {
                 train_images: self.eval_train_images,
                 test_images: self.eval_test_images,
                 probe_epochs: self.probe_epochs,
+                probe_sweep: self.probe_sweep,
                 seed: self.seed,
                 ..EvalSpec::default()
             }
@@ -505,6 +515,7 @@ mod tests {
             eval_train_images: Some(100),
             eval_test_images: Some(50),
             probe_epochs: 4,
+            probe_sweep: false,
             finetune: vec!["all".into()],
             fractions: vec![0.1],
             seeds: vec![0],

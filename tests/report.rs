@@ -35,6 +35,7 @@ fn eval(method: &str, tops: &[f64]) -> EvalReport {
                     top1: t,
                     top5: t + 0.3,
                     train_top1: t + 0.1,
+                    chosen: None,
                 },
                 knn: vec![KnnResult {
                     k: 20,
@@ -114,6 +115,31 @@ fn a_report_writes_every_file_and_reads_back() {
         csv.contains("jigsaw,block1,kmeans,k=10,nmi,0.1150,,500"),
         "{csv}"
     );
+}
+
+/// With `--probe-sweep`, the setting each layer's probe was chosen with stands beside its
+/// number, in the evaluation's table and in the comparison.
+#[test]
+fn a_swept_probe_shows_its_chosen_setting_beside_each_number() {
+    let mut r = eval("rotation", &[0.48, 0.49]);
+    r.protocol.probe.sweep = Some(pretext::eval::linear::SweepConfig::default());
+    for (row, lr) in r.rows.iter_mut().zip([0.1, 0.001]) {
+        row.linear.chosen = Some(pretext::eval::linear::Chosen {
+            lr,
+            weight_decay: 0.0,
+            val_top1: 0.5,
+            val_images: 100,
+        });
+    }
+    let md = r.markdown();
+    assert!(md.contains("chosen per layer from [0.1, 0.01, 0.001] × [0.0005, 0.0] on a stratified 10% validation split"), "{md}");
+    assert!(md.contains("| probe lr / wd (val top-1) |"), "{md}");
+    assert!(md.contains("| 0.001 / 0 (50.00) |"), "{md}");
+    let tmp = tempfile::tempdir().unwrap();
+    put(&tmp.path().join("rot"), "eval", &r);
+    let c = gather(&[tmp.path().join("rot")]).unwrap().markdown();
+    assert!(c.contains("**49.00 (79.00) lr 0.001 wd 0**"), "{c}");
+    assert!(c.contains("48.00 (78.00) lr 0.1 wd 0"), "{c}");
 }
 
 #[test]

@@ -190,3 +190,86 @@ fn rotation_pretraining_streamed_from_shards_learns() {
         .to_string();
     assert!(e.contains("test-000000.tar"), "{e}");
 }
+
+/// Shards written from an image tree name it (`source.json`), so the images a run trained
+/// on are known across formats: a run on shards that hold the whole tree is not evaluated
+/// on the tree's held-out split, nor a run on the tree on shards cut with another split.
+#[test]
+fn evaluation_refuses_test_images_the_run_trained_on_across_trees_and_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A class tree without train/ and test/: the test split is held out of each class.
+    let tree = tmp.path().join("tree");
+    slice(&tmp.path().join("slice"), 20, 0);
+    fs::rename(tmp.path().join("slice/train"), &tree).unwrap();
+    // As the command line has it: 10% of each class held out (seed 0).
+    let cache = pretext::data::CacheOptions {
+        holdout: Some(pretext::data::Holdout::default()),
+        ..common::cache_opts(&tmp.path().join("cache"))
+    };
+    let dev = Device::flex();
+    let ecfg = common::eval_config(None, None, 1, 64);
+    let run_on = |data: &Path, name: &str| {
+        let run = tmp.path().join(name);
+        let cfg = spec(data).resolve(&cache).unwrap();
+        fs::create_dir_all(&run).unwrap();
+        cfg.save(&run).unwrap();
+        run
+    };
+    // Every image of the tree in the train shards (nothing held out)...
+    pretext(
+        tmp.path(),
+        &[
+            "data",
+            "shard",
+            "tree",
+            "--out",
+            "all",
+            "--test-fraction",
+            "0",
+        ],
+    );
+    let run = run_on(&tmp.path().join("all"), "on-all");
+    // ...so the tree's held-out test images were trained on.
+    let e = evaluate_run(&run, &tree, true, &ecfg, &cache, &dev, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("among the images the run trained on"), "{e}");
+    // A run on the tree (10% held out, seed 0) against shards cut with another seed.
+    pretext(
+        tmp.path(),
+        &[
+            "data",
+            "shard",
+            "tree",
+            "--out",
+            "other",
+            "--split-seed",
+            "7",
+        ],
+    );
+    let run = run_on(&tree, "on-tree");
+    let e = evaluate_run(
+        &run,
+        &tmp.path().join("other"),
+        true,
+        &ecfg,
+        &cache,
+        &dev,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("among the images the run trained on"), "{e}");
+    // Shards cut with the run's own split are its test images: evaluated.
+    pretext(tmp.path(), &["data", "shard", "tree", "--out", "same"]);
+    evaluate_run(
+        &run,
+        &tmp.path().join("same"),
+        true,
+        &ecfg,
+        &cache,
+        &dev,
+        false,
+    )
+    .unwrap();
+}

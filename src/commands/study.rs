@@ -521,9 +521,11 @@ impl Study<'_> {
             "\nPretext score: accuracy, except inpainting (hole MSE in normalized units, lower is better) and colorization (mean accuracy of its two color histograms). Pretraining may exceed the budget when one epoch takes longer (a run is never shorter than one epoch).\n\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
             opt(log.random_init_eval_seconds)
         );
+        // study.md sits above report/, where the report's preview sheets are.
         s + &comparison
             .markdown()
             .replacen("# Comparison", "## Comparison", 1)
+            .replace("](previews/", "](report/previews/")
     }
 }
 

@@ -263,7 +263,10 @@ pub fn fetch(
 ) -> Result<PathBuf> {
     let existed = out.exists();
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let path = out.join(archive.file);
+    // A name of this process's own: two commands fetching at once (jobs started together
+    // on a fresh machine) must not write into one file. Each unpacks whole members by
+    // rename, so either's files are complete.
+    let path = out.join(format!("{}.{}.download", archive.file, std::process::id()));
     let r = (|| {
         let sum = download(url, &path, progress).with_context(|| {
             format!(
@@ -285,6 +288,8 @@ pub fn fetch(
         fs::remove_file(&path)?;
         Ok(dir)
     })();
+    // Whatever happened, the archive is not kept (unpacked, refused or cut).
+    let _ = fs::remove_file(&path);
     if r.is_err() && !existed {
         // A failed fetch leaves no empty folder behind (remove_dir keeps a non-empty one).
         let _ = fs::remove_dir(out);

@@ -138,6 +138,18 @@ pub fn detect_format(root: &Path) -> Result<Format, DataError> {
     } else if has("train_X.bin") || has("test_X.bin") || has("unlabeled_X.bin") {
         Ok(Format::Stl10)
     } else if shards::is_shard_folder(root) {
+        // Shards beside image folders: which one is meant cannot be told.
+        let folders = std::fs::read_dir(root)
+            .map_err(|e| DataError::io(root, e))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().is_dir());
+        if folders {
+            return Err(DataError::format(
+                root,
+                "holds both tar shards (train-*.tar, …) and image folders: point --data at a \
+                 folder of one kind, or at the shards by pattern ('DIR/train-{000000..000009}.tar')",
+            ));
+        }
         Ok(Format::Shards)
     } else {
         Ok(Format::Folder)

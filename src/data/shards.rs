@@ -18,7 +18,7 @@
 //! as WebDataset recommends: a shuffle buffer only mixes what lies near in the stream.
 
 use std::fs;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,12 +53,32 @@ pub fn is_pattern(data: &Path) -> bool {
     s.contains('{') || s.ends_with(".tar")
 }
 
-/// Whether `dir` is a folder of shards named by split (`train-000000.tar`, …).
+/// Whether `dir` holds shards named by split (`train-000000.tar`, …).
 pub fn is_shard_folder(dir: &Path) -> bool {
     [Split::Train, Split::Test, Split::Unlabeled]
         .into_iter()
         .any(|s| in_folder(dir, s).is_ok_and(|f| !f.is_empty()))
 }
+
+/// The image tree the shards in `dir` were written from by `pretext data shard`, and the
+/// held-out split it used (from `source.json`), so an evaluation on that tree can tell
+/// which of its images the shards hold.
+pub fn source_tree(dir: &Path) -> Option<(PathBuf, Option<super::Holdout>)> {
+    let text = fs::read_to_string(dir.join(SOURCE_FILE)).ok()?;
+    let s: Source = serde_json::from_str(&text).ok()?;
+    Some((PathBuf::from(s.tree), s.holdout))
+}
+
+/// Where shards written from an image tree came from (`source.json`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Source {
+    /// The tree, canonical.
+    tree: String,
+    holdout: Option<super::Holdout>,
+}
+
+/// The file naming the image tree shards came from.
+const SOURCE_FILE: &str = "source.json";
 
 /// The splits a shard folder (or pattern: one split, train) holds.
 pub fn splits(data: &Path) -> Vec<Split> {
@@ -125,6 +145,9 @@ pub fn expand(pattern: &str) -> Result<Vec<String>, String> {
         None => body.split(',').map(str::to_string).collect(),
     };
     let rest = expand(tail)?;
+    if items.len().saturating_mul(rest.len()) > 10_000_000 {
+        return Err(format!("{pattern:?} names more than 10 million shards"));
+    }
     Ok(items
         .iter()
         .flat_map(|i| rest.iter().map(move |r| format!("{head}{i}{r}")))
@@ -240,7 +263,8 @@ pub fn read(
         })
     };
     let mut current: Option<Partial> = None;
-    for entry in archive.entries().map_err(bad)? {
+    let mut entries = archive.entries().map_err(bad)?;
+    for entry in &mut entries {
         let mut entry = entry.map_err(bad)?;
         if !entry.header().entry_type().is_file() {
             continue;
@@ -296,10 +320,43 @@ pub fn read(
             partial.2 = Some(label);
         }
     }
+    let end = archive.into_inner().stream_position().map_err(bad)?;
+    check_end(shard, end)?;
     if let Some(last) = current {
         f(finish(last)?)?;
     }
     Ok(())
+}
+
+/// Refuse a shard whose reading stopped at `end` without tar's end-of-archive block: a
+/// file cut between two members reads as a whole, shorter archive, and its last samples
+/// would be lost without a word. (The reader consumes the first zero block of the end
+/// marker; a cut file ends where its data does, or past its end when members were
+/// skipped by seeking.)
+fn check_end(shard: &Path, end: u64) -> Result<(), DataError> {
+    let len = fs::metadata(shard)
+        .map_err(|e| DataError::io(shard, e))?
+        .len();
+    let mut block = [0u8; 512];
+    let whole = end >= 512 && end <= len && {
+        let mut f = fs::File::open(shard).map_err(|e| DataError::io(shard, e))?;
+        f.seek(std::io::SeekFrom::Start(end - 512))
+            .and_then(|_| f.read_exact(&mut block))
+            .is_ok()
+            && block.iter().all(|&b| b == 0)
+    };
+    if whole {
+        Ok(())
+    } else {
+        Err(DataError::format(
+            shard,
+            format!(
+                "cut short: the tar archive ends without its end-of-archive block after {} of \
+                 {len} bytes (a truncated shard?)",
+                end.min(len)
+            ),
+        ))
+    }
 }
 
 /// Samples in one shard (its image members), read from the tar headers alone.
@@ -309,12 +366,15 @@ pub fn count(shard: &Path) -> Result<usize, DataError> {
     let bad =
         |e: std::io::Error| DataError::format(shard, format!("not a readable tar shard ({e})"));
     let mut n = 0;
-    for entry in archive.entries_with_seek().map_err(bad)? {
+    let mut entries = archive.entries_with_seek().map_err(bad)?;
+    for entry in &mut entries {
         let entry = entry.map_err(bad)?;
         let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
         let ext = key_ext(&name).1.to_ascii_lowercase();
         n += (entry.header().entry_type().is_file() && IMAGE_EXTS.contains(&ext.as_str())) as usize;
     }
+    let end = archive.into_inner().stream_position().map_err(bad)?;
+    check_end(shard, end)?;
     Ok(n)
 }
 
@@ -352,7 +412,12 @@ impl Layout {
                 Some(y as u16)
             }
             (None, false) => None,
-            (Some(_), false) => None,
+            (Some(_), false) => {
+                return Err(DataError::format(
+                    &at(),
+                    "a .cls label, while the first sample has none (label every sample, or none)",
+                ));
+            }
             (None, true) => {
                 return Err(DataError::format(
                     &at(),
@@ -560,6 +625,16 @@ impl Stream {
         split: Split,
         opts: &CacheOptions,
     ) -> Result<(Stream, ImageSet), DataError> {
+        if opts.skip_bad {
+            // Leaving a sample out mid-epoch would change the epoch's length and the
+            // batches after it; better to find the broken ones first.
+            return Err(DataError::format(
+                data,
+                "a shard stream does not skip samples (--skip-bad): `pretext data inspect` \
+                 with --skip-bad names the broken ones, and `pretext data shard --skip-bad` \
+                 writes shards without them",
+            ));
+        }
         let files = files(data, split)?;
         let mut layout = layout(data, &files, opts)?;
         let in_memory = CacheOptions {
@@ -829,7 +904,7 @@ pub fn write(
         .with_context(|| format!("{}: not a folder name", out.display()))?
         .to_string_lossy();
     let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
+    remove_stale(&tmp, &name);
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cleanup = TmpDir(tmp.clone());
     let mut written = Written { splits: vec![] };
@@ -855,8 +930,10 @@ pub fn write(
             opts.progress,
         );
         let (mut n, mut shards) = (0usize, 0usize);
-        for (s, part) in order.chunks(per_shard).enumerate() {
-            let path = tmp.join(format!("{}-{s:06}.tar", split.name()));
+        for part in order.chunks(per_shard) {
+            // Numbered by the shards written, so one left empty by --skip-bad leaves no
+            // gap in the names a pattern lists.
+            let path = tmp.join(format!("{}-{shards:06}.tar", split.name()));
             let encoded: Vec<Result<Encoded, DataError>> =
                 part.par_iter().map(|&i| samples.encoded(i, opts)).collect();
             let mut tar = tar::Builder::new(std::io::BufWriter::new(
@@ -889,10 +966,39 @@ pub fn write(
     if let Some(c) = classes {
         fs::write(tmp.join(CLASSES_FILE), c.join("\n") + "\n")?;
     }
+    if super::detect_format(src)? == super::Format::Folder {
+        let tree = fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+        let source = Source {
+            tree: tree.to_string_lossy().into_owned(),
+            // A tree with train/ and test/ folders has its own split.
+            holdout: (!super::folder::has_split_folders(src))
+                .then_some(opts.holdout)
+                .flatten(),
+        };
+        fs::write(tmp.join(SOURCE_FILE), serde_json::to_vec_pretty(&source)?)?;
+    }
     fs::rename(&tmp, out)
         .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     std::mem::forget(cleanup);
     Ok(written)
+}
+
+/// Temporary folders of earlier `data shard` runs to the same `out` that were killed (their
+/// process is gone: an interrupt exits without unwinding), and `tmp` itself.
+fn remove_stale(tmp: &Path, name: &str) {
+    let _ = fs::remove_dir_all(tmp);
+    let Some(parent) = tmp.parent() else { return };
+    let prefix = format!(".{name}.tmp-");
+    for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let dead = file
+            .strip_prefix(&prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A temporary folder removed unless the work in it was finished.
@@ -1319,6 +1425,54 @@ mod tests {
         fs::write(at("text.tar"), b"hello, not a tar file at all").unwrap();
         let e = err(&at("text.tar"));
         assert!(e.contains("text.tar"), "{e}");
+        // Cut between two members: it reads as a shorter archive, unless its end marker
+        // is checked.
+        let second = 512 + png().len().div_ceil(512) * 512;
+        fs::write(at("boundary.tar"), &whole[..second]).unwrap();
+        let e = err(&at("boundary.tar"));
+        assert!(
+            e.contains("boundary.tar") && e.contains("end-of-archive"),
+            "{e}"
+        );
+        let e = count(&at("cut.tar")).unwrap_err().to_string();
+        assert!(e.contains("end-of-archive"), "counting a cut shard: {e}");
+        assert_eq!(count(&at("whole.tar")).unwrap(), 2);
+        // A label in a set whose first sample has none is not dropped without a word.
+        tar_of(
+            &at("mixed.tar"),
+            &[("0.png", &png()), ("1.png", &png()), ("1.cls", b"0")],
+        );
+        let e = err(&at("mixed.tar"));
+        assert!(
+            e.contains("mixed.tar#1.png") && e.contains("first sample has none"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_stream_refuses_to_skip_and_shards_beside_image_folders_are_ambiguous() {
+        let tmp = tempfile::tempdir().unwrap();
+        tree(&tmp.path().join("src"), 4, 2);
+        let out = tmp.path().join("shards");
+        write(&tmp.path().join("src"), &out, 4, 0, &no_cache()).unwrap();
+        let skip = CacheOptions {
+            skip_bad: true,
+            ..no_cache()
+        };
+        let e = Stream::open(&out, Split::Train, &skip)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not skip"), "{e}");
+        // A folder with shards and an image tree side by side names neither silently.
+        fs::copy(
+            out.join("train-000000.tar"),
+            tmp.path().join("src/train-000000.tar"),
+        )
+        .unwrap();
+        let e = super::super::detect_format(&tmp.path().join("src"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both tar shards"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,22 @@ impl EvalConfig {
             "the probe's learning rate must be a finite number > 0, got {}",
             p.optim.lr
         );
+        if let Some(sw) = &p.sweep {
+            anyhow::ensure!(
+                !sw.lrs.is_empty() && !sw.weight_decays.is_empty(),
+                "the probe sweep needs at least one learning rate and one weight decay"
+            );
+            anyhow::ensure!(
+                sw.lrs.iter().all(|&lr| lr.is_finite() && lr > 0.0)
+                    && sw.weight_decays.iter().all(|&w| w.is_finite() && w >= 0.0),
+                "the probe sweep's learning rates must be > 0 and its weight decays ≥ 0"
+            );
+            anyhow::ensure!(
+                sw.val_fraction > 0.0 && sw.val_fraction < 1.0,
+                "the probe sweep's validation fraction must be between 0 and 1, got {}",
+                sw.val_fraction
+            );
+        }
         anyhow::ensure!(
             self.train_images != Some(0) && self.test_images != Some(0),
             "--train-images and --test-images must be at least 1"
@@ -150,24 +166,27 @@ pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> 
                 shared.display()
             );
         }
-        return Ok(());
     }
-    if same(&rc.data) != same(data)
-        || crate::data::detect_format(data)? != crate::data::Format::Folder
-    {
-        // Another data set, or a binary release whose splits are separate files.
+    // The image-tree files the run trained on (its tree, or the tree its shards were
+    // written from), against the test images' files: by name, across formats.
+    let Some(trained) = tree_files(&rc.data, rc.split, rc.holdout) else {
         return Ok(());
-    }
-    let trained = crate::data::folder::list(&rc.data, rc.split, rc.holdout)?;
-    let trained: Vec<String> = trained
-        .files
-        .iter()
-        .map(|f| f.to_string_lossy().into_owned())
-        .collect();
-    let shared = shared_images(&trained, &test.header.sources);
+    };
+    let tested = match detect_format(data)? {
+        Format::Folder => test.header.sources.clone(),
+        Format::Shards => match tree_files(data, Split::Test, None) {
+            Some(files) => files,
+            None => return Ok(()),
+        },
+        // A binary release: its splits are separate files.
+        _ => return Ok(()),
+    };
+    let shared = shared_images(&trained, &tested);
     if let Some(first) = shared.first() {
         bail!(
-            "{}: {} test image(s) are among the images the run trained on (first: {first}):              it held out {}, and these test images were drawn with {}. Evaluate with the              run's own split (leave out --test-fraction and --split-seed), or on other data",
+            "{}: {} test image(s) are among the images the run trained on (first: {first}): \
+             it held out {}, and these test images were drawn with {}. Evaluate with the \
+             run's own split (leave out --test-fraction and --split-seed), or on other data",
             data.display(),
             shared.len(),
             rc.holdout
@@ -179,6 +198,37 @@ pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> 
         );
     }
     Ok(())
+}
+
+/// The files of `split` of the image tree `data` is (listed with `holdout`, no decoding),
+/// or of the tree shards at `data` were written from (with the split they were written
+/// with); `None` for other data, or a tree no longer there.
+fn tree_files(
+    data: &Path,
+    split: Split,
+    holdout: Option<crate::data::Holdout>,
+) -> Option<Vec<String>> {
+    use crate::data::{Format, detect_format, folder, shards};
+    let (tree, holdout) = match detect_format(data).ok()? {
+        Format::Folder => (data.to_path_buf(), holdout),
+        Format::Shards => {
+            let dir = if shards::is_pattern(data) {
+                data.parent()?.to_path_buf()
+            } else {
+                data.to_path_buf()
+            };
+            shards::source_tree(&dir)?
+        }
+        _ => return None,
+    };
+    let listing = folder::list(&tree, split, holdout).ok()?;
+    Some(
+        listing
+            .files
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect(),
+    )
 }
 
 /// The `test` images that are also `train` images (by where they really are).

@@ -54,6 +54,21 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
+    /// How the probes' learning rate and weight decay were set, in words.
+    pub fn probe_setting(&self) -> String {
+        let p = &self.protocol.probe;
+        match &p.sweep {
+            None => format!("lr {} wd {}", p.optim.lr, p.optim.weight_decay),
+            Some(sw) => format!(
+                "lr × wd chosen per layer from {:?} × {:?} on a stratified {}% validation split of the train images (seed {}), then trained on all of them",
+                sw.lrs,
+                sw.weight_decays,
+                100.0 * sw.val_fraction,
+                sw.seed
+            ),
+        }
+    }
+
     /// The tap with the best linear-probe top-1.
     pub fn best_layer(&self) -> Option<&LayerRow> {
         self.rows
@@ -70,7 +85,7 @@ impl EvalReport {
         );
         let _ = writeln!(
             s,
-            "Frozen features, {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on average-pooled, standardized features, {} epochs, {:?} lr {} wd {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
+            "Frozen features, {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on average-pooled, standardized features, {} epochs, {:?} {}. kNN: cosine, weighted vote exp(sim/T). Accuracies in %.\n",
             self.train_images,
             self.test_images,
             self.data,
@@ -80,8 +95,7 @@ impl EvalReport {
             self.classes,
             self.protocol.probe.epochs,
             self.protocol.probe.optim.kind,
-            self.protocol.probe.optim.lr,
-            self.protocol.probe.optim.weight_decay,
+            self.probe_setting(),
         );
         let mut head = "| layer | dim (pool) | linear top-1 | linear top-5 |".to_string();
         let mut rule = "|---|---|---|---|".to_string();
@@ -93,6 +107,11 @@ impl EvalReport {
         if clustered {
             head.push_str(" k-means NMI | ARI | purity |");
             rule.push_str("---|---|---|");
+        }
+        let swept = self.rows.iter().any(|r| r.linear.chosen.is_some());
+        if swept {
+            head.push_str(" probe lr / wd (val top-1) |");
+            rule.push_str("---|");
         }
         let _ = writeln!(s, "{head}\n{rule}");
         for r in &self.rows {
@@ -112,6 +131,11 @@ impl EvalReport {
                     ]),
                     None => cells.extend(["–".to_string(), "–".into(), "–".into()]),
                 }
+            }
+            if swept {
+                cells.push(r.linear.chosen.as_ref().map_or("–".into(), |c| {
+                    format!("{} / {} ({:.2})", c.lr, c.weight_decay, 100.0 * c.val_top1)
+                }));
             }
             let _ = writeln!(s, "{}", md_row(cells));
         }

@@ -274,7 +274,7 @@ impl Comparison {
             let p = &first.protocol;
             let _ = writeln!(
                 s,
-                "Frozen features of each method's backbone ({}{}), {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardized, {} epochs {:?} lr {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
+                "Frozen features of each method's backbone ({}{}), {} labelled train / {} test images of {}{} ({} classes). Linear: one probe per layer on features average-pooled to ~{} dims and standardized, {} epochs {:?} {}. kNN: cosine similarity, weighted vote exp(sim/T).{} Accuracies in %; **bold**: the method's best layer.\n",
                 network_name(first),
                 if self
                     .row_names()
@@ -297,7 +297,7 @@ impl Comparison {
                 p.probe_dim,
                 p.probe.epochs,
                 p.probe.optim.kind,
-                p.probe.optim.lr,
+                first.probe_setting(),
                 if self
                     .evals
                     .iter()
@@ -314,11 +314,15 @@ impl Comparison {
             s += &self.table("Linear probe top-1 (top-5)", |r, l| {
                 let best = r.best_layer().map(|b| b.layer.as_str());
                 r.rows.iter().find(|x| x.layer == l).map(|x| {
-                    let v = format!(
+                    let mut v = format!(
                         "{:.2} ({:.2})",
                         100.0 * x.linear.top1,
                         100.0 * x.linear.top5
                     );
+                    // A swept probe's setting, beside the number it gave.
+                    if let Some(c) = &x.linear.chosen {
+                        v += &format!(" lr {} wd {}", c.lr, c.weight_decay);
+                    }
                     if best == Some(l) {
                         format!("**{v}**")
                     } else {
