@@ -7,7 +7,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use burn::tensor::Device;
 use pretext::config::PretrainSpec;
@@ -48,21 +47,6 @@ fn slice(dir: &Path, train: usize, test: usize) {
     }
 }
 
-fn pretext(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .args(["--quiet", "--no-cache"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn spec(data: &Path) -> PretrainSpec {
     PretrainSpec {
         optim: Some(OptimKind::Sgd),
@@ -81,7 +65,7 @@ fn rotation_pretraining_streamed_from_shards_learns() {
     let _serial = common::serial();
     let tmp = tempfile::tempdir().unwrap();
     slice(&tmp.path().join("slice"), 300, 100);
-    let text = pretext(
+    let text = common::pretext_cli(
         tmp.path(),
         &[
             "data",
@@ -156,27 +140,7 @@ fn rotation_pretraining_streamed_from_shards_learns() {
     assert_eq!((report.train_images, report.test_images), (3000, 1000));
     // Learning happened, by the yardsticks of tests/e2e.rs. Measured here: best kNN top-1
     // 37.5% vs 33.5% at random init, mean k-means NMI 0.136 vs 0.074.
-    let best_knn =
-        |r: &pretext::eval::EvalReport| r.rows.iter().map(|x| x.knn[0].top1).fold(0.0, f64::max);
-    let mean_nmi = |r: &pretext::eval::EvalReport| {
-        r.rows
-            .iter()
-            .map(|x| x.cluster.as_ref().unwrap().nmi)
-            .sum::<f64>()
-            / r.rows.len() as f64
-    };
-    assert!(
-        best_knn(&report) > best_knn(&random) + 0.03,
-        "kNN: pretrained {} vs random init {}",
-        best_knn(&report),
-        best_knn(&random)
-    );
-    assert!(
-        mean_nmi(&report) > mean_nmi(&random) + 0.02,
-        "k-means NMI: pretrained {} vs random init {}",
-        mean_nmi(&report),
-        mean_nmi(&random)
-    );
+    common::assert_beats_random_init(&report, &random);
 
     // A run pretrained on test shards is not evaluated on them.
     let on_test = tmp.path().join("on-test");
@@ -216,7 +180,7 @@ fn evaluation_refuses_test_images_the_run_trained_on_across_trees_and_shards() {
         run
     };
     // Every image of the tree in the train shards (nothing held out)...
-    pretext(
+    common::pretext_cli(
         tmp.path(),
         &[
             "data",
@@ -235,7 +199,7 @@ fn evaluation_refuses_test_images_the_run_trained_on_across_trees_and_shards() {
         .to_string();
     assert!(e.contains("among the images the run trained on"), "{e}");
     // A run on the tree (10% held out, seed 0) against shards cut with another seed.
-    pretext(
+    common::pretext_cli(
         tmp.path(),
         &[
             "data",
@@ -261,7 +225,7 @@ fn evaluation_refuses_test_images_the_run_trained_on_across_trees_and_shards() {
     .to_string();
     assert!(e.contains("among the images the run trained on"), "{e}");
     // Shards cut with the run's own split are its test images: evaluated.
-    pretext(tmp.path(), &["data", "shard", "tree", "--out", "same"]);
+    common::pretext_cli(tmp.path(), &["data", "shard", "tree", "--out", "same"]);
     evaluate_run(
         &run,
         &tmp.path().join("same"),

@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 const SIDE: usize = 96;
 const CLASSES: [&str; 4] = ["airplane", "automobile", "bird", "cat"];
@@ -45,21 +44,6 @@ fn write_split(dir: &Path, name: &str, first: usize, per: usize, labelled: bool)
     }
 }
 
-fn pretext(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pretext"))
-        .args(args)
-        .args(["--quiet", "--no-cache"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn pretraining_on_unlabeled_stl10_and_evaluating_on_its_labelled_splits() {
     let tmp = tempfile::tempdir().unwrap();
@@ -69,14 +53,14 @@ fn pretraining_on_unlabeled_stl10_and_evaluating_on_its_labelled_splits() {
     write_split(&data, "train", 8, 6, true);
     write_split(&data, "test", 14, 3, true);
 
-    let text = pretext(tmp.path(), &["data", "inspect", "stl10_binary"]);
+    let text = common::pretext_cli(tmp.path(), &["data", "inspect", "stl10_binary"]);
     assert!(text.contains("unlabeled: 32 images, 96×96×3"), "{text}");
     assert!(
         text.contains("train: 24 images, 96×96×3, 10 classes"),
         "{text}"
     );
 
-    pretext(
+    common::pretext_cli(
         tmp.path(),
         &[
             "pretrain",
@@ -101,7 +85,7 @@ fn pretraining_on_unlabeled_stl10_and_evaluating_on_its_labelled_splits() {
     assert!(config.contains("image_size = 96"), "{config}");
 
     let eval = |dim: &str| {
-        pretext(
+        common::pretext_cli(
             tmp.path(),
             &[
                 "eval",

@@ -245,7 +245,7 @@ fn fit(
     cfg: &ProbeConfig,
     groups: &[Group],
     dev: &Device,
-    bar: &indicatif::ProgressBar,
+    (what, progress): (&str, bool),
 ) -> anyhow::Result<Vec<Vec<Linear>>> {
     let train_dev = dev.clone().autodiff();
     train_dev.seed(cfg.seed);
@@ -276,6 +276,7 @@ fn fit(
     };
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let nb = order.len().div_ceil(cfg.batch_size);
+    let bar = crate::util::progress::bar((cfg.epochs * nb) as u64, what, progress);
     let taps = train.dims.len();
     for epoch in 0..cfg.epochs {
         order.shuffle(&mut rng);
@@ -319,6 +320,7 @@ fn fit(
             bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     Ok(models.into_iter().map(|m| m.valid().heads).collect())
 }
 
@@ -393,8 +395,6 @@ pub fn evaluate(
     let stats = (0..taps)
         .map(|t| standardizer(train, t))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nb = train.n.div_ceil(cfg.batch_size);
-    let bar = crate::util::progress::bar((cfg.epochs * nb) as u64, "linear probes", progress);
     let heads = fit(
         train,
         Rows::All(train.n),
@@ -403,9 +403,8 @@ pub fn evaluate(
         cfg,
         &groups,
         dev,
-        &bar,
+        ("linear probes", progress),
     )?;
-    bar.finish_and_clear();
     let mut by_tap: Vec<(usize, &Linear)> = groups
         .iter()
         .zip(&heads)
@@ -454,12 +453,7 @@ fn choose(
     let stats = (0..taps)
         .map(|t| standardizer_of(train, t, Rows::Some(&fit_rows)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let nb = fit_rows.len().div_ceil(cfg.batch_size);
-    let bar = crate::util::progress::bar(
-        (cfg.epochs * nb) as u64,
-        &format!("probe sweep ({} settings)", grid.len()),
-        progress,
-    );
+    let what = format!("probe sweep ({} settings)", grid.len());
     let heads = fit(
         train,
         Rows::Some(&fit_rows),
@@ -468,9 +462,8 @@ fn choose(
         cfg,
         &groups,
         dev,
-        &bar,
+        (&what, progress),
     )?;
-    bar.finish_and_clear();
     let val = Rows::Some(&val_rows);
     let val_labels = val.labels(train);
     let mut best: Vec<Option<Chosen>> = vec![None; taps];
