@@ -398,7 +398,8 @@ pub struct EvalArgs {
     pub probe_epochs: usize,
     #[arg(long, default_value_t = 0.01)]
     pub probe_lr: f64,
-    /// Choose each layer's probe learning rate × weight decay (0.1/0.01/0.001 × 5e-4/0)
+    /// Choose each layer's probe learning rate × weight decay (0.1/0.01/0.001/0.0001 ×
+    /// 5e-4/0)
     /// on a stratified 10% validation split of the train images, then retrain on all of
     /// them and test once; the choice is written beside each number.
     #[arg(long)]

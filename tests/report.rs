@@ -132,9 +132,15 @@ fn a_swept_probe_shows_its_chosen_setting_beside_each_number() {
         });
     }
     let md = r.markdown();
-    assert!(md.contains("chosen per layer from [0.1, 0.01, 0.001] × [0.0005, 0.0] on a stratified 10% validation split"), "{md}");
+    assert!(md.contains("chosen per layer from [0.1, 0.01, 0.001, 0.0001] × [0.0005, 0.0] on a stratified 10% validation split"), "{md}");
     assert!(md.contains("| probe lr / wd (val top-1) |"), "{md}");
     assert!(md.contains("| 0.001 / 0 (50.00) |"), "{md}");
+    // 0.1 is the grid's largest: said, since a wider grid might do better.
+    assert!(md.contains("| 0.1* / 0 (50.00) |"), "{md}");
+    assert!(
+        md.contains("smallest or largest learning rate of the grid"),
+        "{md}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     put(&tmp.path().join("rot"), "eval", &r);
     let c = gather(&[tmp.path().join("rot")]).unwrap().markdown();

@@ -133,11 +133,38 @@ impl EvalReport {
                 }
             }
             if swept {
+                let edge = |lr| {
+                    self.protocol
+                        .probe
+                        .sweep
+                        .as_ref()
+                        .is_some_and(|sw| sw.at_edge(lr))
+                };
                 cells.push(r.linear.chosen.as_ref().map_or("–".into(), |c| {
-                    format!("{} / {} ({:.2})", c.lr, c.weight_decay, 100.0 * c.val_top1)
+                    format!(
+                        "{}{} / {} ({:.2})",
+                        c.lr,
+                        if edge(c.lr) { "*" } else { "" },
+                        c.weight_decay,
+                        100.0 * c.val_top1
+                    )
                 }));
             }
             let _ = writeln!(s, "{}", md_row(cells));
+        }
+        let at_edge = self.rows.iter().any(|r| {
+            r.linear.chosen.as_ref().is_some_and(|c| {
+                self.protocol
+                    .probe
+                    .sweep
+                    .as_ref()
+                    .is_some_and(|sw| sw.at_edge(c.lr))
+            })
+        });
+        if at_edge {
+            s.push_str(
+                "\n\\* the smallest or largest learning rate of the grid: a wider grid might do better.\n",
+            );
         }
         s
     }
