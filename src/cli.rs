@@ -399,9 +399,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0.01)]
     pub probe_lr: f64,
     /// Choose each layer's probe learning rate × weight decay (0.1/0.01/0.001/0.0001 ×
-    /// 5e-4/0)
-    /// on a stratified 10% validation split of the train images, then retrain on all of
-    /// them and test once; the choice is written beside each number.
+    /// 5e-4/0) on a stratified 10% validation split of the train images, then retrain on
+    /// all of them and test once; the choice is written beside each number.
     #[arg(long)]
     pub probe_sweep: bool,
     /// Pooled feature size per layer.

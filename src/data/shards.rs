@@ -60,11 +60,11 @@ pub fn is_shard_folder(dir: &Path) -> bool {
         .any(|s| in_folder(dir, s).is_ok_and(|f| !f.is_empty()))
 }
 
-/// The image tree the shards in `dir` were written from by `pretext data shard`, and the
-/// held-out split it used (from `source.json`), so an evaluation on that tree can tell
-/// which of its images the shards hold.
-pub fn source_tree(dir: &Path) -> Option<(PathBuf, Option<super::Holdout>)> {
-    let text = fs::read_to_string(dir.join(SOURCE_FILE)).ok()?;
+/// The image tree the shards at `data` (a folder or a pattern) were written from by
+/// `pretext data shard`, and the held-out split it used (from `source.json`), so an
+/// evaluation on that tree can tell which of its images the shards hold.
+pub fn source_tree(data: &Path) -> Option<(PathBuf, Option<super::Holdout>)> {
+    let text = fs::read_to_string(folder_of(data).join(SOURCE_FILE)).ok()?;
     let s: Source = serde_json::from_str(&text).ok()?;
     Some((PathBuf::from(s.tree), s.holdout))
 }
@@ -194,13 +194,19 @@ pub fn files(data: &Path, split: Split) -> Result<Vec<PathBuf>, DataError> {
     Ok(files)
 }
 
+/// The folder holding the shards at `data` (a folder of shards, or a pattern's folder),
+/// where `classes.txt` and `source.json` sit beside them.
+fn folder_of(data: &Path) -> &Path {
+    if is_pattern(data) {
+        data.parent().unwrap_or(Path::new("."))
+    } else {
+        data
+    }
+}
+
 /// Where the class names of the shards at `data` are kept.
 fn classes_path(data: &Path) -> PathBuf {
-    if is_pattern(data) {
-        data.parent().unwrap_or(Path::new(".")).join(CLASSES_FILE)
-    } else {
-        data.join(CLASSES_FILE)
-    }
+    folder_of(data).join(CLASSES_FILE)
 }
 
 /// The class names beside the shards, if there are any.

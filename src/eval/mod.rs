@@ -211,14 +211,7 @@ fn tree_files(
     use crate::data::{Format, detect_format, folder, shards};
     let (tree, holdout) = match detect_format(data).ok()? {
         Format::Folder => (data.to_path_buf(), holdout),
-        Format::Shards => {
-            let dir = if shards::is_pattern(data) {
-                data.parent()?.to_path_buf()
-            } else {
-                data.to_path_buf()
-            };
-            shards::source_tree(&dir)?
-        }
+        Format::Shards => shards::source_tree(data)?,
         _ => return None,
     };
     let listing = folder::list(&tree, split, holdout).ok()?;
