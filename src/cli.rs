@@ -117,6 +117,7 @@ impl Command {
             Command::Finetune(a) => a.data.as_mut(),
             Command::Study(a) => a.data.as_mut(),
             Command::Embed { data, .. } | Command::Bench { data, .. } => data.as_mut(),
+            Command::Import { data, .. } => Some(data),
             Command::Data(DataCommand::Inspect { path })
             | Command::Data(DataCommand::Shard { path, .. }) => Some(path),
             _ => None,
@@ -204,6 +205,43 @@ pub enum Command {
         #[arg(long, default_value = "search.png")]
         out: PathBuf,
     },
+    /// Write a run's backbone for PyTorch: safetensors weights in PyTorch's names
+    /// (torchvision's for ResNets), the Python module that loads them, and a reference input
+    /// with pretext's feature maps for it (`python pretext_backbone.py` compares).
+    Export {
+        /// The run whose latest checkpoint to export.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "torch")]
+        format: ExportFormat,
+        /// Output folder (backbone.safetensors, pretext_backbone.py, reference.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a run directory from a PyTorch checkpoint (a safetensors state dict in
+    /// torchvision's names, or one `pretext export` wrote), so eval, finetune, embed and
+    /// report measure it like a pretext run.
+    Import {
+        /// The state dict (`safetensors.torch.save_file(model.state_dict(), PATH)`).
+        #[arg(long)]
+        torch: PathBuf,
+        /// Its architecture (width and input channels are read off the weights).
+        #[arg(long, value_enum)]
+        backbone: Arch,
+        /// The run directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// The data the run is measured on by default (its image size and channels).
+        #[arg(long)]
+        data: PathBuf,
+        /// Input normalization: auto (a pretext export's own, else ImageNet's), imagenet,
+        /// or data (the data's train-split statistics).
+        #[arg(long, value_enum, default_value = "auto")]
+        normalize: crate::commands::bridge::ImportNormalize,
+        /// The name reports give it (default: the exported method, else `imported`).
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Look at a data set.
     #[command(subcommand)]
     Data(DataCommand),
@@ -246,6 +284,13 @@ pub enum Command {
         #[arg(long)]
         tasks_only: bool,
     },
+}
+
+/// Formats `pretext export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// safetensors in PyTorch's parameter names, with a Python module.
+    Torch,
 }
 
 #[derive(Subcommand, Debug)]
@@ -706,6 +751,67 @@ pub fn main_with(mut cli: Cli) -> Result<()> {
             out,
         } => search(&index, &query, k, &out, &ctx),
         Command::Study(a) => study(&a, &ctx),
+        Command::Export { run, format, out } => {
+            let ExportFormat::Torch = format;
+            let info = crate::commands::bridge::export(&run, &out, &ctx.dev)?;
+            println!(
+                "{} ({}, checkpoint epoch {}): {} tensors in PyTorch's names",
+                info.exported.method,
+                crate::models::torch::arch_name(info.exported.backbone.arch),
+                info.exported.checkpoint_epoch,
+                info.tensors
+            );
+            for f in &info.files {
+                println!("  {}", f.display());
+            }
+            println!(
+                "check it with PyTorch: python {}",
+                out.join(crate::commands::bridge::PYTHON).display()
+            );
+            Ok(())
+        }
+        Command::Import {
+            torch,
+            backbone,
+            out,
+            data,
+            normalize,
+            label,
+        } => {
+            let req = crate::commands::bridge::ImportRequest {
+                file: &torch,
+                arch: backbone,
+                out: &out,
+                data: &data,
+                normalize,
+                label: label.as_deref(),
+            };
+            let info = crate::commands::bridge::import(&req, &ctx.cache, &ctx.dev)?;
+            println!(
+                "{}: {} ({}, width {}) from {}, {} tensors loaded{}",
+                out.display(),
+                info.config.method(),
+                crate::models::torch::arch_name(info.config.backbone.arch),
+                info.config.backbone.width,
+                torch.display(),
+                info.loaded,
+                if info.ignored.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({} left out: {})",
+                        info.ignored.len(),
+                        info.ignored.join(", ")
+                    )
+                }
+            );
+            println!(
+                "what it was pretrained on is not known to pretext: evaluating it on its own \
+                 training images is not caught. Next: pretext eval --run {}",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Pretrain(a) => pretrain(&a, &ctx.cache, &ctx.dev, ctx.progress).map(|_| ()),
         Command::TrainSupervised(mut a) => {
             a.task = "supervised".into();

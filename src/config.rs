@@ -105,6 +105,12 @@ impl PretrainSpec {
             Some(f) => f.task()?,
             None => tasks::get(&self.task)?,
         };
+        if !task.trains() {
+            bail!(
+                "task {:?} is not trained by pretext (`pretext import` makes such runs)",
+                task.name()
+            );
+        }
         // A baseline trains on labels, which live in the train split (STL-10's unlabeled
         // split has none).
         let split = if task.is_pretext() {

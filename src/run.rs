@@ -61,6 +61,12 @@ impl RunConfig {
         toml::from_str(&text)
             .with_context(|| format!("{}: not a valid run configuration", p.display()))
     }
+    /// The name reports give this run's method: its task's, or an imported network's label.
+    pub fn method(&self) -> String {
+        self.task
+            .task()
+            .map_or_else(|_| self.task.name().to_string(), |t| t.method(&self.task))
+    }
     pub fn save(&self, run: &Path) -> Result<()> {
         fsutil::write_bytes(&Self::path(run), toml::to_string_pretty(self)?.as_bytes())
     }

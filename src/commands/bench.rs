@@ -236,7 +236,11 @@ pub fn run(
     if let Some(data) = &o.data {
         let mut kinds = crate::tasks::parse_list(&o.tasks)?;
         if o.tasks.iter().any(|t| t.trim() == "all") {
-            kinds.extend(crate::tasks::REGISTRY.iter().filter(|t| !t.is_pretext()));
+            kinds.extend(
+                crate::tasks::REGISTRY
+                    .iter()
+                    .filter(|t| !t.is_pretext() && t.trains()),
+            );
         }
         let scratch = tempfile_dir("pretext-bench")?;
         println!(

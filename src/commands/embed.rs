@@ -121,7 +121,7 @@ pub fn embed(
     )?;
     let info = EmbeddingInfo {
         run,
-        method: rc.task.name().to_string(),
+        method: rc.method(),
         layer: feats.taps[0].clone(),
         target_dim: req.target_dim,
         pool_grid: feats.grids[0],

@@ -3,6 +3,7 @@
 //! look at a data set.
 
 pub mod bench;
+pub mod bridge;
 pub mod embed;
 pub mod inspect;
 pub mod study;

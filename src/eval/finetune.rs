@@ -405,7 +405,7 @@ pub fn finetune_run(
         }
     }
     let report = FinetuneReport {
-        method: rc.task.name().to_string(),
+        method: rc.method(),
         run: run.display().to_string(),
         test_images: test.len(),
         protocol: cfg.clone(),

@@ -142,6 +142,10 @@ pub fn labelled_splits(
 /// test splits are compared, which this would not catch. The run's images are listed
 /// (without decoding) with the split it recorded.
 pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> Result<()> {
+    // An imported network was pretrained elsewhere, on data pretext cannot see.
+    if rc.task.task().is_ok_and(|t| !t.trains()) {
+        return Ok(());
+    }
     let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     use crate::data::{Format, detect_format, shards};
     if detect_format(&rc.data).ok() == Some(Format::Shards)
@@ -346,7 +350,7 @@ pub fn evaluate_run(
     let method = if random_init {
         "random-init".to_string()
     } else {
-        rc.task.name().to_string()
+        rc.method()
     };
     let t0 = Instant::now();
     let (train, test) = labelled_splits(&rc, data, cache)?;

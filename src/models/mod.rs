@@ -9,6 +9,7 @@ pub mod layers;
 pub mod nin;
 pub mod resnet;
 pub mod tiles;
+pub mod torch;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};

@@ -41,6 +41,9 @@ pub struct RunSummary {
     pub train_seconds: f64,
     /// The run's preview sheet, as the report folder holds it (`previews/…png`).
     pub preview: Option<String>,
+    /// The file an imported network came from (`pretext import`): trained elsewhere.
+    #[serde(default)]
+    pub imported_from: Option<String>,
 }
 
 /// The budget and preview of the run in `dir` (`None` for a folder that is not a run:
@@ -53,7 +56,7 @@ fn run_summary(dir: &Path, index: usize) -> Result<Option<RunSummary>> {
     let state = crate::train::checkpoint::latest(dir)?
         .map(|(_, s)| s)
         .unwrap_or_default();
-    let method = rc.task.name().to_string();
+    let method = rc.method();
     Ok(Some(RunSummary {
         run: dir.display().to_string(),
         preview: dir
@@ -65,6 +68,12 @@ fn run_summary(dir: &Path, index: usize) -> Result<Option<RunSummary>> {
         epochs_planned: rc.train.epochs,
         images_seen: state.images_seen,
         train_seconds: state.train_seconds,
+        imported_from: rc
+            .task
+            .typed::<crate::tasks::imported::ImportedConfig>()
+            .ok()
+            .filter(|_| rc.task.name() == "imported")
+            .map(|c| c.source.display().to_string()),
     }))
 }
 
@@ -392,6 +401,14 @@ impl Comparison {
                 "\n### Runs\n\n| method | run | epochs | images seen | training time |\n|---|---|---|---|---|"
             );
             for r in &self.runs {
+                if let Some(from) = &r.imported_from {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | imported from {from} | – | – |",
+                        r.method, r.run
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} of {} | {} | {:.1} min |",

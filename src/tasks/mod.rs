@@ -6,6 +6,7 @@
 //! there (see the README's "Adding a task").
 
 pub mod colorization;
+pub mod imported;
 pub mod inpainting;
 pub mod jigsaw;
 pub mod relative_position;
@@ -43,6 +44,7 @@ pub static REGISTRY: &[&dyn Task] = &[
     &inpainting::TASK,
     &colorization::TASK,
     &supervised::TASK,
+    &imported::TASK,
     #[cfg(test)]
     &test_task::TASK,
 ];
@@ -56,6 +58,14 @@ pub trait Task: Sync {
     /// A pretext task; false for the supervised baseline, which trains on labels.
     fn is_pretext(&self) -> bool {
         true
+    }
+    /// Trained by pretext; false for a backbone imported from elsewhere.
+    fn trains(&self) -> bool {
+        true
+    }
+    /// The name reports give a run of this task (the task's name unless its settings say).
+    fn method(&self, _cfg: &TaskConfig) -> String {
+        self.name().to_string()
     }
     /// The task's settings: its paper's values, scaled to images of `side` pixels.
     fn defaults(&self, side: usize) -> TaskConfig;
@@ -247,9 +257,9 @@ pub fn pretext() -> impl Iterator<Item = &'static dyn Task> {
     REGISTRY.iter().copied().filter(|t| t.is_pretext())
 }
 
-/// Every task name, for the command line's `--task`.
+/// Every task that trains, for the command line's `--task`.
 pub fn all_names() -> Vec<&'static str> {
-    names(REGISTRY.iter().copied())
+    names(REGISTRY.iter().copied().filter(|t| t.trains()))
 }
 
 /// `all` (the pretext tasks), `none` or comma-separated task names, each once, in the
