@@ -1021,9 +1021,29 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
             (rc.data.clone(), ctx.common.cache_for_run(&rc))
         }
     };
-    eval::preflight(&data, &cfg, &cache)?;
-    let rc = pretrain(&a.pretrain, &cache, &ctx.dev, ctx.progress)?;
+    let size = eval::preflight(&data, &cfg, &cache)?;
     let out = &a.pretrain.out;
+    let resolved = if a.pretrain.resume {
+        None
+    } else {
+        Some(a.pretrain.spec()?.resolve(&cache)?)
+    };
+    // The plan, with its estimated time, before any work.
+    let planned = match &resolved {
+        Some(rc) => rc.clone(),
+        None => RunConfig::load(out)?,
+    };
+    let done = match &resolved {
+        Some(_) => 0,
+        None => crate::train::checkpoint::latest(out)?.map_or(0, |(_, s)| s.epoch),
+    };
+    let images = crate::run::training_images(&planned, &cache)?;
+    let cal = eval::estimate::calibrate(&planned.backbone, &cfg, size.classes, &ctx.dev)?;
+    eprint!(
+        "{}",
+        crate::run::plan(out, &planned, done, images, &cfg, size, &cal)?
+    );
+    let rc = pretrain_with(&a.pretrain, resolved, &cache, &ctx.dev, ctx.progress)?;
     let evaluate = |random_init| {
         let r = eval::evaluate_run(
             out,
@@ -1071,6 +1091,17 @@ fn pretrain(
     } else {
         Some(a.spec()?.resolve(cache)?)
     };
+    pretrain_with(a, cfg, cache, dev, progress)
+}
+
+/// Pretrain with `cfg` resolved already (`None`: resume the run).
+fn pretrain_with(
+    a: &PretrainArgs,
+    cfg: Option<RunConfig>,
+    cache: &CacheOptions,
+    dev: &burn::tensor::Device,
+    progress: bool,
+) -> Result<RunConfig> {
     let p = Pretrain {
         run: &a.out,
         device: dev,

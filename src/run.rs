@@ -327,6 +327,69 @@ fn preview_picks(indices: &[usize]) -> Vec<usize> {
     indices.iter().step_by(step).take(8).copied().collect()
 }
 
+/// The source images a run trains on in an epoch: a stream's count, or the task's subset.
+pub fn training_images(rc: &RunConfig, cache: &CacheOptions) -> Result<usize> {
+    Ok(match open_training(&rc.data, rc.split, cache)? {
+        (_, Some(stream)) => stream.len(),
+        (set, None) => rc.task.task()?.training_indices(rc, &set)?.len(),
+    })
+}
+
+/// What `pretext run` will do, with its estimated time: the pretraining left (`done` of
+/// its epochs are), then the evaluation of the run and of its network at random init.
+pub fn plan(
+    out: &Path,
+    rc: &RunConfig,
+    done: usize,
+    images: usize,
+    eval: &crate::eval::EvalConfig,
+    size: crate::eval::EvalSize,
+    cal: &crate::eval::estimate::Calibration,
+) -> Result<String> {
+    use crate::eval::estimate::duration;
+    let per_image = rc.task.task()?.inputs_per_image(&rc.task)?;
+    let left = rc.train.epochs.saturating_sub(done);
+    let pretraining = cal.training((left * images * per_image) as f64);
+    let evaluation = cal.evaluation(eval, size.train, size.test);
+    let arch = crate::models::torch::arch_name(rc.backbone.arch);
+    Ok(format!(
+        "plan for {}:
+  pretraining: {} on {arch} width {}, {} of {} epochs of {images} images{}{}: ~{}
+  evaluation: the run and the same network at random init, each with linear probes ({} epochs{}), kNN and k-means on {} train / {} test images: ~{} each
+  estimated total: ~{}, from {:.0} s of timing the network here (training {:.0} / inference {:.0} inputs/s); the data pipeline and other load are not in it
+",
+        out.display(),
+        rc.method(),
+        rc.backbone.width,
+        left,
+        rc.train.epochs,
+        if per_image > 1 {
+            format!(" ({per_image} inputs each)")
+        } else {
+            String::new()
+        },
+        if done > 0 {
+            format!(", resumed after epoch {done}")
+        } else {
+            String::new()
+        },
+        duration(pretraining),
+        eval.probe.epochs,
+        if eval.probe.sweep.is_some() {
+            ", swept"
+        } else {
+            ""
+        },
+        size.train,
+        size.test,
+        duration(evaluation),
+        duration(pretraining + 2.0 * evaluation),
+        cal.seconds,
+        cal.train_inputs_per_s,
+        cal.infer_inputs_per_s,
+    ))
+}
+
 /// The backbone of a run, on `dev` as it is (call `.valid()` for inference): from its latest
 /// checkpoint — its backbone's entries alone, no head is built — or, with `random_init`,
 /// as the task's network initializes it (seeded by the caller's device seed). Returns it

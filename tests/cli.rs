@@ -175,3 +175,66 @@ fn an_interrupted_run_says_how_to_continue_and_fails() {
         String::from_utf8_lossy(&resumed.stderr)
     );
 }
+
+#[test]
+fn run_says_its_plan_and_estimated_time_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let run = |extra: &[&str]| {
+        let done = pretext()
+            .arg("run")
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .args([
+                "--eval-train-images",
+                "200",
+                "--eval-test-images",
+                "100",
+                "--probe-epochs",
+                "2",
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&done.stderr).into_owned();
+        assert!(done.status.success(), "{err}");
+        err
+    };
+    let data = common::cifar_root();
+    let err = run(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--width",
+        "8",
+        "--blocks",
+        "2",
+        "--train-images",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+    ]);
+    let plan = err.find("plan for").expect("a plan");
+    assert!(
+        plan < err.find("training:").expect("a training summary"),
+        "{err}"
+    );
+    for said in [
+        "pretraining: rotation on nin width 8, 2 of 2 epochs of 64 images (4 inputs each): ~",
+        "each with linear probes (2 epochs), kNN and k-means on 200 train / 100 test images: ~",
+        "estimated total: ~",
+        "inputs/s); the data pipeline and other load are not in it",
+    ] {
+        assert!(err.contains(said), "{said:?} in {err}");
+    }
+    // Resumed once done: nothing left to pretrain, and the plan says so.
+    let err = run(&["--resume"]);
+    assert!(
+        err.contains("0 of 2 epochs of 64 images (4 inputs each), resumed after epoch 2: ~0 s"),
+        "{err}"
+    );
+}

@@ -87,6 +87,13 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
         plan.contains("3 fine-tunings of 1 epochs (rotation, relative-position, colorization × labels 1% × 1 seed(s)), each beside a random-init one (at most 2 more"),
         "{plan}"
     );
+    // Each part's estimated time, and the whole's, from a timing of the networks.
+    assert!(plan.contains("test images: ~"), "{plan}");
+    assert!(
+        plan.contains("more, shared between methods of one network): ~"),
+        "{plan}"
+    );
+    assert!(plan.contains("estimated total: ~"), "{plan}");
     assert!(!out.join("study.md").exists());
 
     let done = study(&out, &cache, "6s", "0.01").output().unwrap();

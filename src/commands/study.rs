@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PretrainSpec;
 use crate::data::{CacheOptions, Split};
+use crate::eval::estimate::{self, Calibration};
 use crate::eval::finetune::{FinetuneConfig, finetune_run};
-use crate::eval::{EvalConfig, evaluate_run};
+use crate::eval::{EvalConfig, EvalSize, evaluate_run};
 use crate::models::{Arch, BackboneConfig};
 use crate::report::{Comparison, gather};
 use crate::run::{InputTransform, Pretrain, RunConfig, open_split, open_training};
@@ -32,6 +33,24 @@ use crate::train::OptimKind;
 use crate::train::checkpoint;
 use crate::train::trainer::Timing;
 use crate::util::fsutil;
+
+/// What a study's checks found: the evaluation's sizes and each method's configuration
+/// (in [`Study::methods`] order).
+struct Checked {
+    size: EvalSize,
+    configs: Vec<RunConfig>,
+}
+
+/// The plan's time estimate, in seconds.
+pub struct Estimate {
+    pub pretraining: f64,
+    pub evaluation: f64,
+    pub finetuning: f64,
+    /// The seconds spent timing the networks.
+    pub timed_seconds: f64,
+    /// Training and inference inputs/s of each network timed.
+    pub speeds: Vec<(f64, f64)>,
+}
 
 /// Steps timed (after two of warm-up) to turn the budget into epochs.
 const CALIBRATION_STEPS: usize = 10;
@@ -180,10 +199,79 @@ impl Study<'_> {
         m
     }
 
+    /// The time the evaluations and fine-tunings will take, estimated from a short timing
+    /// of each network the study trains (see [`estimate`]); pretraining takes its budget.
+    fn estimate(&self, checked: &Checked) -> Result<Estimate> {
+        let c = &self.cfg;
+        let t0 = std::time::Instant::now();
+        let mut nets: Vec<((BackboneConfig, InputTransform), Calibration)> = vec![];
+        for rc in &checked.configs {
+            let key = (rc.backbone.clone(), rc.input);
+            if !nets.iter().any(|(k, _)| *k == key) {
+                let cal =
+                    estimate::calibrate(&rc.backbone, &c.eval, checked.size.classes, self.device)?;
+                nets.push((key, cal));
+            }
+        }
+        let cal_of = |m: &str| {
+            let rc = &checked.configs[self
+                .methods()
+                .iter()
+                .position(|x| x == m)
+                .expect("a method")];
+            &nets
+                .iter()
+                .find(|(k, _)| *k == (rc.backbone.clone(), rc.input))
+                .expect("calibrated")
+                .1
+        };
+        let s = checked.size;
+        let one_eval = |cal: &Calibration| cal.evaluation(&c.eval, s.train, s.test);
+        let evaluation = self
+            .methods()
+            .iter()
+            .map(|m| one_eval(cal_of(m)))
+            .sum::<f64>()
+            + nets.iter().map(|(_, cal)| one_eval(cal)).sum::<f64>();
+        // Each fine-tuning beside a random-init one, shared between methods of a network.
+        let one_set = |cal: &Calibration| {
+            let f = &c.finetune;
+            f.fractions
+                .iter()
+                .map(|&frac| {
+                    let labelled = (frac * s.train_split as f64).round() as usize;
+                    cal.finetuning(labelled, f.epochs, s.test_split) * f.seeds.len() as f64
+                })
+                .sum::<f64>()
+        };
+        let mut finetuning = 0.0;
+        let mut random_done: Vec<(BackboneConfig, InputTransform)> = vec![];
+        for t in &c.finetune_tasks {
+            let rc = &checked.configs[self.methods().iter().position(|x| x == t).expect("a task")];
+            let cal = cal_of(t);
+            finetuning += one_set(cal);
+            let key = (rc.backbone.clone(), rc.input);
+            if !random_done.contains(&key) {
+                finetuning += one_set(cal);
+                random_done.push(key);
+            }
+        }
+        Ok(Estimate {
+            pretraining: c.budget_seconds * self.methods().len() as f64,
+            evaluation,
+            finetuning,
+            timed_seconds: t0.elapsed().as_secs_f64(),
+            speeds: nets
+                .iter()
+                .map(|(_, cal)| (cal.train_inputs_per_s, cal.infer_inputs_per_s))
+                .collect(),
+        })
+    }
+
     /// What the study will do, said before it starts: the methods and their budget, the
     /// evaluations, and the fine-tunings with their count (the longest part of a default
-    /// study, easy to miss), with the time that can be known up front.
-    pub fn plan(&self) -> String {
+    /// study, easy to miss), with the estimated time of each part and of the whole.
+    pub fn plan(&self, est: &Estimate) -> String {
         let c = &self.cfg;
         let methods = self.methods();
         let minutes = |s: f64| format!("{:.1} min", s / 60.0);
@@ -205,13 +293,19 @@ impl Study<'_> {
             minutes(c.budget_seconds * methods.len() as f64),
         );
         out += &format!(
-            "  evaluation: {} run(s) and {} random-init network(s), each with linear probes ({} epochs), kNN and k-means on {} train / {} test images; not timed in advance
+            "  evaluation: {} run(s) and {} random-init network(s), each with linear probes ({} epochs{}), kNN and k-means on {} train / {} test images: ~{}
 ",
             methods.len(),
             networks(&methods),
             c.eval.probe.epochs,
+            if c.eval.probe.sweep.is_some() {
+                ", swept"
+            } else {
+                ""
+            },
             images(c.eval.train_images),
             images(c.eval.test_images),
+            estimate::duration(est.evaluation),
         );
         if c.finetune_tasks.is_empty() {
             out += "  few-label fine-tuning: none
@@ -225,7 +319,7 @@ impl Study<'_> {
                 .map(|f| format!("{}%", 100.0 * f))
                 .collect();
             out += &format!(
-                "  few-label fine-tuning: {} fine-tunings of {} epochs ({} × labels {} × {} seed(s)), each beside a random-init one (at most {} more, shared between methods of one network); not timed in advance; --finetune none skips them
+                "  few-label fine-tuning: {} fine-tunings of {} epochs ({} × labels {} × {} seed(s)), each beside a random-init one (at most {} more, shared between methods of one network): ~{}; --finetune none skips them
 ",
                 c.finetune_tasks.len() * per,
                 c.finetune.epochs,
@@ -233,17 +327,34 @@ impl Study<'_> {
                 fractions.join("/"),
                 c.finetune.seeds.len(),
                 networks(&c.finetune_tasks) * per,
+                estimate::duration(est.finetuning),
             );
         }
+        let speeds: Vec<String> = est
+            .speeds
+            .iter()
+            .map(|(t, i)| format!("training {t:.0} / inference {i:.0} inputs/s"))
+            .collect();
+        out += &format!(
+            "  estimated total: ~{} (pretraining {} + evaluation ~{} + fine-tuning ~{}), from {:.0} s of timing the network(s) here ({}); the data pipeline and other load are not in it
+",
+            estimate::duration(est.pretraining + est.evaluation + est.finetuning),
+            minutes(est.pretraining),
+            estimate::duration(est.evaluation),
+            estimate::duration(est.finetuning),
+            est.timed_seconds,
+            speeds.join("; "),
+        );
         out
     }
 
-    /// Everything that can be refused before hours of training are spent on it.
-    fn check(&self) -> Result<()> {
+    /// Everything that can be refused before hours of training are spent on it; returns
+    /// what the plan's estimate needs.
+    fn check(&self) -> Result<Checked> {
         let c = &self.cfg;
         anyhow::ensure!(c.max_epochs >= 1, "--max-epochs must be at least 1");
         anyhow::ensure!(c.batch_size >= 1, "--batch-size must be at least 1");
-        crate::eval::preflight(&c.data, &c.eval, self.cache)?;
+        let size = crate::eval::preflight(&c.data, &c.eval, self.cache)?;
         if !c.finetune_tasks.is_empty() {
             c.finetune.validate()?;
         }
@@ -282,13 +393,15 @@ impl Study<'_> {
         }
         // Every method's run as it will be configured, so a setting none can train with is
         // refused before the study folder exists.
+        let mut configs = vec![];
         for m in self.methods() {
             let rc = self.pretrain_spec(&m)?.resolve(self.cache)?;
             rc.train.validate()?;
             rc.backbone.validate()?;
             rc.task.task()?.validate(&rc.task, &rc.augment)?;
+            configs.push(rc);
         }
-        Ok(())
+        Ok(Checked { size, configs })
     }
 
     /// The pretraining of one method: the study's common SGD rate and cosine schedule for
@@ -423,8 +536,9 @@ impl Study<'_> {
                 );
             }
         } else {
-            self.check()?;
-            eprint!("{}", self.plan());
+            let checked = self.check()?;
+            let est = self.estimate(&checked)?;
+            eprint!("{}", self.plan(&est));
             std::fs::create_dir_all(self.out)
                 .with_context(|| format!("creating {}", self.out.display()))?;
             fsutil::write_bytes(&p, toml::to_string_pretty(&self.cfg)?.as_bytes())?;

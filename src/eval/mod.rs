@@ -1,6 +1,7 @@
 //! Measuring frozen features: kNN and per-tap linear probes, written as a table.
 
 pub mod cluster;
+pub mod estimate;
 pub mod features;
 pub mod finetune;
 pub mod knn;
@@ -265,18 +266,34 @@ impl Resolver {
 
 /// Whether `cfg` can evaluate on the labelled splits of `data` (before hours of
 /// pretraining are spent on a run whose evaluation would then be refused).
-pub fn preflight(data: &Path, cfg: &EvalConfig, cache: &CacheOptions) -> Result<()> {
+pub fn preflight(data: &Path, cfg: &EvalConfig, cache: &CacheOptions) -> Result<EvalSize> {
     cfg.validate()?;
     let train = open_split(data, Split::Train, cache)?;
     let test = open_split(data, Split::Test, cache)?;
     check_splits(&train, &test, data)?;
     let n = |set: &ImageSet, take: Option<usize>| take.map_or(set.len(), |t| t.min(set.len()));
-    check_counts(
-        cfg,
-        train.num_classes(),
-        n(&train, cfg.train_images),
-        n(&test, cfg.test_images),
-    )
+    let size = EvalSize {
+        train: n(&train, cfg.train_images),
+        test: n(&test, cfg.test_images),
+        train_split: train.len(),
+        test_split: test.len(),
+        classes: train.num_classes(),
+    };
+    check_counts(cfg, size.classes, size.train, size.test)?;
+    Ok(size)
+}
+
+/// What an evaluation will read, known before it starts (for plans and their estimates).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalSize {
+    /// Images the evaluation uses of each split.
+    pub train: usize,
+    pub test: usize,
+    /// The splits' whole sizes (few-label fine-tuning draws from all of train, tests on
+    /// all of test).
+    pub train_split: usize,
+    pub test_split: usize,
+    pub classes: usize,
 }
 
 fn check_counts(cfg: &EvalConfig, classes: usize, train: usize, test: usize) -> Result<()> {
