@@ -99,9 +99,24 @@ fn a_report_writes_every_file_and_reads_back() {
     assert!(md.contains("kNN top-1, k = 20, T = 0.07"));
     assert!(md.contains("0.120 / 0.060 / 24.0"), "{md}");
     let svg = std::fs::read_to_string(out.join("accuracy-by-layer.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline class=\"series\"").count(), 3);
+    // Two panels (linear probe, kNN), three methods each; random init dashed.
+    assert_eq!(svg.matches("<polyline class=\"series\"").count(), 6);
+    assert!(svg.contains(">kNN (k = 20, T = 0.07)</text>"), "{svg}");
+    assert_eq!(
+        svg.matches("data-name=\"random-init\" fill=\"none\" stroke=\"rgb(44,160,44)\" stroke-width=\"2\" stroke-dasharray=\"8 5\"").count(),
+        2,
+        "{svg}"
+    );
+    // The PNG is the SVG at twice its density.
     let png = image::open(out.join("accuracy-by-layer.png")).unwrap();
-    assert_eq!((png.width(), png.height()), (760, 440));
+    let size = |attr: &str| -> u32 {
+        let at = svg.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
+        svg[at..].split('"').next().unwrap().parse::<f64>().unwrap() as u32
+    };
+    assert_eq!(
+        (png.width(), png.height()),
+        (2 * size("width"), 2 * size("height"))
+    );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(
         html.contains("<svg") && html.contains("<table>") && html.contains("<b>49.00 (79.00)</b>")

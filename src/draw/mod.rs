@@ -1,4 +1,5 @@
-//! Pictures: line charts (SVG and PNG) and image sheets with captions.
+//! Pictures: the accuracy-by-layer figure (SVG, and PNG through resvg) and image sheets
+//! with captions.
 
 pub mod plot;
 pub mod preview;

@@ -1,32 +1,76 @@
-//! A small line chart (accuracy by layer, one line per method) drawn twice from the same
-//! layout: as SVG text and as a PNG (with the 3×5 bitmap font of the preview sheets), so
-//! the report needs no plotting or font dependency.
+//! The report's figure: accuracy by layer, one panel per protocol (linear probe, kNN), one
+//! line per method. It is written once as SVG, and the PNG is that SVG rasterised by resvg
+//! at twice the pixel density with an embedded open font (DejaVu Sans), so the picture is
+//! the same on every machine, with no font to install. Baselines read without colour:
+//! random init dashed, the supervised baseline dotted, and every method has its own marker.
 
-use image::{Rgb, RgbImage};
+use anyhow::{Context, Result};
+use image::RgbImage;
 
-use crate::draw::preview::draw_text;
+/// How a line is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dash {
+    Solid,
+    Dashed,
+    Dotted,
+}
+
+impl Dash {
+    /// The style of a method's line: random init dashed, the supervised baseline dotted.
+    pub fn for_method(name: &str) -> Self {
+        if name.starts_with("random-init") {
+            Dash::Dashed
+        } else if name.starts_with("supervised") {
+            Dash::Dotted
+        } else {
+            Dash::Solid
+        }
+    }
+    fn attr(self) -> &'static str {
+        match self {
+            Dash::Solid => "",
+            Dash::Dashed => " stroke-dasharray=\"8 5\"",
+            Dash::Dotted => " stroke-dasharray=\"2 4\" stroke-linecap=\"round\"",
+        }
+    }
+}
 
 /// One line: a value per x category (`None` where the method has no such layer).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub name: String,
     pub values: Vec<Option<f64>>,
+    pub dash: Dash,
 }
 
+/// One protocol's panel (its own y axis).
 #[derive(Clone, Debug, PartialEq)]
-pub struct LineChart {
+pub struct Panel {
     pub title: String,
-    pub x_labels: Vec<String>,
     /// Values are fractions; the axis shows percent.
     pub series: Vec<Series>,
 }
 
-const W: f64 = 760.0;
-const H: f64 = 440.0;
-const LEFT: f64 = 60.0;
-const RIGHT: f64 = 560.0;
-const TOP: f64 = 40.0;
-const BOTTOM: f64 = 380.0;
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    pub title: String,
+    pub subtitle: String,
+    pub x_title: String,
+    pub y_title: String,
+    pub x_labels: Vec<String>,
+    pub panels: Vec<Panel>,
+}
+
+/// Layout, in SVG units (the PNG has two pixels per unit).
+const LEFT: f64 = 78.0;
+const TOP: f64 = 74.0;
+const PANEL_W: f64 = 400.0;
+const PANEL_H: f64 = 300.0;
+const GAP: f64 = 70.0;
+const BOTTOM: f64 = 64.0;
+const LEGEND_W: f64 = 230.0;
+/// Pixels per SVG unit in the PNG.
+pub const PNG_SCALE: f32 = 2.0;
 const PALETTE: [[u8; 3]; 8] = [
     [31, 119, 180],
     [255, 127, 14],
@@ -38,155 +82,198 @@ const PALETTE: [[u8; 3]; 8] = [
     [127, 127, 127],
 ];
 
-impl LineChart {
-    /// The y axis in whole percent, multiples of 5 with at least one point of room around
-    /// the data: methods differ by a few points, which an axis from 0 would flatten.
-    fn y_range(&self) -> (i64, i64) {
-        let values = self.series.iter().flat_map(|s| s.values.iter().flatten());
-        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-        if !lo.is_finite() {
-            return (0, 100);
-        }
-        let lo = ((lo * 100.0 - 1.0).floor() as i64).div_euclid(5) * 5;
-        let hi = -((-(hi * 100.0 + 1.0).ceil() as i64).div_euclid(5) * 5);
-        (lo.max(0), hi.min(100).max(lo.max(0) + 5))
+/// The y axis in whole percent, multiples of 5 with at least one point of room around
+/// the data: methods differ by a few points, which an axis from 0 would flatten.
+fn y_range(series: &[Series]) -> (i64, i64) {
+    let values = series.iter().flat_map(|s| s.values.iter().flatten());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+        (a.min(v), b.max(v))
+    });
+    if !lo.is_finite() {
+        return (0, 100);
     }
-    fn x(&self, i: usize) -> f64 {
-        let n = self.x_labels.len().max(1) as f64;
-        LEFT + (i as f64 + 0.5) * (RIGHT - LEFT) / n
+    let lo = ((lo * 100.0 - 1.0).floor() as i64).div_euclid(5) * 5;
+    let hi = -((-(hi * 100.0 + 1.0).ceil() as i64).div_euclid(5) * 5);
+    (lo.max(0), hi.min(100).max(lo.max(0) + 5))
+}
+
+impl Panel {
+    fn ticks(&self) -> Vec<f64> {
+        let (lo, hi) = y_range(&self.series);
+        let step = if hi - lo > 40 { 10 } else { 5 };
+        (lo..=hi)
+            .filter(|t| t % step == 0)
+            .map(|t| t as f64 / 100.0)
+            .collect()
     }
     fn y(&self, v: f64) -> f64 {
-        let (lo, hi) = self.y_range();
-        BOTTOM - (v * 100.0 - lo as f64) / (hi - lo) as f64 * (BOTTOM - TOP)
+        let (lo, hi) = y_range(&self.series);
+        TOP + PANEL_H - (v * 100.0 - lo as f64) / (hi - lo) as f64 * PANEL_H
     }
-    /// Polyline points of a series (gaps where a value is missing are skipped over).
-    fn points(&self, s: &Series) -> Vec<(f64, f64)> {
+}
+
+/// A method's marker, centred on (x, y): circle, square, triangle, diamond, in turn.
+fn marker(k: usize, x: f64, y: f64, color: &str) -> String {
+    match k % 4 {
+        0 => format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{color}\"/>\n"),
+        1 => format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7.5\" height=\"7.5\" fill=\"{color}\"/>\n",
+            x - 3.75,
+            y - 3.75
+        ),
+        2 => format!(
+            "<path d=\"M{x:.1},{:.1} L{:.1},{:.1} L{:.1},{:.1} Z\" fill=\"{color}\"/>\n",
+            y - 5.0,
+            x + 4.5,
+            y + 3.5,
+            x - 4.5,
+            y + 3.5
+        ),
+        _ => format!(
+            "<path d=\"M{x:.1},{:.1} L{:.1},{y:.1} L{x:.1},{:.1} L{:.1},{y:.1} Z\" fill=\"{color}\"/>\n",
+            y - 5.0,
+            x + 5.0,
+            y + 5.0,
+            x - 5.0
+        ),
+    }
+}
+
+impl Figure {
+    pub fn width(&self) -> f64 {
+        let n = self.panels.len().max(1) as f64;
+        LEFT + n * PANEL_W + (n - 1.0) * GAP + 30.0 + LEGEND_W
+    }
+    pub fn height(&self) -> f64 {
+        TOP + PANEL_H + BOTTOM
+    }
+    fn left_of(&self, p: usize) -> f64 {
+        LEFT + p as f64 * (PANEL_W + GAP)
+    }
+    fn x(&self, p: usize, i: usize) -> f64 {
+        let n = self.x_labels.len().max(1) as f64;
+        self.left_of(p) + (i as f64 + 0.5) * PANEL_W / n
+    }
+    /// Polyline points of a series in panel `p` (a missing value is skipped over).
+    fn points(&self, p: usize, s: &Series) -> Vec<(f64, f64)> {
+        let panel = &self.panels[p];
         s.values
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.map(|v| (self.x(i), self.y(v))))
+            .filter_map(|(i, v)| v.map(|v| (self.x(p, i), panel.y(v))))
             .collect()
-    }
-    /// Every 5% of the axis, as fractions.
-    fn ticks(&self) -> Vec<f64> {
-        let (lo, hi) = self.y_range();
-        (lo..=hi).step_by(5).map(|t| t as f64 / 100.0).collect()
     }
 
     pub fn svg(&self) -> String {
+        let (w, h) = (self.width(), self.height());
         let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>\n<text x=\"{LEFT}\" y=\"24\" font-size=\"15\">{}</text>\n",
-            esc(&self.title)
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"DejaVu Sans, sans-serif\" font-size=\"13\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{LEFT}\" y=\"26\" font-size=\"17\" font-weight=\"bold\">{}</text>\n<text x=\"{LEFT}\" y=\"46\" font-size=\"13\" fill=\"#444\">{}</text>\n",
+            esc(&self.title),
+            esc(&self.subtitle)
         );
-        for t in self.ticks() {
-            let y = self.y(t);
+        for (p, panel) in self.panels.iter().enumerate() {
+            let (x0, x1) = (self.left_of(p), self.left_of(p) + PANEL_W);
+            let bottom = TOP + PANEL_H;
             s += &format!(
-                "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{RIGHT}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>\n",
-                LEFT - 6.0,
-                y + 4.0,
-                t * 100.0
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+                (x0 + x1) / 2.0,
+                TOP - 10.0,
+                esc(&panel.title)
             );
-        }
-        for (i, l) in self.x_labels.iter().enumerate() {
-            s += &format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
-                self.x(i),
-                BOTTOM + 18.0,
-                esc(l)
-            );
-        }
-        s += &format!(
-            "<line x1=\"{LEFT}\" y1=\"{BOTTOM}\" x2=\"{RIGHT}\" y2=\"{BOTTOM}\" stroke=\"black\"/>\n<line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{BOTTOM}\" stroke=\"black\"/>\n"
-        );
-        for (k, series) in self.series.iter().enumerate() {
-            let [r, g, b] = PALETTE[k % PALETTE.len()];
-            let pts: Vec<String> = self
-                .points(series)
-                .iter()
-                .map(|(x, y)| format!("{x:.1},{y:.1}"))
-                .collect();
-            s += &format!(
-                "<polyline class=\"series\" data-name=\"{}\" fill=\"none\" stroke=\"rgb({r},{g},{b})\" stroke-width=\"2\" points=\"{}\"/>\n",
-                esc(&series.name),
-                pts.join(" ")
-            );
-            for (x, y) in self.points(series) {
+            for t in panel.ticks() {
+                let y = panel.y(t);
                 s += &format!(
-                    "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"rgb({r},{g},{b})\"/>\n"
+                    "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" stroke=\"#e3e3e3\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n",
+                    x0 - 7.0,
+                    y + 4.5,
+                    t * 100.0
                 );
             }
-            let ly = TOP + 10.0 + 20.0 * k as f64;
+            for (i, l) in self.x_labels.iter().enumerate() {
+                s += &format!(
+                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+                    self.x(p, i),
+                    bottom + 20.0,
+                    esc(l)
+                );
+            }
             s += &format!(
-                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"rgb({r},{g},{b})\" stroke-width=\"3\"/>\n<text x=\"{}\" y=\"{}\">{}</text>\n",
-                RIGHT + 20.0,
-                RIGHT + 44.0,
-                RIGHT + 50.0,
-                ly + 4.0,
-                esc(&series.name)
+                "<line x1=\"{x0}\" y1=\"{bottom}\" x2=\"{x1}\" y2=\"{bottom}\" stroke=\"black\"/>\n<line x1=\"{x0}\" y1=\"{TOP}\" x2=\"{x0}\" y2=\"{bottom}\" stroke=\"black\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n<text transform=\"translate({:.1} {:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n",
+                (x0 + x1) / 2.0,
+                bottom + 44.0,
+                esc(&self.x_title),
+                x0 - 46.0,
+                TOP + PANEL_H / 2.0,
+                esc(&self.y_title)
             );
+            for (k, series) in panel.series.iter().enumerate() {
+                let [r, g, b] = PALETTE[k % PALETTE.len()];
+                let color = format!("rgb({r},{g},{b})");
+                let pts = self.points(p, series);
+                let line: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+                s += &format!(
+                    "<polyline class=\"series\" data-name=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{} points=\"{}\"/>\n",
+                    esc(&series.name),
+                    series.dash.attr(),
+                    line.join(" ")
+                );
+                for (x, y) in pts {
+                    s += &marker(k, x, y, &color);
+                }
+            }
+        }
+        // One legend for every panel: the methods are the same in each.
+        let lx = self.left_of(self.panels.len().max(1) - 1) + PANEL_W + 30.0;
+        if let Some(panel) = self.panels.first() {
+            for (k, series) in panel.series.iter().enumerate() {
+                let [r, g, b] = PALETTE[k % PALETTE.len()];
+                let color = format!("rgb({r},{g},{b})");
+                let ly = TOP + 8.0 + 24.0 * k as f64;
+                s += &format!(
+                    "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"{}/>\n",
+                    lx + 34.0,
+                    series.dash.attr()
+                );
+                s += &marker(k, lx + 17.0, ly, &color);
+                s += &format!(
+                    "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+                    lx + 42.0,
+                    ly + 4.5,
+                    esc(&series.name)
+                );
+            }
         }
         s + "</svg>\n"
     }
 
-    pub fn png(&self) -> RgbImage {
-        let mut img = RgbImage::from_pixel(W as u32, H as u32, Rgb([255, 255, 255]));
-        let gray = Rgb([220, 220, 220]);
-        let black = Rgb([0, 0, 0]);
-        draw_text(&mut img, LEFT as usize, 12, &self.title, 3, black);
-        for t in self.ticks() {
-            let y = self.y(t);
-            line(&mut img, (LEFT, y), (RIGHT, y), gray, 1);
-            let label = format!("{:.0}%", t * 100.0);
-            let w = label.len() as f64 * 8.0;
-            draw_text(
-                &mut img,
-                (LEFT - 8.0 - w).max(0.0) as usize,
-                (y - 5.0) as usize,
-                &label,
-                2,
-                black,
-            );
-        }
-        for (i, l) in self.x_labels.iter().enumerate() {
-            let w = l.len() as f64 * 8.0;
-            draw_text(
-                &mut img,
-                (self.x(i) - w / 2.0).max(0.0) as usize,
-                (BOTTOM + 10.0) as usize,
-                l,
-                2,
-                black,
-            );
-        }
-        line(&mut img, (LEFT, BOTTOM), (RIGHT, BOTTOM), black, 1);
-        line(&mut img, (LEFT, TOP), (LEFT, BOTTOM), black, 1);
-        for (k, series) in self.series.iter().enumerate() {
-            let c = Rgb(PALETTE[k % PALETTE.len()]);
-            let pts = self.points(series);
-            for w in pts.windows(2) {
-                line(&mut img, w[0], w[1], c, 2);
-            }
-            for &(x, y) in &pts {
-                for dy in -3..=3 {
-                    for dx in -3..=3 {
-                        put(&mut img, x + dx as f64, y + dy as f64, c);
-                    }
-                }
-            }
-            let ly = TOP + 10.0 + 20.0 * k as f64;
-            line(&mut img, (RIGHT + 20.0, ly), (RIGHT + 44.0, ly), c, 3);
-            draw_text(
-                &mut img,
-                (RIGHT + 50.0) as usize,
-                (ly - 5.0) as usize,
-                &series.name,
-                2,
-                black,
-            );
-        }
-        img
+    /// The SVG rasterised at [`PNG_SCALE`] pixels per unit, text in DejaVu Sans.
+    pub fn png(&self) -> Result<RgbImage> {
+        use resvg::{tiny_skia, usvg};
+        let mut opt = usvg::Options::default();
+        let fonts = opt.fontdb_mut();
+        fonts.load_font_data(dejavu::sans::regular().to_vec());
+        fonts.load_font_data(dejavu::sans::bold().to_vec());
+        fonts.set_sans_serif_family("DejaVu Sans");
+        let tree = usvg::Tree::from_str(&self.svg(), &opt).context("the figure's SVG")?;
+        let size = tree
+            .size()
+            .to_int_size()
+            .scale_by(PNG_SCALE)
+            .context("the figure's size")?;
+        let mut pixmap =
+            tiny_skia::Pixmap::new(size.width(), size.height()).context("allocating the figure")?;
+        resvg::render(
+            &tree,
+            tiny_skia::Transform::from_scale(PNG_SCALE, PNG_SCALE),
+            &mut pixmap.as_mut(),
+        );
+        // The background is opaque white, so premultiplied RGBA is plain RGB here.
+        let rgb = pixmap
+            .data()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        RgbImage::from_raw(size.width(), size.height(), rgb).context("the figure's pixels")
     }
 }
 
@@ -197,74 +284,106 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn put(img: &mut RgbImage, x: f64, y: f64, c: Rgb<u8>) {
-    if x >= 0.0 && y >= 0.0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-/// A line `width` pixels thick, by stepping half a pixel along it.
-fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: Rgb<u8>, width: i32) {
-    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()) * 2.0)
-        .ceil()
-        .max(1.0) as usize;
-    for s in 0..=steps {
-        let t = s as f64 / steps as f64;
-        let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
-        for d in 0..width {
-            let o = d as f64 - (width - 1) as f64 / 2.0;
-            put(img, x + o, y, c);
-            put(img, x, y + o, c);
-        }
-    }
+/// Pixels of `img` close to `color` (a rasterised line is blended at its edges).
+#[cfg(test)]
+fn count_near(img: &RgbImage, color: [u8; 3]) -> usize {
+    img.pixels()
+        .filter(|p| (0..3).all(|c| p.0[c].abs_diff(color[c]) <= 8))
+        .count()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn chart() -> LineChart {
-        LineChart {
-            title: "linear top-1 by layer".into(),
-            x_labels: vec!["block1".into(), "block2".into(), "block3".into()],
+    fn series(name: &str, v: [Option<f64>; 3]) -> Series {
+        Series {
+            name: name.into(),
+            values: v.to_vec(),
+            dash: Dash::for_method(name),
+        }
+    }
+
+    fn figure(panels: usize) -> Figure {
+        let linear = Panel {
+            title: "Linear probe".into(),
             series: vec![
-                Series {
-                    name: "rotation".into(),
-                    values: vec![Some(0.48), Some(0.49), Some(0.42)],
-                },
-                Series {
-                    name: "random-init".into(),
-                    values: vec![Some(0.45), None, Some(0.40)],
-                },
+                series("rotation", [Some(0.48), Some(0.49), Some(0.42)]),
+                series("random-init", [Some(0.45), None, Some(0.40)]),
+                series("supervised", [Some(0.50), Some(0.60), Some(0.70)]),
             ],
+        };
+        let mut knn = linear.clone();
+        knn.title = "kNN".into();
+        Figure {
+            title: "CIFAR-10: NIN width 96".into(),
+            subtitle: "frozen features".into(),
+            x_title: "layer".into(),
+            y_title: "test top-1 (%)".into(),
+            x_labels: vec!["block1".into(), "block2".into(), "block3".into()],
+            panels: [linear, knn].into_iter().take(panels).collect(),
         }
     }
 
     #[test]
-    fn svg_has_one_polyline_per_method_at_the_right_height() {
-        let c = chart();
-        let svg = c.svg();
-        assert_eq!(svg.matches("<polyline class=\"series\"").count(), 2);
-        assert!(svg.contains("data-name=\"random-init\""));
-        // Values 40–49% give an axis from 35% (40 − 1 rounded down to a multiple of 5) to
-        // 50% (49 + 1 rounded up): v sits at 380 − (100v − 35)/15 · 340 (0.48 → 85.3,
-        // 0.49 → 62.7, 0.42 → 221.3); x at 60 + (i + ½)·500/3.
+    fn each_method_is_a_line_at_the_right_height_and_baselines_are_dashed_or_dotted() {
+        let f = figure(1);
+        let svg = f.svg();
+        assert_eq!(svg.matches("<polyline class=\"series\"").count(), 3);
+        // Values 40–70% give an axis from 35% (40 − 1 rounded down to a multiple of 5) to
+        // 75% (70 + 1 rounded up): v sits at 74 + 300 − (100v − 35)/40 · 300 (0.48 → 276.5,
+        // 0.49 → 269.0, 0.42 → 321.5); x at 78 + (i + ½)·400/3.
         assert!(
-            svg.contains("points=\"143.3,85.3 310.0,62.7 476.7,221.3\""),
+            svg.contains("points=\"144.7,276.5 278.0,269.0 411.3,321.5\""),
             "{svg}"
         );
-        // The missing layer is skipped: two points (0.45 → 153.3, 0.40 → 266.7).
-        assert!(svg.contains("points=\"143.3,153.3 476.7,266.7\""));
-        assert_eq!(c.ticks(), [0.35, 0.40, 0.45, 0.50]);
+        // The missing layer is skipped: two points (0.45 → 299.0, 0.40 → 336.5).
+        assert!(svg.contains("points=\"144.7,299.0 411.3,336.5\""), "{svg}");
+        assert_eq!(
+            f.panels[0].ticks(),
+            [0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75]
+        );
+        // Random init dashed and supervised dotted, in the plot and in the legend.
+        assert_eq!(svg.matches("stroke-dasharray=\"8 5\"").count(), 2);
+        assert_eq!(svg.matches("stroke-dasharray=\"2 4\"").count(), 2);
+        for label in [
+            "layer",
+            "test top-1 (%)",
+            "CIFAR-10: NIN width 96",
+            "Linear probe",
+        ] {
+            assert!(svg.contains(&format!(">{label}</text>")), "{label}");
+        }
+        // Two protocols: two panels side by side, one legend.
+        let two = figure(2);
+        let svg = two.svg();
+        assert_eq!(svg.matches("<polyline class=\"series\"").count(), 6);
+        assert_eq!(svg.matches(">supervised</text>").count(), 1);
+        assert!(two.width() > f.width() + PANEL_W);
     }
 
     #[test]
-    fn png_is_drawn_with_each_series_color() {
-        let img = chart().png();
-        assert_eq!(img.dimensions(), (760, 440));
-        for color in &PALETTE[..2] {
-            assert!(img.pixels().any(|p| p.0 == *color), "{color:?} missing");
+    fn the_png_is_the_svg_at_twice_the_density_with_real_text() {
+        let f = figure(2);
+        let img = f.png().unwrap();
+        assert_eq!(
+            img.dimensions(),
+            ((f.width() * 2.0) as u32, (f.height() * 2.0) as u32)
+        );
+        for color in &PALETTE[..3] {
+            assert!(count_near(&img, *color) > 100, "{color:?} missing");
         }
-        assert!(!img.pixels().any(|p| p.0 == PALETTE[2]));
+        assert_eq!(count_near(&img, PALETTE[3]), 0);
+        // The title is drawn: anti-aliased glyphs give grey levels, not just black and
+        // white, in its band.
+        let band = (2 * LEFT as u32..2 * 400, 20..60);
+        let greys = band
+            .0
+            .clone()
+            .flat_map(|x| band.1.clone().map(move |y| (x, y)))
+            .map(|(x, y)| img.get_pixel(x, y).0[0])
+            .filter(|&v| v > 30 && v < 220)
+            .count();
+        assert!(greys > 200, "{greys} anti-aliased title pixels");
     }
 }

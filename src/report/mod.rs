@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::data::lab::InputTransform;
-use crate::draw::plot::{LineChart, Series};
+use crate::draw::plot::{Dash, Figure, Panel, Series};
 use crate::eval::EvalReport;
 use crate::eval::finetune::{FinetuneReport, SummaryRow};
 use crate::models::Arch;
@@ -239,25 +239,68 @@ impl Comparison {
         out
     }
 
-    /// Linear top-1 by layer, one line per method.
-    pub fn chart(&self) -> LineChart {
+    /// Test top-1 by layer, one line per method: a panel for the linear probe, and one
+    /// for kNN (its first setting) when every evaluation has it. `None` without rows.
+    pub fn chart(&self) -> Option<Figure> {
+        let first = self.evals.first()?;
         let layers = self.layers();
-        LineChart {
-            title: "Linear probe top-1 by layer".into(),
-            series: self
-                .evals
+        let names = self.row_names();
+        let panel =
+            |title: String, value: &dyn Fn(&crate::eval::table::LayerRow) -> Option<f64>| Panel {
+                title,
+                series: self
+                    .evals
+                    .iter()
+                    .zip(&names)
+                    .map(|(r, name)| Series {
+                        name: name.clone(),
+                        values: layers
+                            .iter()
+                            .map(|l| r.rows.iter().find(|x| &x.layer == l).and_then(value))
+                            .collect(),
+                        dash: Dash::for_method(&r.method),
+                    })
+                    .collect(),
+            };
+        let mut panels = vec![panel("Linear probe".into(), &|x| Some(x.linear.top1))];
+        let knn = first.rows.first().and_then(|r| r.knn.first());
+        if let Some(k) = knn.filter(|_| {
+            self.evals
                 .iter()
-                .zip(self.row_names())
-                .map(|(r, name)| Series {
-                    name,
-                    values: layers
-                        .iter()
-                        .map(|l| r.rows.iter().find(|x| &x.layer == l).map(|x| x.linear.top1))
-                        .collect(),
-                })
-                .collect(),
-            x_labels: layers,
+                .all(|r| r.rows.iter().all(|x| !x.knn.is_empty()))
+        }) {
+            panels.push(panel(format!("kNN (k = {}, T = {})", k.k, k.t), &|x| {
+                x.knn.first().map(|k| k.top1)
+            }));
         }
+        // A named data set's folder goes by the set's name (cifar-10-batches-bin: CIFAR-10).
+        let folder = Path::new(&first.data)
+            .file_name()
+            .map_or_else(|| first.data.clone(), |n| n.to_string_lossy().into_owned());
+        let data = crate::data::fetch::ARCHIVES
+            .iter()
+            .find(|a| a.dir == folder || a.name == folder)
+            .map_or(folder, |a| a.title.to_string());
+        let b = &first.backbone;
+        let backbone = match b.arch {
+            Arch::Nin => format!("NIN ({} blocks, width {})", b.blocks, b.width),
+            other => format!(
+                "{} (width {})",
+                crate::models::torch::arch_name(other),
+                b.width
+            ),
+        };
+        Some(Figure {
+            title: format!("{data}: {backbone}, frozen features by layer"),
+            subtitle: format!(
+                "test top-1 on {} test images; probes and neighbours from {} labelled train images ({} classes)",
+                first.test_images, first.train_images, first.classes
+            ),
+            x_title: "layer".into(),
+            y_title: "test top-1 accuracy (%)".into(),
+            x_labels: layers,
+            panels,
+        })
     }
 
     fn table(&self, title: &str, cell: impl Fn(&EvalReport, &str) -> Option<String>) -> String {
@@ -534,8 +577,8 @@ impl Comparison {
                 let _ = writeln!(body, "<h3>{}</h3>", html_escape(h));
             } else if let Some(h) = line.strip_prefix("# ") {
                 let _ = writeln!(body, "<h1>{}</h1>", html_escape(h));
-                if !self.evals.is_empty() {
-                    body.push_str(&self.chart().svg());
+                if let Some(chart) = self.chart() {
+                    body.push_str(&chart.svg());
                 }
             } else if !line.is_empty() {
                 let _ = writeln!(
@@ -560,10 +603,9 @@ impl Comparison {
         fsutil::write_bytes(&dir.join("report.csv"), self.csv().as_bytes())?;
         fsutil::write_bytes(&dir.join("report.json"), &serde_json::to_vec_pretty(self)?)?;
         fsutil::write_bytes(&dir.join("report.html"), self.html().as_bytes())?;
-        if !self.evals.is_empty() {
-            let chart = self.chart();
+        if let Some(chart) = self.chart() {
             fsutil::write_bytes(&dir.join("accuracy-by-layer.svg"), chart.svg().as_bytes())?;
-            crate::draw::preview::save(&chart.png(), &dir.join("accuracy-by-layer.png"))?;
+            crate::draw::preview::save(&chart.png()?, &dir.join("accuracy-by-layer.png"))?;
         }
         // The page names its pictures relative to itself, so the folder can be moved or
         // sent as a whole.
