@@ -805,11 +805,28 @@ pub fn main_with(mut cli: Cli) -> Result<()> {
                     )
                 }
             );
+            let n = &info.config.normalize;
             println!(
-                "what it was pretrained on is not known to pretext: evaluating it on its own \
-                 training images is not caught. Next: pretext eval --run {}",
-                out.display()
+                "inputs: {}×{} centre crop, normalized with mean {:?} std {:?}",
+                info.config.augment.crop, info.config.augment.crop, n.mean, n.std
             );
+            let from_run = info
+                .config
+                .task
+                .typed::<crate::tasks::imported::ImportedConfig>()?
+                .run;
+            match from_run {
+                Some(r) => println!(
+                    "exported from the run {}: evaluation checks its test images against what \
+                     that run pretrained on, while it is there",
+                    r.display()
+                ),
+                None => println!(
+                    "what it was pretrained on is not known to pretext: evaluating it on its \
+                     own training images is not caught"
+                ),
+            }
+            println!("next: pretext eval --run {}", out.display());
             Ok(())
         }
         Command::Pretrain(a) => pretrain(&a, &ctx.cache, &ctx.dev, ctx.progress).map(|_| ()),

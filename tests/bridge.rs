@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::SafeTensors;
@@ -14,26 +12,7 @@ use safetensors::SafeTensors;
 use pretext::commands::bridge::{self, ImportNormalize, ImportRequest};
 use pretext::eval::evaluate_run;
 use pretext::models::Arch;
-use pretext::run::{Pretrain, RunConfig, load_backbone};
-
-fn small_resnet_run(dir: &Path, cache: &pretext::data::CacheOptions) {
-    let mut a = common::pretrain_spec(&common::cifar_root(), "rotation");
-    a.backbone = Arch::Resnet18Cifar;
-    a.width = Some(8);
-    a.train_images = Some(256);
-    a.epochs = 1;
-    let cfg = a.resolve(cache).unwrap();
-    Pretrain {
-        run: dir,
-        device: &Device::flex(),
-        progress: false,
-        stop_after: None,
-        cache,
-        timing: None,
-    }
-    .run(Some(cfg), false)
-    .unwrap();
-}
+use pretext::run::{RunConfig, load_backbone};
 
 fn floats(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(name).unwrap();
@@ -52,7 +31,7 @@ fn an_exported_backbone_imports_back_and_measures_the_same() {
     let cache = common::cache_opts(&tmp.path().join("cache"));
     let dev = Device::flex();
     let run = tmp.path().join("run");
-    small_resnet_run(&run, &cache);
+    common::small_run(&run, &cache, Arch::Resnet18Cifar, 8);
 
     let out = tmp.path().join("torch");
     let info = bridge::export(&run, &out, &dev).unwrap();
@@ -156,7 +135,83 @@ fn an_exported_backbone_imports_back_and_measures_the_same() {
     let (a, _) = evaluate_run(&run, &data, false, &cfg, &cache, &dev, false).unwrap();
     let (b, _) = evaluate_run(&same, &data, false, &cfg, &cache, &dev, false).unwrap();
     assert_eq!(a.method, "rotation");
-    assert_eq!(b.method, "rotation");
+    assert_eq!(b.method, "rotation (imported)");
     assert_eq!(RunConfig::load(&same).unwrap().task.name(), "imported");
     assert_eq!(a.rows, b.rows);
+
+    // A run trained on centre crops smaller than the images is evaluated on those crops
+    // after the round trip too (an import once took the whole image).
+    let cropped = tmp.path().join("cropped");
+    let mut spec = common::pretrain_spec(&data, "rotation");
+    spec.width = Some(8);
+    spec.train_images = Some(128);
+    spec.epochs = 1;
+    spec.crop = Some(24);
+    pretext::run::Pretrain {
+        run: &cropped,
+        device: &dev,
+        progress: false,
+        stop_after: None,
+        cache: &cache,
+        timing: None,
+    }
+    .run(Some(spec.resolve(&cache).unwrap()), false)
+    .unwrap();
+    let torch24 = tmp.path().join("torch24");
+    bridge::export(&cropped, &torch24, &dev).unwrap();
+    let file24 = torch24.join(bridge::WEIGHTS);
+    let back = tmp.path().join("cropped-back");
+    req.file = &file24;
+    req.arch = Arch::Nin;
+    req.out = &back;
+    bridge::import(&req, &cache, &dev).unwrap();
+    assert_eq!(RunConfig::load(&back).unwrap().augment.crop, 24);
+    let small = common::eval_config(Some(300), Some(100), 1, 256);
+    let (a, _) = evaluate_run(&cropped, &data, false, &small, &cache, &dev, false).unwrap();
+    let (b, _) = evaluate_run(&back, &data, false, &small, &cache, &dev, false).unwrap();
+    assert_eq!(a.rows, b.rows);
+
+    // From the command line, with the same reference for the same network and input.
+    let again = tmp.path().join("again");
+    let said = common::pretext_cli(
+        tmp.path(),
+        &[
+            "export",
+            "--run",
+            same.to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert!(said.contains("120 tensors in PyTorch's names"), "{said}");
+    let twice = std::fs::read(again.join(bridge::REFERENCE)).unwrap();
+    let twice = SafeTensors::deserialize(&twice).unwrap();
+    assert_eq!(twice.len(), refs.len());
+    for n in refs.names() {
+        assert_eq!(
+            twice.tensor(n).unwrap().data(),
+            refs.tensor(n).unwrap().data(),
+            "{n}"
+        );
+    }
+    // A NIN file without pretext's metadata has no known input statistics: refused unless
+    // told.
+    let bare = tmp.path().join("bare.safetensors");
+    let st24 = std::fs::read(&file24).unwrap();
+    let st24 = SafeTensors::deserialize(&st24).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st24
+        .names()
+        .into_iter()
+        .map(|n| (n.to_string(), st24.tensor(n).unwrap()))
+        .collect();
+    std::fs::write(&bare, safetensors::serialize(views, None).unwrap()).unwrap();
+    let nowhere = tmp.path().join("nowhere");
+    req.file = &bare;
+    req.out = &nowhere;
+    let e = format!("{:#}", bridge::import(&req, &cache, &dev).err().unwrap());
+    assert!(
+        e.contains("pass --normalize imagenet or --normalize data"),
+        "{e}"
+    );
+    assert!(!nowhere.exists());
 }

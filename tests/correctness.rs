@@ -563,6 +563,38 @@ fn evaluation_never_tests_on_images_the_run_pretrained_on() {
         err.contains("held out nothing (it trained on the whole tree)"),
         "{err}"
     );
+    // Exported to PyTorch and imported back, the same network is refused the same way:
+    // the imported run remembers the run it came from.
+    for args in [
+        &["export", "--run", "all", "--out", "torch"][..],
+        &[
+            "import",
+            "--torch",
+            "torch/backbone.safetensors",
+            "--backbone",
+            "nin",
+            "--data",
+            "tree",
+            "--out",
+            "imported",
+            "--test-fraction",
+            "0.1",
+        ],
+    ] {
+        let out = pretext(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = pretext(&["eval", "--run", "imported", "--test-fraction", "0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("held out nothing (it trained on the whole tree)"),
+        "{err}"
+    );
     // `data inspect` shows such a tree as train only: it once listed the whole tree a
     // second time as its "test" split.
     let out = pretext(&["data", "inspect", "tree", "--test-fraction", "0"]);

@@ -12,24 +12,10 @@ use pretext::commands::embed::{EmbedRequest, embed, read, search};
 use pretext::data::Split;
 use pretext::eval::evaluate_run;
 use pretext::eval::finetune::{FinetuneConfig, finetune_run};
-use pretext::run::{Pretrain, open_split, subset_indices};
+use pretext::run::{open_split, subset_indices};
 
 fn small_run(dir: &Path, cache: &pretext::data::CacheOptions) {
-    let mut a = common::pretrain_spec(&common::cifar_root(), "rotation");
-    a.width = Some(16);
-    a.train_images = Some(256);
-    a.epochs = 1;
-    let cfg = a.resolve(cache).unwrap();
-    Pretrain {
-        run: dir,
-        device: &Device::flex(),
-        progress: false,
-        stop_after: None,
-        cache,
-        timing: None,
-    }
-    .run(Some(cfg), false)
-    .unwrap();
+    common::small_run(dir, cache, pretext::models::Arch::Nin, 16);
 }
 
 /// Class folders of `side`-px PNGs.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{AugmentConfig, Normalize};
 use crate::data::{CacheOptions, Split};
-use crate::models::torch::{self, Entry, Values};
+use crate::models::torch::{self, Entry};
 use crate::models::{Arch, Backbone, BackboneConfig};
 use crate::run::{InputTransform, RunConfig, load_backbone, normalize_for, open_split};
 use crate::tasks::TaskConfig;
@@ -83,22 +83,9 @@ pub fn export(run: &Path, out: &Path, dev: &Device) -> Result<ExportInfo> {
     );
     let taps = backbone.forward_all(x.clone());
     let names = backbone.tap_names();
-    let f32_entry = |name: String, t: Tensor<4>| -> Result<Entry> {
-        let shape = t.dims().to_vec();
-        let v = t
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-        Ok(Entry {
-            name,
-            shape,
-            values: Values::F32(v),
-        })
-    };
-    let mut reference = vec![f32_entry("input".into(), x)?];
+    let mut reference = vec![Entry::f32("input".into(), x)?];
     for (n, t) in names.iter().zip(taps) {
-        reference.push(f32_entry(format!("tap.{n}"), t)?);
+        reference.push(Entry::f32(format!("tap.{n}"), t)?);
     }
 
     let run_abs = std::fs::canonicalize(run).unwrap_or_else(|_| run.to_path_buf());
@@ -206,11 +193,30 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
         )
     })?;
     let (_, header) = SafeTensors::read_metadata(&buf)?;
+    // What `pretext export` recorded (normalization, input, crop, the run): a file that
+    // claims to be one but cannot be read is refused, not imported with guessed settings.
     let from_pretext: Option<Exported> = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get("pretext"))
-        .and_then(|j| serde_json::from_str(j).ok());
+        .map(|j| serde_json::from_str(j))
+        .transpose()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: its `pretext` metadata is not what `pretext export` writes ({e})",
+                req.file.display()
+            )
+        })?;
+    if from_pretext.is_none()
+        && matches!(req.arch, Arch::Nin | Arch::Alexnet)
+        && req.normalize == ImportNormalize::Auto
+    {
+        bail!(
+            "{}: a {} file without the metadata `pretext export` writes: its input statistics              are unknown; pass --normalize imagenet or --normalize data",
+            req.file.display(),
+            torch::arch_name(req.arch)
+        );
+    }
     let tensors = torch::read_floats(&st)?;
     let fail = |e: anyhow::Error| e.context(format!("{}", req.file.display()));
 
@@ -219,7 +225,34 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
         .unwrap_or_else(|_| req.data.to_path_buf());
     let set = open_split(&data, Split::Train, cache)?;
     let size = set.header.h.min(set.header.w);
-    let backbone_cfg = torch::infer_config(req.arch, &tensors, size).map_err(fail)?;
+    // The network sees the centre crop it was trained on (an exported run's own crop), or
+    // the whole image.
+    let crop = from_pretext
+        .as_ref()
+        .map_or(size, |e| e.backbone.input_size);
+    if crop > size {
+        bail!(
+            "{}: the network was trained on {crop}-px crops, and {} has {size}-px images \
+             (pass --image-size {crop})",
+            req.file.display(),
+            data.display()
+        );
+    }
+    let mut backbone_cfg = torch::infer_config(req.arch, &tensors, crop).map_err(fail)?;
+    if let Some(e) = &from_pretext
+        && req.arch != Arch::Nin
+    {
+        // Only NIN has a block count; the others record whatever the flag said.
+        backbone_cfg.blocks = e.backbone.blocks;
+    }
+    if let Some(e) = from_pretext.as_ref().filter(|e| e.backbone != backbone_cfg) {
+        bail!(
+            "{}: the weights are a {:?}, and the file's metadata says {:?}",
+            req.file.display(),
+            backbone_cfg,
+            e.backbone
+        );
+    }
     let input = from_pretext
         .as_ref()
         .map_or(InputTransform::Rgb, |e| e.input);
@@ -247,10 +280,15 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
             backbone_cfg.in_channels
         );
     }
+    // Not the exported method's bare name: the run it came from may sit in the same report.
     let label = req
         .label
         .map(str::to_string)
-        .or_else(|| from_pretext.as_ref().map(|e| e.method.clone()))
+        .or_else(|| {
+            from_pretext
+                .as_ref()
+                .map(|e| format!("{} (imported)", e.method))
+        })
         .unwrap_or_else(|| "imported".to_string());
     let source = std::fs::canonicalize(req.file).unwrap_or_else(|_| req.file.to_path_buf());
     let names = if matches!(req.arch, Arch::Nin | Arch::Alexnet) {
@@ -272,12 +310,15 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
                 source,
                 names: names.to_string(),
                 label,
+                run: from_pretext.as_ref().map(|e| e.run.clone()),
             },
         ),
+        // The crop evaluation takes; pad and flip are what fine-tuning trains with, as for
+        // a pretext run.
         augment: AugmentConfig {
-            crop: size,
+            crop,
             pad: 0,
-            flip: false,
+            flip: true,
         },
         normalize,
         // Nothing is trained; the settings a run records, for the commands that read them.

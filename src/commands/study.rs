@@ -240,7 +240,8 @@ impl Study<'_> {
                 .iter()
                 .map(|&frac| {
                     let labelled = (frac * s.train_split as f64).round() as usize;
-                    cal.finetuning(labelled, f.epochs, s.test_split) * f.seeds.len() as f64
+                    let test = f.test_images.map_or(s.test_split, |t| t.min(s.test_split));
+                    cal.finetuning(labelled, f.epochs, test) * f.seeds.len() as f64
                 })
                 .sum::<f64>()
         };
@@ -362,6 +363,9 @@ impl Study<'_> {
             bail!("the study has no method: name --tasks, or drop --no-supervised");
         }
         for t in &c.tasks {
+            if !tasks::get(t)?.trains() {
+                bail!("{t} is not trained by pretext: a study pretrains pretext tasks");
+            }
             if !tasks::get(t)?.is_pretext() {
                 bail!(
                     "{t} is the baseline, not a pretext task: the study trains it unless --no-supervised"

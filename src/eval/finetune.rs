@@ -341,6 +341,8 @@ pub fn finetune_run(
                         } else {
                             4
                         },
+                        // The protocol's own augmentation, whatever the run trained with.
+                        flip: true,
                         ..rc.augment.clone()
                     },
                     train: TrainConfig {

@@ -143,9 +143,21 @@ pub fn labelled_splits(
 /// test splits are compared, which this would not catch. The run's images are listed
 /// (without decoding) with the split it recorded.
 pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> Result<()> {
-    // An imported network was pretrained elsewhere, on data pretext cannot see.
+    // An imported network was pretrained elsewhere: checked against the pretext run it was
+    // exported from when that run is still there, else on data pretext cannot see.
     if rc.task.task().is_ok_and(|t| !t.trains()) {
-        return Ok(());
+        let source = rc
+            .task
+            .typed::<crate::tasks::imported::ImportedConfig>()
+            .ok()
+            .and_then(|c| c.run)
+            .and_then(|run| RunConfig::load(&run).ok());
+        return match source {
+            Some(src) if src.task.task().is_ok_and(|t| t.trains()) => {
+                check_not_pretrained_on(&src, data, test)
+            }
+            _ => Ok(()),
+        };
     }
     let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     use crate::data::{Format, detect_format, shards};

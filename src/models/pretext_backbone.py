@@ -46,6 +46,11 @@ TAPS = CONFIG.get("taps", [])
 
 def normalize(images):
     """Normalize float RGB images in [0, 1] (N x C x H x W) as pretext did."""
+    if CONFIG["input"] != "rgb":
+        raise ValueError(
+            f"this network takes pretext's {CONFIG['input']!r} input (CIE L* for lightness), "
+            "not RGB: convert the images first, then normalize with CONFIG['normalize']"
+        )
     mean = torch.tensor(CONFIG["normalize"]["mean"], dtype=images.dtype)
     std = torch.tensor(CONFIG["normalize"]["std"], dtype=images.dtype)
     return (images - mean[:, None, None]) / std[:, None, None]

@@ -103,7 +103,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn f32<const D: usize>(name: String, t: Tensor<D>) -> Result<Self> {
+    /// A float tensor's values under `name`.
+    pub fn f32<const D: usize>(name: String, t: Tensor<D>) -> Result<Self> {
         let shape = t.dims().to_vec();
         let v = t
             .into_data()

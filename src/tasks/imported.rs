@@ -3,9 +3,10 @@
 //! and `report` measure it exactly as they measure a network pretext trained. It is not
 //! trained here: the run holds the imported weights as its only checkpoint (epoch 0).
 //!
-//! What it was pretrained on is not known to pretext, so the evaluation's check that a
-//! run never tests on its own pretraining images cannot be made for it: the import says
-//! so, and the user answers for the checkpoint's training data.
+//! What it was pretrained on is not known to pretext (unless it is a `pretext export` of a
+//! run still on disk), so the evaluation's check that a run never tests on its own
+//! pretraining images cannot be made for it: the import says so, and the user answers for
+//! the checkpoint's training data.
 
 use std::path::PathBuf;
 
@@ -23,8 +24,12 @@ pub struct ImportedConfig {
     /// Whose parameter names it used (`torchvision`, or `pretext` for NIN/AlexNet files
     /// that `pretext export` wrote).
     pub names: String,
-    /// The name reports give this method (default `imported`).
+    /// The name reports give this method (default `imported`, or the exported method's).
     pub label: String,
+    /// The pretext run a `pretext export` file came from: evaluation checks the test images
+    /// against what that run pretrained on, when it is still there.
+    #[serde(default)]
+    pub run: Option<PathBuf>,
 }
 
 pub struct ImportedTask;
@@ -51,6 +56,7 @@ impl Task for ImportedTask {
                 source: PathBuf::new(),
                 names: "torchvision".into(),
                 label: "imported".into(),
+                run: None,
             },
         )
     }

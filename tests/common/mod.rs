@@ -64,6 +64,32 @@ pub fn pretrain_spec(data: &Path, task: &str) -> pretext::config::PretrainSpec {
     }
 }
 
+/// A one-epoch rotation run of `backbone` at `width` on 256 CIFAR-10 images, in `dir`.
+#[allow(dead_code)]
+pub fn small_run(
+    dir: &Path,
+    cache: &pretext::data::CacheOptions,
+    backbone: pretext::models::Arch,
+    width: usize,
+) {
+    let mut a = pretrain_spec(&cifar_root(), "rotation");
+    a.backbone = backbone;
+    a.width = Some(width);
+    a.train_images = Some(256);
+    a.epochs = 1;
+    let cfg = a.resolve(cache).unwrap();
+    pretext::run::Pretrain {
+        run: dir,
+        device: &burn::tensor::Device::flex(),
+        progress: false,
+        stop_after: None,
+        cache,
+        timing: None,
+    }
+    .run(Some(cfg), false)
+    .unwrap();
+}
+
 /// An evaluation protocol: these image counts, probe epochs and pooled size, the rest at
 /// its defaults.
 #[allow(dead_code)]
