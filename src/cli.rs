@@ -427,8 +427,9 @@ pub struct EvalArgs {
     /// The run directory to evaluate.
     #[arg(long)]
     pub run: PathBuf,
-    /// Labelled data with train and test splits (default: the run's data).
-    #[arg(long)]
+    /// Labelled data with train and test splits (default: the run's data; another data set
+    /// than the run's is a transfer, and reports say what it was pretrained on).
+    #[arg(long, visible_alias = "eval-data")]
     pub data: Option<PathBuf>,
     /// Evaluate the run's network freshly initialized instead of its checkpoint.
     #[arg(long)]
@@ -464,8 +465,9 @@ pub struct FinetuneArgs {
     /// The run whose checkpoint is fine-tuned.
     #[arg(long)]
     pub run: PathBuf,
-    /// Labelled data with train and test splits (default: the run's data).
-    #[arg(long)]
+    /// Labelled data with train and test splits (default: the run's data; another data set
+    /// than the run's is a transfer, and reports say what it was pretrained on).
+    #[arg(long, visible_alias = "eval-data")]
     pub data: Option<PathBuf>,
     /// Label fractions per class.
     #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.1])]

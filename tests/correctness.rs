@@ -613,3 +613,83 @@ fn evaluation_never_tests_on_images_the_run_pretrained_on() {
         "{text}"
     );
 }
+
+#[test]
+fn a_run_evaluated_on_other_data_is_named_a_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    class_tree(&tmp.path().join("tree"), 20);
+    let cifar = common::cifar_root();
+    let cifar = cifar.to_str().unwrap();
+    let pretext = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .args(args)
+            .args(["--quiet", "--no-cache"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    pretext(&[
+        "pretrain",
+        "--data",
+        "tree",
+        "--out",
+        "r",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ]);
+    // On its own tree: no transfer.
+    pretext(&["eval", "--run", "r", "--probe-epochs", "1"]);
+    let own = pretext::eval::EvalReport::read(&tmp.path().join("r/eval")).unwrap();
+    assert!(own.pretrained_on.as_deref().unwrap().ends_with("tree"));
+    assert_eq!(own.transfer_from(), None);
+    // On CIFAR-10's own splits: a transfer, named in the evaluation and in the report.
+    let said = pretext(&[
+        "eval",
+        "--run",
+        "r",
+        "--eval-data",
+        cifar,
+        "--train-images",
+        "300",
+        "--test-images",
+        "100",
+        "--probe-epochs",
+        "1",
+    ]);
+    assert!(
+        said.contains("(checkpoint epoch 1, pretrained on tree)"),
+        "{said}"
+    );
+    let moved = pretext::eval::EvalReport::read(&tmp.path().join("r/eval")).unwrap();
+    assert_eq!(moved.transfer_from().as_deref(), Some("tree"));
+    pretext(&[
+        "eval",
+        "--run",
+        "r",
+        "--random-init",
+        "--eval-data",
+        cifar,
+        "--train-images",
+        "300",
+        "--test-images",
+        "100",
+        "--probe-epochs",
+        "1",
+    ]);
+    let random = pretext::eval::EvalReport::read(&tmp.path().join("r/eval-random-init")).unwrap();
+    assert_eq!(random.pretrained_on, None);
+    pretext(&["report", "r", "--out", "rep"]);
+    let md = fs::read_to_string(tmp.path().join("rep/report.md")).unwrap();
+    assert!(md.contains("| rotation (pretrained on tree) |"), "{md}");
+    assert!(md.contains("| random-init |"), "{md}");
+}

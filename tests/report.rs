@@ -18,6 +18,7 @@ fn eval(method: &str, tops: &[f64]) -> EvalReport {
         input: None,
         checkpoint_epoch: 3,
         data: "cifar10".into(),
+        pretrained_on: None,
         test_split: None,
         train_images: 1000,
         test_images: 500,

@@ -25,6 +25,19 @@ pub struct Archive {
     pub members: &'static [&'static str],
 }
 
+/// A data folder's name as people call it: a named data set's title (its folder
+/// `cifar-10-batches-bin` or name `cifar10` is CIFAR-10), else the folder's own name.
+pub fn title_of(path: &std::path::Path) -> String {
+    let folder = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    ARCHIVES
+        .iter()
+        .find(|a| a.dir == folder || a.name == folder)
+        .map_or(folder, |a| a.title.to_string())
+}
+
 /// The data sets `data fetch` knows (MD5s as their authors publish them).
 pub const ARCHIVES: [Archive; 3] = [
     Archive {

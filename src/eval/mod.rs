@@ -428,6 +428,10 @@ pub fn evaluate_run(
             cluster: Some(cluster),
         });
     }
+    // What the network learnt from: the run's data, unless it is the random-init network or
+    // an imported one (trained elsewhere).
+    let pretrained_on = (!random_init && rc.task.task().is_ok_and(|t| t.trains()))
+        .then(|| rc.data.display().to_string());
     let report = EvalReport {
         method,
         run: run.display().to_string(),
@@ -435,6 +439,7 @@ pub fn evaluate_run(
         input: Some(rc.input),
         checkpoint_epoch: epoch,
         data: data.display().to_string(),
+        pretrained_on,
         test_split: test.header.holdout.map(|h| h.to_string()),
         train_images: train.len(),
         test_images: test.len(),

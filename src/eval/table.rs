@@ -41,6 +41,10 @@ pub struct EvalReport {
     pub input: Option<InputTransform>,
     pub checkpoint_epoch: usize,
     pub data: String,
+    /// The data the network was pretrained on, when pretext knows it (`None` at random
+    /// init, for an imported network, and in older reports).
+    #[serde(default)]
+    pub pretrained_on: Option<String>,
     /// How the test split was made when the data has no split of its own (see
     /// [`crate::data::Holdout`]); `None`: the data's own test split.
     #[serde(default)]
@@ -76,12 +80,30 @@ impl EvalReport {
             .max_by(|a, b| a.linear.top1.total_cmp(&b.linear.top1))
     }
 
+    /// The data the network was pretrained on, when it is not the data evaluated on (a
+    /// transfer): by name, for tables.
+    pub fn transfer_from(&self) -> Option<String> {
+        let same = |p: &str| {
+            let p = std::path::Path::new(p);
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+        };
+        let from = self.pretrained_on.as_deref()?;
+        (same(from) != same(&self.data))
+            .then(|| crate::data::fetch::title_of(std::path::Path::new(from)))
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "## {} — {:?} width {} (checkpoint epoch {})\n",
-            self.method, self.backbone.arch, self.backbone.width, self.checkpoint_epoch
+            "## {} — {:?} width {} (checkpoint epoch{})\n",
+            self.method,
+            self.backbone.arch,
+            self.backbone.width,
+            match self.transfer_from() {
+                Some(from) => format!(" {}, pretrained on {from}", self.checkpoint_epoch),
+                None => format!(" {}", self.checkpoint_epoch),
+            }
         );
         let _ = writeln!(
             s,

@@ -219,9 +219,19 @@ impl Comparison {
         };
         self.evals
             .iter()
-            .map(|r| match network_difference(r, main) {
-                d if d.is_empty() => r.method.clone(),
-                d => format!("{} ({d})", r.method),
+            .map(|r| {
+                let mut parts = vec![network_difference(r, main)];
+                // A transfer row says where the network learnt, beside the same method
+                // pretrained on the evaluation's own data.
+                parts.extend(
+                    r.transfer_from()
+                        .map(|from| format!("pretrained on {from}")),
+                );
+                parts.retain(|p| !p.is_empty());
+                match parts.join(", ") {
+                    d if d.is_empty() => r.method.clone(),
+                    d => format!("{} ({d})", r.method),
+                }
             })
             .collect()
     }
@@ -273,14 +283,7 @@ impl Comparison {
                 x.knn.first().map(|k| k.top1)
             }));
         }
-        // A named data set's folder goes by the set's name (cifar-10-batches-bin: CIFAR-10).
-        let folder = Path::new(&first.data)
-            .file_name()
-            .map_or_else(|| first.data.clone(), |n| n.to_string_lossy().into_owned());
-        let data = crate::data::fetch::ARCHIVES
-            .iter()
-            .find(|a| a.dir == folder || a.name == folder)
-            .map_or(folder, |a| a.title.to_string());
+        let data = crate::data::fetch::title_of(Path::new(&first.data));
         let b = &first.backbone;
         let backbone = match b.arch {
             Arch::Nin => format!("NIN ({} blocks, width {})", b.blocks, b.width),
