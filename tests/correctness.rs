@@ -688,8 +688,28 @@ fn a_run_evaluated_on_other_data_is_named_a_transfer() {
     ]);
     let random = pretext::eval::EvalReport::read(&tmp.path().join("r/eval-random-init")).unwrap();
     assert_eq!(random.pretrained_on, None);
+    // Few-label fine-tuning on CIFAR-10 of the network pretrained on the tree: the same.
+    pretext(&[
+        "finetune",
+        "--run",
+        "r",
+        "--eval-data",
+        cifar,
+        "--fractions",
+        "0.002",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+    ]);
+    let ft = pretext::eval::finetune::FinetuneReport::read(&tmp.path().join("r/finetune")).unwrap();
+    assert_eq!(ft.name(), "rotation (pretrained on tree)");
     pretext(&["report", "r", "--out", "rep"]);
     let md = fs::read_to_string(tmp.path().join("rep/report.md")).unwrap();
     assert!(md.contains("| rotation (pretrained on tree) |"), "{md}");
     assert!(md.contains("| random-init |"), "{md}");
+    assert!(
+        md.contains("| rotation (pretrained on tree) | 0.2% |"),
+        "{md}"
+    );
 }

@@ -317,7 +317,7 @@ impl Study<'_> {
                 .finetune
                 .fractions
                 .iter()
-                .map(|f| format!("{}%", 100.0 * f))
+                .map(|&f| crate::eval::finetune::percent(f))
                 .collect();
             out += &format!(
                 "  few-label fine-tuning: {} fine-tunings of {} epochs ({} × labels {} × {} seed(s)), each beside a random-init one (at most {} more, shared between methods of one network): ~{}; --finetune none skips them

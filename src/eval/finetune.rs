@@ -108,6 +108,12 @@ pub struct FinetuneRow {
 pub struct FinetuneReport {
     pub method: String,
     pub run: String,
+    /// The data fine-tuned and tested on, and the data the run was pretrained on (when
+    /// pretext knows it); `None` in older reports.
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub pretrained_on: Option<String>,
     pub test_images: usize,
     pub protocol: FinetuneConfig,
     pub rows: Vec<FinetuneRow>,
@@ -121,6 +127,13 @@ pub struct SummaryRow {
     pub seeds: usize,
     pub top1: (f64, f64),
     pub top5: (f64, f64),
+}
+
+/// A label fraction in percent as people write it: 1%, 5%, 12.5%, 0.2% (whole percent
+/// alone printed 0.2% as "0%").
+pub fn percent(fraction: f64) -> String {
+    let s = format!("{:.2}", 100.0 * fraction);
+    format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// Mean and (sample) standard deviation.
@@ -139,6 +152,18 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 impl FinetuneReport {
+    /// The method's name in tables: with the data it was pretrained on, for a transfer.
+    pub fn name(&self) -> String {
+        let from = self
+            .data
+            .as_deref()
+            .and_then(|d| super::table::transfer_from(self.pretrained_on.as_deref(), d));
+        match from {
+            Some(from) => format!("{} (pretrained on {from})", self.method),
+            None => self.method.clone(),
+        }
+    }
+
     /// Mean ± std of top-1 and top-5 per (fraction, init), in the order met.
     pub fn summary(&self) -> Vec<SummaryRow> {
         let mut keys: Vec<(f64, String)> = vec![];
@@ -172,7 +197,7 @@ impl FinetuneReport {
         let _ = writeln!(
             s,
             "## Few-label fine-tuning — {} ({})\n\nWhole network fine-tuned with a new linear head on a balanced per-class subset, beside the same network trained from random init on the same images; {} epochs, {:?} lr {}, batch {}; test on {} images. Mean ± std over seeds, accuracies in %.\n",
-            self.method,
+            self.name(),
             self.run,
             self.protocol.epochs,
             self.protocol.optim.kind,
@@ -187,7 +212,7 @@ impl FinetuneReport {
         for r in self.summary() {
             let pm = |(m, sd): (f64, f64)| format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * sd);
             let cells = [
-                format!("{:.0}%", 100.0 * r.fraction),
+                percent(r.fraction),
                 r.init.clone(),
                 r.seeds.to_string(),
                 pm(r.top1),
@@ -367,10 +392,7 @@ pub fn finetune_run(
                 let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
                 if !done {
                     if progress {
-                        eprintln!(
-                            "fine-tuning {:.0}% seed {seed} from {init}",
-                            100.0 * fraction
-                        );
+                        eprintln!("fine-tuning {} seed {seed} from {init}", percent(fraction));
                     }
                     let resume = RunConfig::path(&dir).exists();
                     Pretrain {
@@ -409,6 +431,12 @@ pub fn finetune_run(
     let report = FinetuneReport {
         method: rc.method(),
         run: run.display().to_string(),
+        data: Some(data.display().to_string()),
+        pretrained_on: rc
+            .task
+            .task()
+            .is_ok_and(|t| t.trains())
+            .then(|| rc.data.display().to_string()),
         test_images: test.len(),
         protocol: cfg.clone(),
         rows,
@@ -439,5 +467,15 @@ mod tests {
         // Sample variance: (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3.
         assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
         assert_eq!(mean_std(&[0.7]), (0.7, 0.0));
+    }
+
+    #[test]
+    fn label_fractions_print_as_people_write_them() {
+        assert_eq!(percent(0.01), "1%");
+        assert_eq!(percent(0.1), "10%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(0.002), "0.2%");
+        assert_eq!(percent(0.125), "12.5%");
+        assert_eq!(percent(0.003), "0.3%");
     }
 }

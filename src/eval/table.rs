@@ -57,6 +57,17 @@ pub struct EvalReport {
     pub rows: Vec<LayerRow>,
 }
 
+/// The name of the data a network was `pretrained_on` when that is not `data`, the data it
+/// is measured on (a transfer).
+pub fn transfer_from(pretrained_on: Option<&str>, data: &str) -> Option<String> {
+    let same = |p: &str| {
+        let p = std::path::Path::new(p);
+        std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    };
+    let from = pretrained_on?;
+    (same(from) != same(data)).then(|| crate::data::fetch::title_of(std::path::Path::new(from)))
+}
+
 impl EvalReport {
     /// How the probes' learning rate and weight decay were set, in words.
     pub fn probe_setting(&self) -> String {
@@ -83,13 +94,7 @@ impl EvalReport {
     /// The data the network was pretrained on, when it is not the data evaluated on (a
     /// transfer): by name, for tables.
     pub fn transfer_from(&self) -> Option<String> {
-        let same = |p: &str| {
-            let p = std::path::Path::new(p);
-            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
-        };
-        let from = self.pretrained_on.as_deref()?;
-        (same(from) != same(&self.data))
-            .then(|| crate::data::fetch::title_of(std::path::Path::new(from)))
+        transfer_from(self.pretrained_on.as_deref(), &self.data)
     }
 
     pub fn markdown(&self) -> String {

@@ -431,9 +431,9 @@ impl Comparison {
                     };
                     let _ = writeln!(
                         s,
-                        "| {} | {:.0}% | {} | {} | {} |",
-                        f.method,
-                        100.0 * frac,
+                        "| {} | {} | {} | {} | {} |",
+                        f.name(),
+                        crate::eval::finetune::percent(frac),
                         f.protocol.seeds.len(),
                         fmt(get(frac, "pretrained")),
                         fmt(get(frac, "random-init"))
@@ -517,9 +517,9 @@ impl Comparison {
             for r in &f.rows {
                 let _ = writeln!(
                     s,
-                    "{},all,finetune,{:.0}% seed {} {} {} epochs,top1,{:.4},{},{},",
+                    "{},all,finetune,{} seed {} {} {} epochs,top1,{:.4},{},{},",
                     f.method,
-                    100.0 * r.fraction,
+                    crate::eval::finetune::percent(r.fraction),
                     r.seed,
                     r.init,
                     f.protocol.epochs,
