@@ -620,20 +620,7 @@ fn a_run_evaluated_on_other_data_is_named_a_transfer() {
     class_tree(&tmp.path().join("tree"), 20);
     let cifar = common::cifar_root();
     let cifar = cifar.to_str().unwrap();
-    let pretext = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
-            .args(args)
-            .args(["--quiet", "--no-cache"])
-            .current_dir(tmp.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let pretext = |args: &[&str]| common::pretext_cli(tmp.path(), args);
     pretext(&[
         "pretrain",
         "--data",
