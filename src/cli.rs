@@ -812,12 +812,7 @@ pub fn main_with(mut cli: Cli) -> Result<()> {
                 "inputs: {}×{} centre crop, normalized with mean {:?} std {:?}",
                 info.config.augment.crop, info.config.augment.crop, n.mean, n.std
             );
-            let from_run = info
-                .config
-                .task
-                .typed::<crate::tasks::imported::ImportedConfig>()?
-                .run;
-            match from_run {
+            match info.config.imported().and_then(|c| c.run) {
                 Some(r) => println!(
                     "exported from the run {}: evaluation checks its test images against what \
                      that run pretrained on, while it is there",

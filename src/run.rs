@@ -67,6 +67,20 @@ impl RunConfig {
             .task()
             .map_or_else(|_| self.task.name().to_string(), |t| t.method(&self.task))
     }
+    /// Where an imported network came from (`pretext import`); `None` for a run pretext
+    /// trained.
+    pub fn imported(&self) -> Option<crate::tasks::imported::ImportedConfig> {
+        (self.task.name() == crate::tasks::imported::TASK_NAME)
+            .then(|| self.task.typed().ok())
+            .flatten()
+    }
+    /// The data the network learnt from, when pretext knows it: the run's own data for a
+    /// run it trained, nothing for an imported network.
+    pub fn pretrained_on(&self) -> Option<String> {
+        self.imported()
+            .is_none()
+            .then(|| self.data.display().to_string())
+    }
     pub fn save(&self, run: &Path) -> Result<()> {
         fsutil::write_bytes(&Self::path(run), toml::to_string_pretty(self)?.as_bytes())
     }

@@ -266,8 +266,9 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
         );
     }
     backbone_cfg.validate()?;
+    let entries = tensors.len();
     let (backbone, ignored) =
-        torch::load_state_dict(backbone_cfg.init(dev), &tensors).map_err(fail)?;
+        torch::load_state_dict(backbone_cfg.init(dev), tensors).map_err(fail)?;
     let normalize = match (req.normalize, &from_pretext) {
         (ImportNormalize::Auto, Some(e)) => e.normalize.clone(),
         (ImportNormalize::Auto | ImportNormalize::Imagenet, _) => imagenet(),
@@ -305,7 +306,7 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
         input,
         backbone: backbone_cfg,
         task: TaskConfig::of(
-            "imported",
+            crate::tasks::imported::TASK_NAME,
             &ImportedConfig {
                 source,
                 names: names.to_string(),
@@ -368,7 +369,7 @@ pub fn import(req: &ImportRequest, cache: &CacheOptions, dev: &Device) -> Result
         return Err(e);
     }
     Ok(ImportInfo {
-        loaded: tensors.len() - ignored.len(),
+        loaded: entries - ignored.len(),
         config,
         ignored,
     })

@@ -432,11 +432,7 @@ pub fn finetune_run(
         method: rc.method(),
         run: run.display().to_string(),
         data: Some(data.display().to_string()),
-        pretrained_on: rc
-            .task
-            .task()
-            .is_ok_and(|t| t.trains())
-            .then(|| rc.data.display().to_string()),
+        pretrained_on: rc.pretrained_on(),
         test_images: test.len(),
         protocol: cfg.clone(),
         rows,

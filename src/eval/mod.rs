@@ -145,17 +145,10 @@ pub fn labelled_splits(
 pub fn check_not_pretrained_on(rc: &RunConfig, data: &Path, test: &ImageSet) -> Result<()> {
     // An imported network was pretrained elsewhere: checked against the pretext run it was
     // exported from when that run is still there, else on data pretext cannot see.
-    if rc.task.task().is_ok_and(|t| !t.trains()) {
-        let source = rc
-            .task
-            .typed::<crate::tasks::imported::ImportedConfig>()
-            .ok()
-            .and_then(|c| c.run)
-            .and_then(|run| RunConfig::load(&run).ok());
+    if let Some(imported) = rc.imported() {
+        let source = imported.run.and_then(|run| RunConfig::load(&run).ok());
         return match source {
-            Some(src) if src.task.task().is_ok_and(|t| t.trains()) => {
-                check_not_pretrained_on(&src, data, test)
-            }
+            Some(src) if src.imported().is_none() => check_not_pretrained_on(&src, data, test),
             _ => Ok(()),
         };
     }
@@ -430,8 +423,7 @@ pub fn evaluate_run(
     }
     // What the network learnt from: the run's data, unless it is the random-init network or
     // an imported one (trained elsewhere).
-    let pretrained_on = (!random_init && rc.task.task().is_ok_and(|t| t.trains()))
-        .then(|| rc.data.display().to_string());
+    let pretrained_on = rc.pretrained_on().filter(|_| !random_init);
     let report = EvalReport {
         method,
         run: run.display().to_string(),

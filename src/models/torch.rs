@@ -10,7 +10,7 @@
 //! gamma/beta are PyTorch's weight/bias. The backbones hold no linear layer (whose layout
 //! would be transposed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use burn::module::RunningState;
@@ -214,25 +214,21 @@ fn ignorable(name: &str) -> bool {
 /// must be used (but for torchvision's `fc` classifier, which is returned as ignored):
 /// a checkpoint of another architecture or width is refused, naming what differs,
 /// rather than half-loaded.
-pub fn load_state_dict(mut b: Backbone, tensors: &StateDict) -> Result<(Backbone, Vec<String>)> {
-    let mut used = BTreeSet::new();
+pub fn load_state_dict(mut b: Backbone, mut tensors: StateDict) -> Result<(Backbone, Vec<String>)> {
     let mut missing = vec![];
     let mut wrong = vec![];
+    // Entries are moved out as they are placed: what is left at the end was not used.
     let mut take = |name: String, want: &[usize]| -> Option<TensorData> {
-        match tensors.get(&name) {
+        match tensors.remove(&name) {
             None => {
                 missing.push(name);
                 None
             }
             Some((shape, _)) if shape.as_slice() != want => {
                 wrong.push(format!("{name}: {shape:?} where the backbone has {want:?}"));
-                used.insert(name);
                 None
             }
-            Some((shape, v)) => {
-                used.insert(name);
-                Some(TensorData::new(v.clone(), shape.clone()))
-            }
+            Some((shape, v)) => Some(TensorData::new(v, shape)),
         }
     };
     walk(&mut b, &mut |p, slot| {
@@ -267,11 +263,8 @@ pub fn load_state_dict(mut b: Backbone, tensors: &StateDict) -> Result<(Backbone
         }
         Ok(())
     })?;
-    let (unused, ignored): (Vec<String>, Vec<String>) = tensors
-        .keys()
-        .filter(|k| !used.contains(*k))
-        .cloned()
-        .partition(|k| !ignorable(k));
+    let (unused, ignored): (Vec<String>, Vec<String>) =
+        tensors.into_keys().partition(|k| !ignorable(k));
     if !missing.is_empty() || !wrong.is_empty() || !unused.is_empty() {
         let list = |v: &[String]| {
             let more = v.len().saturating_sub(5);
@@ -463,7 +456,7 @@ mod tests {
         ] {
             let a = build(arch, 8, 1);
             let sd = state_dict(&a).unwrap();
-            let (b, ignored) = load_state_dict(build(arch, 8, 2), &floats(&sd)).unwrap();
+            let (b, ignored) = load_state_dict(build(arch, 8, 2), floats(&sd)).unwrap();
             assert!(ignored.is_empty());
             assert_eq!(state_dict(&b).unwrap(), sd, "{arch:?}");
             let (ya, yb) = (a.valid().forward(x.clone()), b.valid().forward(x.clone()));
@@ -494,7 +487,7 @@ mod tests {
     fn a_wrong_checkpoint_is_refused_naming_what_differs() {
         let sd = floats(&state_dict(&build(Arch::Resnet18, 8, 0)).unwrap());
         // Another width: every shape differs.
-        let e = load_state_dict(build(Arch::Resnet18, 16, 0), &sd)
+        let e = load_state_dict(build(Arch::Resnet18, 16, 0), sd.clone())
             .err()
             .unwrap()
             .to_string();
@@ -503,7 +496,7 @@ mod tests {
             "{e}"
         );
         // Another depth: resnet50 needs conv3 entries resnet18 lacks.
-        let e = load_state_dict(build(Arch::Resnet50, 8, 0), &sd)
+        let e = load_state_dict(build(Arch::Resnet50, 8, 0), sd.clone())
             .err()
             .unwrap()
             .to_string();
@@ -511,14 +504,14 @@ mod tests {
         // An entry nothing takes is refused; torchvision's classifier is set aside.
         let mut extra = sd.clone();
         extra.insert("layer5.0.conv1.weight".into(), (vec![1], vec![0.0]));
-        let e = load_state_dict(build(Arch::Resnet18, 8, 0), &extra)
+        let e = load_state_dict(build(Arch::Resnet18, 8, 0), extra)
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("no place for (layer5.0.conv1.weight)"), "{e}");
         let mut fc = sd.clone();
         fc.insert("fc.weight".into(), (vec![10, 512], vec![0.0; 5120]));
-        let (_, ignored) = load_state_dict(build(Arch::Resnet18, 8, 0), &fc).unwrap();
+        let (_, ignored) = load_state_dict(build(Arch::Resnet18, 8, 0), fc).unwrap();
         assert_eq!(ignored, ["fc.weight"]);
     }
 

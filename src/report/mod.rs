@@ -68,12 +68,7 @@ fn run_summary(dir: &Path, index: usize) -> Result<Option<RunSummary>> {
         epochs_planned: rc.train.epochs,
         images_seen: state.images_seen,
         train_seconds: state.train_seconds,
-        imported_from: rc
-            .task
-            .typed::<crate::tasks::imported::ImportedConfig>()
-            .ok()
-            .filter(|_| rc.task.name() == "imported")
-            .map(|c| c.source.display().to_string()),
+        imported_from: rc.imported().map(|c| c.source.display().to_string()),
     }))
 }
 

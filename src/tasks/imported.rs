@@ -32,12 +32,15 @@ pub struct ImportedConfig {
     pub run: Option<PathBuf>,
 }
 
+/// The task's name in run configurations.
+pub const TASK_NAME: &str = "imported";
+
 pub struct ImportedTask;
 pub static TASK: ImportedTask = ImportedTask;
 
 impl Task for ImportedTask {
     fn name(&self) -> &'static str {
-        "imported"
+        TASK_NAME
     }
     fn is_pretext(&self) -> bool {
         false
