@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{EvalSpec, PretrainSpec, StudySpec};
 use crate::data::{self, CacheOptions, Holdout};
 use crate::eval;
+use crate::eval::finetune::Protocol;
 use crate::models::Arch;
+use crate::models::probe::ProbeKind;
 use crate::run::{Pretrain, RunConfig};
 use crate::tasks::colorization::ColorTarget;
 use crate::tasks::inpainting::MaskKind;
@@ -449,6 +451,17 @@ pub struct EvalArgs {
     /// all of them and test once; the choice is written beside each number.
     #[arg(long)]
     pub probe_sweep: bool,
+    /// Probe kinds, comma-separated: `linear` (always run) and RotNet's non-linear
+    /// classifiers on the frozen layer's map, `mlp` and `conv` (trained with its recipe,
+    /// running the frozen network on every batch: slow on a CPU; see --head-epochs).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
+    pub probe: Vec<ProbeKind>,
+    /// Layers the mlp/conv probes sit on, comma-separated (default: every layer).
+    #[arg(long, value_delimiter = ',')]
+    pub probe_layers: Option<Vec<String>>,
+    /// Epochs of the mlp/conv probes (default RotNet's: 50 for mlp, 100 for conv).
+    #[arg(long)]
+    pub head_epochs: Option<usize>,
     /// Pooled feature size per layer.
     #[arg(long, default_value_t = 9216)]
     pub probe_dim: usize,
@@ -469,9 +482,27 @@ pub struct FinetuneArgs {
     /// than the run's is a transfer, and reports say what it was pretrained on).
     #[arg(long, visible_alias = "eval-data")]
     pub data: Option<PathBuf>,
-    /// Label fractions per class.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.1])]
-    pub fractions: Vec<f64>,
+    /// Label fractions per class (default 0.01,0.05,0.1, or none when --per-class is given).
+    #[arg(long, value_delimiter = ',')]
+    pub fractions: Option<Vec<f64>>,
+    /// Labelled images per class, comma-separated (RotNet: 20,100,400,1000,5000).
+    #[arg(long, value_delimiter = ',')]
+    pub per_class: Vec<usize>,
+    /// Protocols, comma-separated: `whole` (the whole network fine-tuned, beside the
+    /// supervised baseline) and `frozen` (RotNet's semi-supervised protocol: the layers up
+    /// to --frozen-layer frozen, a conv block trained on top).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "whole")]
+    pub protocol: Vec<Protocol>,
+    /// The frozen protocol's layer (default: the second, RotNet's conv2).
+    #[arg(long)]
+    pub frozen_layer: Option<String>,
+    /// The frozen protocol's head: conv (RotNet's) or mlp.
+    #[arg(long, value_enum, default_value = "conv")]
+    pub frozen_head: ProbeKind,
+    /// Samples per epoch, the labelled subset repeated until reached (RotNet: 50000 for
+    /// every count); default one pass over the subset.
+    #[arg(long)]
+    pub epoch_size: Option<usize>,
     /// Seeds (one balanced subset and one fine-tuning per seed).
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     pub seeds: Vec<u64>,
@@ -536,12 +567,25 @@ pub struct StudyArgs {
     /// Tasks fine-tuned on few labels: comma-separated, `all` (default) or `none`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub finetune: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.1])]
-    pub fractions: Vec<f64>,
+    /// Label fractions per class (default 0.01,0.05,0.1, or none when --per-class is given).
+    #[arg(long, value_delimiter = ',')]
+    pub fractions: Option<Vec<f64>>,
+    /// Labelled images per class for few-label fine-tuning (see `finetune`).
+    #[arg(long, value_delimiter = ',')]
+    pub per_class: Vec<usize>,
+    /// Few-label protocols: whole, frozen (see `finetune`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "whole")]
+    pub protocol: Vec<Protocol>,
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     pub seeds: Vec<u64>,
     #[arg(long, default_value_t = 30)]
     pub finetune_epochs: usize,
+    /// Probe kinds: linear (always), mlp, conv (see `eval`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
+    pub probe: Vec<ProbeKind>,
+    /// Epochs of the mlp/conv probes (default RotNet's: 50 / 100).
+    #[arg(long)]
+    pub head_epochs: Option<usize>,
 }
 
 impl PretrainArgs {
@@ -623,9 +667,17 @@ impl StudyArgs {
             probe_epochs: self.probe_epochs,
             probe_sweep: self.probe_sweep,
             finetune: self.finetune.clone(),
-            fractions: self.fractions.clone(),
+            fractions: match &self.fractions {
+                Some(f) => f.clone(),
+                None if self.per_class.is_empty() => vec![0.01, 0.05, 0.1],
+                None => vec![],
+            },
             seeds: self.seeds.clone(),
             finetune_epochs: self.finetune_epochs,
+            per_class: self.per_class.clone(),
+            protocols: self.protocol.clone(),
+            probes: self.probe.clone(),
+            head_epochs: self.head_epochs,
         }
     }
 }
@@ -645,6 +697,12 @@ pub struct RunArgs {
     /// Choose each layer's probe lr × weight decay on a validation split (see `eval`).
     #[arg(long)]
     pub probe_sweep: bool,
+    /// Probe kinds: linear (always), mlp, conv (see `eval`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
+    pub probe: Vec<ProbeKind>,
+    /// Epochs of the mlp/conv probes (default RotNet's: 50 / 100).
+    #[arg(long)]
+    pub head_epochs: Option<usize>,
 }
 
 /// What every command gets: the global flags, the cache options and the device.
@@ -962,12 +1020,24 @@ fn finetune(a: &FinetuneArgs, ctx: &Ctx) -> Result<()> {
     let rc = RunConfig::load(&a.run)?;
     let cache = ctx.common.cache_for_run(&rc);
     let data = a.data.clone().unwrap_or(rc.data);
+    let d = crate::eval::finetune::FinetuneConfig::default();
     let mut cfg = crate::eval::finetune::FinetuneConfig {
-        fractions: a.fractions.clone(),
+        fractions: match &a.fractions {
+            Some(f) => f.clone(),
+            None if a.per_class.is_empty() => d.fractions.clone(),
+            None => vec![],
+        },
+        per_class: a.per_class.clone(),
+        protocols: a.protocol.clone(),
+        frozen: crate::eval::finetune::FrozenProtocol {
+            layer: a.frozen_layer.clone(),
+            kind: a.frozen_head,
+        },
+        epoch_size: a.epoch_size,
         seeds: a.seeds.clone(),
         epochs: a.epochs,
         batch_size: a.batch_size,
-        ..Default::default()
+        ..d
     };
     cfg.optim.lr = a.lr;
     let (report, out) = crate::eval::finetune::finetune_run(
@@ -997,6 +1067,9 @@ fn evaluate(a: &EvalArgs, ctx: &Ctx) -> Result<()> {
         seed: a.seed,
         feature_dtype: a.feature_dtype,
         probe_sweep: a.probe_sweep,
+        probes: a.probe.clone(),
+        probe_layers: a.probe_layers.clone(),
+        head_epochs: a.head_epochs,
     }
     .resolve();
     let (report, out) = eval::evaluate_run(
@@ -1020,6 +1093,8 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
         test_images: a.eval_test_images,
         probe_epochs: a.probe_epochs,
         probe_sweep: a.probe_sweep,
+        probes: a.probe.clone(),
+        head_epochs: a.head_epochs,
         ..EvalSpec::default()
     }
     .resolve();

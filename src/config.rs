@@ -231,6 +231,12 @@ pub struct EvalSpec {
     /// Choose each layer's probe lr and weight decay on a validation split (the default
     /// grid of [`crate::eval::linear::SweepConfig`]).
     pub probe_sweep: bool,
+    /// Probe kinds: `linear` always runs; `mlp` and `conv` add RotNet's classifiers.
+    pub probes: Vec<crate::models::probe::ProbeKind>,
+    /// Layers the non-linear probes sit on (`None`: all).
+    pub probe_layers: Option<Vec<String>>,
+    /// Epochs of the non-linear probes (`None`: RotNet's).
+    pub head_epochs: Option<usize>,
 }
 
 impl Default for EvalSpec {
@@ -245,6 +251,9 @@ impl Default for EvalSpec {
             seed: d.seed,
             feature_dtype: d.feature_dtype,
             probe_sweep: false,
+            probes: vec![crate::models::probe::ProbeKind::Linear],
+            probe_layers: None,
+            head_epochs: None,
         }
     }
 }
@@ -266,6 +275,19 @@ impl EvalSpec {
             seed: self.seed,
             ..Default::default()
         });
+        let mut kinds: Vec<_> = self
+            .probes
+            .iter()
+            .copied()
+            .filter(|&k| k != crate::models::probe::ProbeKind::Linear)
+            .collect();
+        kinds.dedup();
+        c.heads = crate::eval::heads::HeadsConfig {
+            kinds,
+            layers: self.probe_layers.clone(),
+            epochs: self.head_epochs,
+            ..Default::default()
+        };
         c
     }
 }
@@ -298,6 +320,13 @@ pub struct StudySpec {
     pub fractions: Vec<f64>,
     pub seeds: Vec<u64>,
     pub finetune_epochs: usize,
+    /// Labelled images per class for few-label fine-tuning, beside `fractions`.
+    pub per_class: Vec<usize>,
+    /// Few-label protocols (`whole`, `frozen`).
+    pub protocols: Vec<crate::eval::finetune::Protocol>,
+    /// Probe kinds (see [`EvalSpec::probes`]) and the non-linear probes' epochs.
+    pub probes: Vec<crate::models::probe::ProbeKind>,
+    pub head_epochs: Option<usize>,
 }
 
 impl StudySpec {
@@ -319,6 +348,8 @@ impl StudySpec {
         }
         let mut finetune = FinetuneConfig {
             fractions: self.fractions.clone(),
+            per_class: self.per_class.clone(),
+            protocols: self.protocols.clone(),
             seeds: self.seeds.clone(),
             epochs: self.finetune_epochs,
             test_images: self.eval_test_images,
@@ -344,6 +375,8 @@ impl StudySpec {
                 probe_epochs: self.probe_epochs,
                 probe_sweep: self.probe_sweep,
                 seed: self.seed,
+                probes: self.probes.clone(),
+                head_epochs: self.head_epochs,
                 ..EvalSpec::default()
             }
             .resolve(),
@@ -526,9 +559,27 @@ mod tests {
             fractions: vec![0.1],
             seeds: vec![0],
             finetune_epochs: 2,
+            per_class: vec![20],
+            protocols: vec![
+                crate::eval::finetune::Protocol::Whole,
+                crate::eval::finetune::Protocol::Frozen,
+            ],
+            probes: vec![
+                crate::models::probe::ProbeKind::Linear,
+                crate::models::probe::ProbeKind::Conv,
+            ],
+            head_epochs: Some(2),
         }
         .resolve(&cache)
         .unwrap();
+        // The protocols reach the evaluation and the fine-tuning.
+        assert_eq!(
+            study.eval.heads.kinds,
+            [crate::models::probe::ProbeKind::Conv]
+        );
+        assert_eq!(study.eval.heads.epochs, Some(2));
+        assert_eq!(study.finetune.per_class, [20]);
+        assert_eq!(study.finetune.protocols.len(), 2);
         assert_eq!(study.tasks, ["rotation", "jigsaw"]);
         assert_eq!(study.finetune_tasks, study.tasks, "all = the study's tasks");
         assert_eq!(study.budget_seconds, 90.0);

@@ -51,6 +51,7 @@ fn eval(method: &str, tops: &[f64]) -> EvalReport {
                     purity: t / 2.0,
                     inertia: 1.0,
                 }),
+                heads: vec![],
             })
             .collect(),
     }

@@ -324,3 +324,93 @@ fn supervised_baseline_learns_and_few_label_finetuning_starts_from_it() {
             .to_string();
     assert!(e.contains("leaves class 0"), "{e}");
 }
+
+/// RotNet's protocols on a frozen trunk (`--probe conv,mlp`, `finetune --protocol frozen
+/// --per-class K`): on a trained network's frozen layers the heads beat the same heads on
+/// the same layers at random init, by a margin; the trunk really stays frozen (its
+/// checkpoint is untouched) and the per-class subset has exactly K images of each class.
+#[test]
+fn frozen_heads_on_a_trained_network_beat_the_same_heads_at_random_init() {
+    let _serial = common::serial();
+    let r = pretrain("supervised", |a| {
+        a.width = Some(16);
+        a.train_images = Some(2000);
+        a.epochs = 3;
+    });
+    let dev = Device::flex();
+    let before = std::fs::read(r.run.join("checkpoints/epoch-0003/model.bpk")).unwrap();
+
+    let mut ecfg = common::eval_config(Some(1000), Some(500), 5, 9216);
+    ecfg.heads = pretext::eval::heads::HeadsConfig {
+        kinds: vec![
+            pretext::models::probe::ProbeKind::Mlp,
+            pretext::models::probe::ProbeKind::Conv,
+        ],
+        layers: Some(vec!["block2".into()]),
+        epochs: Some(3),
+        batch_size: 64,
+    };
+    let (report, out) = evaluate_run(&r.run, &r.data, false, &ecfg, &r.cache, &dev, false).unwrap();
+    let (random, _) = evaluate_run(&r.run, &r.data, true, &ecfg, &r.cache, &dev, false).unwrap();
+    eprintln!("{}\n{}", report.markdown(), random.markdown());
+    for kind in [
+        pretext::models::probe::ProbeKind::Mlp,
+        pretext::models::probe::ProbeKind::Conv,
+    ] {
+        let top1 = |rep: &pretext::eval::EvalReport| rep.rows[1].head(kind).unwrap().top1;
+        assert!(
+            top1(&report) > top1(&random) + 0.05,
+            "{kind:?} on block2: trained {} vs random init {}",
+            top1(&report),
+            top1(&random)
+        );
+        // Only the asked-for layer.
+        assert!(report.rows[0].head(kind).is_none());
+    }
+    let csv = std::fs::read_to_string(out.join("eval.csv")).unwrap();
+    assert!(csv.contains(",block2,") && csv.contains(",conv,") && csv.contains(",mlp,"));
+
+    let cfg = pretext::eval::finetune::FinetuneConfig {
+        fractions: vec![],
+        per_class: vec![20],
+        protocols: vec![pretext::eval::finetune::Protocol::Frozen],
+        epoch_size: Some(1000),
+        seeds: vec![0],
+        epochs: 3,
+        test_images: Some(1000),
+        ..Default::default()
+    };
+    let (ft, _) =
+        pretext::eval::finetune::finetune_run(&r.run, &r.data, &cfg, None, &r.cache, &dev, false)
+            .unwrap();
+    eprintln!("{}", ft.markdown());
+    assert_eq!(ft.rows.len(), 2);
+    assert!(ft.rows.iter().all(|row| row.train_images == 200));
+    assert!(
+        ft.rows
+            .iter()
+            .all(|row| row.layer.as_deref() == Some("block2"))
+    );
+    let top1 = |init: &str| ft.rows.iter().find(|r| r.init == init).unwrap().top1;
+    assert!(
+        top1("pretrained") > top1("random-init") + 0.03,
+        "a conv block on frozen trained layers must beat it on frozen random ones with 20 \
+         labels per class: {} vs {}",
+        top1("pretrained"),
+        top1("random-init")
+    );
+    assert!(ft.markdown().contains("20/class"));
+    // Nothing trained the run's own network.
+    let after = std::fs::read(r.run.join("checkpoints/epoch-0003/model.bpk")).unwrap();
+    assert!(before == after, "the frozen trunk's run changed");
+    // A count a class cannot give is refused before any training.
+    let bad = pretext::eval::finetune::FinetuneConfig {
+        per_class: vec![6000],
+        ..cfg
+    };
+    let e =
+        pretext::eval::finetune::finetune_run(&r.run, &r.data, &bad, None, &r.cache, &dev, false)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("6000 labels per class"), "{e}");
+}

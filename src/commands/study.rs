@@ -23,6 +23,7 @@ use crate::config::PretrainSpec;
 use crate::data::{CacheOptions, Split};
 use crate::eval::estimate::{self, Calibration};
 use crate::eval::finetune::{FinetuneConfig, finetune_run};
+use crate::eval::finetune::{Labels, Protocol};
 use crate::eval::{EvalConfig, EvalSize, evaluate_run};
 use crate::models::{Arch, BackboneConfig};
 use crate::report::{Comparison, gather};
@@ -236,12 +237,17 @@ impl Study<'_> {
         // Each fine-tuning beside a random-init one, shared between methods of a network.
         let one_set = |cal: &Calibration| {
             let f = &c.finetune;
-            f.fractions
+            f.labels()
                 .iter()
-                .map(|&frac| {
-                    let labelled = (frac * s.train_split as f64).round() as usize;
+                .map(|&labels| {
+                    let labelled = match labels {
+                        Labels::Fraction(frac) => (frac * s.train_split as f64).round() as usize,
+                        Labels::PerClass(k) => k * s.classes,
+                    };
+                    let per_epoch = f.epoch_size.map_or(labelled, |n| n.max(labelled));
                     let test = f.test_images.map_or(s.test_split, |t| t.min(s.test_split));
-                    cal.finetuning(labelled, f.epochs, test) * f.seeds.len() as f64
+                    cal.finetuning(per_epoch, f.epochs, test)
+                        * (f.seeds.len() * f.protocols.len()) as f64
                 })
                 .sum::<f64>()
         };
@@ -312,21 +318,25 @@ impl Study<'_> {
             out += "  few-label fine-tuning: none
 ";
         } else {
-            let per = c.finetune.fractions.len() * c.finetune.seeds.len();
-            let fractions: Vec<String> = c
-                .finetune
-                .fractions
-                .iter()
-                .map(|&f| crate::eval::finetune::percent(f))
-                .collect();
+            let per = c.finetune.trainings() / 2;
+            let fractions: Vec<String> = c.finetune.labels().iter().map(Labels::name).collect();
             out += &format!(
-                "  few-label fine-tuning: {} fine-tunings of {} epochs ({} × labels {} × {} seed(s)), each beside a random-init one (at most {} more, shared between methods of one network): ~{}; --finetune none skips them
+                "  few-label fine-tuning: {} fine-tunings of {} epochs ({} × labels {} × {} seed(s) × protocol {}), each beside a random-init one (at most {} more, shared between methods of one network): ~{}; --finetune none skips them
 ",
                 c.finetune_tasks.len() * per,
                 c.finetune.epochs,
                 c.finetune_tasks.join(", "),
                 fractions.join("/"),
                 c.finetune.seeds.len(),
+                c.finetune
+                    .protocols
+                    .iter()
+                    .map(|p| match p {
+                        Protocol::Whole => "whole",
+                        Protocol::Frozen => "frozen",
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/"),
                 networks(&c.finetune_tasks) * per,
                 estimate::duration(est.finetuning),
             );
@@ -393,6 +403,9 @@ impl Study<'_> {
         if !c.finetune_tasks.is_empty() {
             for &f in &c.finetune.fractions {
                 balanced_subset(labels, train.num_classes(), f, 0)?;
+            }
+            for &k in &c.finetune.per_class {
+                crate::tasks::supervised::per_class_subset(labels, train.num_classes(), k, 0)?;
             }
         }
         // Every method's run as it will be configured, so a setting none can train with is

@@ -33,6 +33,8 @@ pub struct Calibration {
     kmeans_row: f64,
     /// The seconds the measurement took.
     pub seconds: f64,
+    /// The network's layers (taps).
+    pub taps: usize,
 }
 
 /// Rows of the synthetic feature sets (big enough that per-call overheads are small).
@@ -106,6 +108,7 @@ pub fn calibrate(
         knn_pair,
         kmeans_row,
         seconds: t0.elapsed().as_secs_f64(),
+        taps: dims.len(),
     })
 }
 
@@ -124,10 +127,27 @@ impl Calibration {
         let sweep = eval.probe.sweep.as_ref().map_or(0.0, |s| {
             (s.lrs.len() * s.weight_decays.len()) as f64 * (1.0 - s.val_fraction)
         });
+        // Each non-linear probe runs the frozen network on every sample and trains its
+        // head: counted as inference plus a whole training step per sample (an upper
+        // bound: the head is smaller than the network), then the test images.
+        let heads: f64 = eval
+            .heads
+            .kinds
+            .iter()
+            .map(|&k| {
+                let samples = train * eval.heads.epochs_of(k) as f64;
+                let layers = eval.heads.layers.as_ref().map_or(self.taps, Vec::len) as f64;
+                layers
+                    * (samples / self.infer_inputs_per_s
+                        + self.training(samples)
+                        + test / self.infer_inputs_per_s)
+            })
+            .sum();
         (train + test) / self.infer_inputs_per_s
             + self.probe_row_epoch * train * eval.probe.epochs as f64 * (1.0 + sweep)
             + self.knn_pair * train * test
             + self.kmeans_row * test
+            + heads
     }
 
     /// One fine-tuning: `epochs` over `labelled` images, then the test images.
@@ -159,6 +179,7 @@ mod tests {
             knn_pair: 1e-6,
             kmeans_row: 1e-2,
             seconds: 0.0,
+            taps: 4,
         }
     }
 
@@ -180,6 +201,19 @@ mod tests {
         // The default sweep: 4 × 2 settings on 90% of the rows before the final probes.
         eval.probe.sweep = Some(linear::SweepConfig::default());
         assert!((c.evaluation(&eval, 1000, 1000) - (26.0 + 10.0 * 7.2)).abs() < 1e-9);
+        // A conv probe of 2 epochs on 2 layers: per layer 2000 samples through the frozen
+        // network (5 s) and trained (20 s), then 1000 test images (2.5 s).
+        eval.probe.sweep = None;
+        eval.heads = crate::eval::heads::HeadsConfig {
+            kinds: vec![crate::models::probe::ProbeKind::Conv],
+            layers: Some(vec!["block1".into(), "block2".into()]),
+            epochs: Some(2),
+            ..Default::default()
+        };
+        assert!((c.evaluation(&eval, 1000, 1000) - (26.0 + 2.0 * 27.5)).abs() < 1e-9);
+        // Every layer (4) when none is named.
+        eval.heads.layers = None;
+        assert!((c.evaluation(&eval, 1000, 1000) - (26.0 + 4.0 * 27.5)).abs() < 1e-9);
         // 50 images × 30 epochs at 100/s, then 400 test images at 400/s.
         assert!((c.finetuning(50, 30, 400) - 16.0).abs() < 1e-9);
         assert_eq!(duration(45.0), "45 s");

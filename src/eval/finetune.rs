@@ -1,8 +1,16 @@
-//! Few-label fine-tuning: for each label fraction (balanced per class) and seed, the whole
-//! network is fine-tuned from the run's checkpoint with a new linear head, and — on the very
-//! same images — trained from random init; both are scored top-1/top-5 on the test split.
-//! Every fine-tuning is a supervised run of its own under `RUN/finetune/`, so an
-//! interrupted protocol resumes where it stopped.
+//! Few-label fine-tuning: for each label setting (a fraction of every class, or a count
+//! per class) and seed, on a balanced subset of the labelled train images, two protocols:
+//!
+//! - `whole`: the whole network fine-tuned from the run's checkpoint with a new linear
+//!   head, beside the same network trained from random init on the very same images —
+//!   the supervised baseline on those labels;
+//! - `frozen`: RotNet's semi-supervised protocol (Gidaris et al. 2018, Table 5): the first
+//!   layers frozen up to a tap (its second block, `conv2`, by default) with a conv block,
+//!   global pooling and a linear layer trained on top, from lr 0.1 with its ×0.2 steps;
+//!   beside the same head on the same layers at random init.
+//!
+//! All are scored top-1/top-5 on the test split. Every fine-tuning is a supervised run of
+//! its own under `RUN/finetune/`, so an interrupted protocol resumes where it stopped.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,7 +27,9 @@ use crate::data::augment::AugmentConfig;
 use crate::data::loader::{self, LoaderConfig};
 use crate::data::{CacheOptions, ImageSet, Split};
 use crate::models::head::ClassifierNet;
+use crate::models::probe::{FrozenTapNet, ProbeKind};
 use crate::run::{Pretrain, RunConfig, subset_indices};
+use crate::tasks::supervised::FrozenHead;
 use crate::tasks::{SupervisedConfig, TaskConfig};
 use crate::train::checkpoint;
 use crate::train::trainer::Classifier;
@@ -39,12 +49,117 @@ pub struct FinetuneConfig {
     /// Test images (a seeded subset; `None`: all).
     #[serde(default)]
     pub test_images: Option<usize>,
+    /// Labelled images per class (RotNet's 20/100/400/1000/5000), beside `fractions`.
+    #[serde(default)]
+    pub per_class: Vec<usize>,
+    /// Which protocols run (default: `whole` alone).
+    #[serde(default = "whole_only")]
+    pub protocols: Vec<Protocol>,
+    /// The `frozen` protocol's layer and head.
+    #[serde(default)]
+    pub frozen: FrozenProtocol,
+    /// Samples per epoch, the subset gone through again until reached (RotNet: 50000 for
+    /// every label count); `None`: one pass over the subset.
+    #[serde(default)]
+    pub epoch_size: Option<usize>,
+}
+
+fn whole_only() -> Vec<Protocol> {
+    vec![Protocol::Whole]
+}
+
+/// How the labelled images train the network (see the module's header).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Whole,
+    Frozen,
+}
+
+/// RotNet's semi-supervised setting: a head of `kind` on `layer`, everything below frozen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrozenProtocol {
+    /// The tap the head sits on (`None`: the backbone's second, RotNet's `conv2`).
+    pub layer: Option<String>,
+    pub kind: ProbeKind,
+}
+
+impl Default for FrozenProtocol {
+    fn default() -> Self {
+        Self {
+            layer: None,
+            kind: ProbeKind::Conv,
+        }
+    }
+}
+
+impl FrozenProtocol {
+    /// The layer by name for a backbone with these taps.
+    pub fn layer_of(&self, taps: &[String]) -> Result<String> {
+        match &self.layer {
+            Some(l) if taps.contains(l) => Ok(l.clone()),
+            Some(l) => bail!(
+                "no layer {l:?} to freeze up to (the layers: {})",
+                taps.join(", ")
+            ),
+            None => taps
+                .get(1)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("the frozen protocol needs a second layer")),
+        }
+    }
+}
+
+/// How many labels a fine-tuning gets.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Labels {
+    /// This fraction of each class.
+    Fraction(f64),
+    /// This many images of each class.
+    PerClass(usize),
+}
+
+impl Labels {
+    /// As tables write it: `1%`, `20/class`.
+    pub fn name(&self) -> String {
+        match *self {
+            Labels::Fraction(f) => percent(f),
+            Labels::PerClass(k) => format!("{k}/class"),
+        }
+    }
+    /// As sub-run folders are named: `1pct`, `20pc`.
+    fn slug(&self) -> String {
+        match *self {
+            Labels::Fraction(f) => format!("{:.0}pct", 100.0 * f),
+            Labels::PerClass(k) => format!("{k}pc"),
+        }
+    }
 }
 
 impl FinetuneConfig {
     /// Refuse settings no fine-tuning can run with, before any work.
     pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(!self.fractions.is_empty(), "no label fraction given");
+        anyhow::ensure!(
+            !self.fractions.is_empty() || !self.per_class.is_empty(),
+            "no label fraction or count per class given"
+        );
+        anyhow::ensure!(
+            self.per_class.iter().all(|&k| k >= 1),
+            "the labels per class must be at least 1"
+        );
+        anyhow::ensure!(!self.protocols.is_empty(), "no protocol given");
+        anyhow::ensure!(
+            self.frozen.kind != ProbeKind::Linear,
+            "the frozen protocol's head is a conv block or an mlp"
+        );
+        anyhow::ensure!(
+            self.epoch_size != Some(0),
+            "--epoch-size must be at least 1"
+        );
         for &f in &self.fractions {
             anyhow::ensure!(
                 f > 0.0 && f <= 1.0,
@@ -82,14 +197,41 @@ impl Default for FinetuneConfig {
                 warmup: 0.0,
             },
             test_images: None,
+            per_class: vec![],
+            protocols: whole_only(),
+            frozen: FrozenProtocol::default(),
+            epoch_size: None,
         }
+    }
+}
+
+impl FinetuneConfig {
+    /// Every label setting, fractions first, in the order given.
+    pub fn labels(&self) -> Vec<Labels> {
+        let f = self.fractions.iter().map(|&f| Labels::Fraction(f));
+        f.chain(self.per_class.iter().map(|&k| Labels::PerClass(k)))
+            .collect()
+    }
+
+    /// The sub-runs one run's protocol trains: settings × seeds × protocols × 2 starts.
+    pub fn trainings(&self) -> usize {
+        self.labels().len() * self.seeds.len() * self.protocols.len() * 2
     }
 }
 
 /// One fine-tuning: its subset, start and test accuracy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneRow {
+    /// The share of the train images used (for a count per class, what it came to).
     pub fraction: f64,
+    /// Labelled images per class, when the setting was a count.
+    #[serde(default)]
+    pub per_class: Option<usize>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// For `frozen`: the layer the head sits on.
+    #[serde(default)]
+    pub layer: Option<String>,
     pub seed: u64,
     /// `pretrained` (from the run's checkpoint) or `random-init`.
     pub init: String,
@@ -122,7 +264,8 @@ pub struct FinetuneReport {
 /// One line of the few-label table: (mean, std) of the seeds' accuracies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SummaryRow {
-    pub fraction: f64,
+    pub labels: Labels,
+    pub protocol: Protocol,
     pub init: String,
     pub seeds: usize,
     pub top1: (f64, f64),
@@ -151,7 +294,32 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
+impl FinetuneRow {
+    pub fn labels(&self) -> Labels {
+        match self.per_class {
+            Some(k) => Labels::PerClass(k),
+            None => Labels::Fraction(self.fraction),
+        }
+    }
+}
+
 impl FinetuneReport {
+    /// The protocols' rows in words, for tables: `whole network` or `frozen to block2 + conv`.
+    pub fn protocol_name(&self, p: Protocol) -> String {
+        match p {
+            Protocol::Whole => "whole network".into(),
+            Protocol::Frozen => {
+                let layer = self
+                    .rows
+                    .iter()
+                    .find_map(|r| r.layer.clone())
+                    .or_else(|| self.protocol.frozen.layer.clone())
+                    .unwrap_or_else(|| "2nd layer".into());
+                format!("frozen to {layer} + {}", self.protocol.frozen.kind.name())
+            }
+        }
+    }
+
     /// The method's name in tables: with the data it was pretrained on, for a transfer.
     pub fn name(&self) -> String {
         let from = self
@@ -164,25 +332,24 @@ impl FinetuneReport {
         }
     }
 
-    /// Mean ± std of top-1 and top-5 per (fraction, init), in the order met.
+    /// Mean ± std of top-1 and top-5 per (labels, protocol, init), in the order met.
     pub fn summary(&self) -> Vec<SummaryRow> {
-        let mut keys: Vec<(f64, String)> = vec![];
+        let key = |r: &FinetuneRow| (r.labels(), r.protocol, r.init.clone());
+        let mut keys: Vec<(Labels, Protocol, String)> = vec![];
         for r in &self.rows {
-            if !keys.iter().any(|(f, i)| *f == r.fraction && *i == r.init) {
-                keys.push((r.fraction, r.init.clone()));
+            if !keys.contains(&key(r)) {
+                keys.push(key(r));
             }
         }
         keys.into_iter()
-            .map(|(f, init)| {
-                let rows: Vec<&FinetuneRow> = self
-                    .rows
-                    .iter()
-                    .filter(|r| r.fraction == f && r.init == init)
-                    .collect();
+            .map(|k| {
+                let rows: Vec<&FinetuneRow> = self.rows.iter().filter(|r| key(r) == k).collect();
                 let t1: Vec<f64> = rows.iter().map(|r| r.top1).collect();
                 let t5: Vec<f64> = rows.iter().map(|r| r.top5).collect();
+                let (labels, protocol, init) = k;
                 SummaryRow {
-                    fraction: f,
+                    labels,
+                    protocol,
                     init,
                     seeds: rows.len(),
                     top1: mean_std(&t1),
@@ -194,25 +361,46 @@ impl FinetuneReport {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
+        let p = &self.protocol;
         let _ = writeln!(
             s,
-            "## Few-label fine-tuning — {} ({})\n\nWhole network fine-tuned with a new linear head on a balanced per-class subset, beside the same network trained from random init on the same images; {} epochs, {:?} lr {}, batch {}; test on {} images. Mean ± std over seeds, accuracies in %.\n",
+            "## Few-label fine-tuning — {} ({})\n\nOn a balanced per-class subset of the labelled train images; {} epochs{}, batch {}; test on {} images. Mean ± std over seeds, accuracies in %.\n",
             self.name(),
             self.run,
-            self.protocol.epochs,
-            self.protocol.optim.kind,
-            self.protocol.optim.lr,
-            self.protocol.batch_size,
+            p.epochs,
+            p.epoch_size.map_or(String::new(), |n| format!(
+                " of {n} samples (the subset repeated)"
+            )),
+            p.batch_size,
             self.test_images
         );
+        if p.protocols.contains(&Protocol::Whole) {
+            let _ = writeln!(
+                s,
+                "- whole network: fine-tuned from the method's checkpoint with a new linear head, {:?} lr {} {}; `random-init` is the supervised baseline — the same network trained from scratch on the same images.",
+                p.optim.kind,
+                p.optim.lr,
+                schedule_name(&p.schedule)
+            );
+        }
+        if p.protocols.contains(&Protocol::Frozen) {
+            let _ = writeln!(
+                s,
+                "- {}: RotNet's semi-supervised protocol — the layers up to it frozen (eval mode), a {} head trained on top, SGD lr 0.1 ×0.2 at {:?} of the run; `random-init` freezes the same layers at random init.",
+                self.protocol_name(Protocol::Frozen),
+                p.frozen.kind.name(),
+                p.frozen.kind.milestones()
+            );
+        }
         let _ = writeln!(
             s,
-            "| labels | init | seeds | top-1 | top-5 |\n|---|---|---|---|---|"
+            "\n| labels | protocol | init | seeds | top-1 | top-5 |\n|---|---|---|---|---|---|"
         );
         for r in self.summary() {
             let pm = |(m, sd): (f64, f64)| format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * sd);
             let cells = [
-                percent(r.fraction),
+                r.labels.name(),
+                self.protocol_name(r.protocol),
                 r.init.clone(),
                 r.seeds.to_string(),
                 pm(r.top1),
@@ -224,12 +412,19 @@ impl FinetuneReport {
     }
 
     pub fn csv(&self) -> String {
-        let mut s =
-            String::from("method,fraction,seed,init,train_images,test_images,epochs,top1,top5\n");
+        let mut s = String::from(
+            "method,fraction,per_class,protocol,layer,seed,init,train_images,test_images,epochs,top1,top5\n",
+        );
         for r in &self.rows {
             let cells = [
                 self.method.clone(),
                 r.fraction.to_string(),
+                r.per_class.map_or(String::new(), |k| k.to_string()),
+                match r.protocol {
+                    Protocol::Whole => "whole".into(),
+                    Protocol::Frozen => "frozen".into(),
+                },
+                r.layer.clone().unwrap_or_default(),
                 r.seed.to_string(),
                 r.init.clone(),
                 r.train_images.to_string(),
@@ -260,6 +455,14 @@ impl FinetuneReport {
     }
 }
 
+fn schedule_name(s: &Schedule) -> String {
+    match s {
+        Schedule::Constant => "constant".into(),
+        Schedule::Cosine { .. } => "cosine".into(),
+        Schedule::Step { milestones, gamma } => format!("×{gamma} at {milestones:?} of the run"),
+    }
+}
+
 /// Test top-1/top-5 of a trained classifier run on `test`.
 pub fn classify(
     run: &Path,
@@ -274,8 +477,25 @@ pub fn classify(
     let Some((dir, _)) = checkpoint::latest(run)? else {
         bail!("{}: no checkpoint", run.display());
     };
-    let model =
-        checkpoint::load_model(ClassifierNet::new(&rc.backbone, sc.classes, dev), &dir)?.valid();
+    let model: Box<dyn Fn(Tensor<4>) -> Tensor<2>> = match &sc.frozen {
+        None => {
+            let net = ClassifierNet::new(&rc.backbone, sc.classes, dev);
+            let net = checkpoint::load_model(net, &dir)?.valid();
+            Box::new(move |x| net.logits(x))
+        }
+        Some(f) => {
+            let net = FrozenTapNet::new(
+                &rc.backbone,
+                rc.backbone.init(dev),
+                &f.layer,
+                f.kind,
+                sc.classes,
+                dev,
+            )?;
+            let net = checkpoint::load_model(net, &dir)?.valid();
+            Box::new(move |x| net.logits(x))
+        }
+    };
     let view = Arc::new(EvalView::for_run(rc));
     let cfg = LoaderConfig {
         batch_size: 256,
@@ -290,13 +510,7 @@ pub fn classify(
         let batch = batch?;
         labels.extend(batch.targets.iter().map(|&t| t.max(0) as u16));
         let x = Tensor::<4>::from_data(TensorData::new(batch.inputs, batch.shape), dev);
-        scores.extend(
-            model
-                .logits(x)
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32"),
-        );
+        scores.extend(model(x).into_data().try_into_vec::<f32>().expect("f32"));
     }
     Ok((
         top_k_accuracy(&scores, sc.classes, &labels, 1),
@@ -335,96 +549,146 @@ pub fn finetune_run(
     let (train, test) = super::labelled_splits(&rc, data, cache)?;
     let test = Arc::new(test.subset(&subset_indices(test.len(), cfg.test_images, 1)));
     let classes = train.num_classes();
-    let mut rows = Vec::new();
-    for &fraction in &cfg.fractions {
+    let labels = train.header.labels.as_deref().unwrap_or(&[]);
+    let taps = rc.backbone.init(&Device::flex()).tap_names();
+    let frozen_layer = if cfg.protocols.contains(&Protocol::Frozen) {
+        Some(cfg.frozen.layer_of(&taps)?)
+    } else {
+        None
+    };
+    // Every subset is drawn before any training: a count no class can give fails now.
+    for setting in cfg.labels() {
         for &seed in &cfg.seeds {
-            for pretrained in [true, false] {
-                let init = if pretrained {
-                    "pretrained"
-                } else {
-                    "random-init"
-                };
-                let name = format!("{:.0}pct-seed{seed}-{init}", 100.0 * fraction);
-                let sub = RunConfig {
-                    data: data.to_path_buf(),
-                    split: Split::Train,
-                    // The same held-out split the test images come from.
-                    holdout: cache.holdout,
-                    train_images: None,
-                    task: TaskConfig::of(
-                        "supervised",
-                        &SupervisedConfig {
-                            classes,
-                            label_fraction: Some(fraction),
-                            subset_seed: seed,
-                            init_from: pretrained.then(|| run.clone()),
+            subset_of(labels, classes, setting, seed)?;
+        }
+    }
+    let mut rows = Vec::new();
+    for setting in cfg.labels() {
+        for &protocol in &cfg.protocols {
+            for &seed in &cfg.seeds {
+                for pretrained in [true, false] {
+                    let init = if pretrained {
+                        "pretrained"
+                    } else {
+                        "random-init"
+                    };
+                    let (per_class, label_fraction) = match setting {
+                        Labels::PerClass(k) => (Some(k), None),
+                        Labels::Fraction(f) => (None, Some(f)),
+                    };
+                    let frozen = match protocol {
+                        Protocol::Whole => None,
+                        Protocol::Frozen => Some(FrozenHead {
+                            kind: cfg.frozen.kind,
+                            layer: frozen_layer.clone().expect("resolved above"),
+                        }),
+                    };
+                    let (optim, schedule) = match &frozen {
+                        None => (cfg.optim.clone(), cfg.schedule.clone()),
+                        // RotNet's classifier recipe: lr 0.1, ×0.2 steps.
+                        Some(f) => (
+                            crate::train::OptimConfig::rotnet(),
+                            Schedule::Step {
+                                milestones: f.kind.milestones(),
+                                gamma: 0.2,
+                            },
+                        ),
+                    };
+                    let prefix = frozen.as_ref().map_or(String::new(), |f| {
+                        format!("frozen-{}-{}-", f.layer, f.kind.name())
+                    });
+                    let name = format!("{prefix}{}-seed{seed}-{init}", setting.slug());
+                    let sub = RunConfig {
+                        data: data.to_path_buf(),
+                        split: Split::Train,
+                        // The same held-out split the test images come from.
+                        holdout: cache.holdout,
+                        train_images: None,
+                        task: TaskConfig::of(
+                            "supervised",
+                            &SupervisedConfig {
+                                classes,
+                                label_fraction,
+                                subset_seed: seed,
+                                init_from: pretrained.then(|| run.clone()),
+                                per_class,
+                                epoch_size: cfg.epoch_size,
+                                frozen: frozen.clone(),
+                            },
+                        ),
+                        augment: AugmentConfig {
+                            pad: if rc.augment.pad > 0 {
+                                rc.augment.pad
+                            } else {
+                                4
+                            },
+                            // The protocol's own augmentation, whatever the run trained with.
+                            flip: true,
+                            ..rc.augment.clone()
                         },
-                    ),
-                    augment: AugmentConfig {
-                        pad: if rc.augment.pad > 0 {
-                            rc.augment.pad
-                        } else {
-                            4
+                        train: TrainConfig {
+                            epochs: cfg.epochs,
+                            batch_size: cfg.batch_size,
+                            optim,
+                            schedule,
+                            seed,
+                            log_every: 10,
+                            keep_checkpoints: 1,
                         },
-                        // The protocol's own augmentation, whatever the run trained with.
-                        flip: true,
-                        ..rc.augment.clone()
-                    },
-                    train: TrainConfig {
-                        epochs: cfg.epochs,
-                        batch_size: cfg.batch_size,
-                        optim: cfg.optim.clone(),
-                        schedule: cfg.schedule.clone(),
+                        ..rc.clone()
+                    };
+                    // A sub-run is named by its whole configuration, so other settings train
+                    // other sub-runs instead of reporting old ones under the new settings.
+                    let (folder, identity) = match shared_baselines {
+                        Some(pool) if !pretrained => (pool.to_path_buf(), String::new()),
+                        _ if !pretrained => (run.join("finetune"), String::new()),
+                        _ => (run.join("finetune"), parent_state.clone()),
+                    };
+                    let dir = folder.join(format!("{name}-{}", config_hash(&sub, &identity)?));
+                    let done =
+                        checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
+                    if !done {
+                        if progress {
+                            eprintln!(
+                                "fine-tuning {} ({}) seed {seed} from {init}",
+                                setting.name(),
+                                match &frozen {
+                                    None => "whole network".to_string(),
+                                    Some(f) => format!("frozen to {} + {}", f.layer, f.kind.name()),
+                                }
+                            );
+                        }
+                        let resume = RunConfig::path(&dir).exists();
+                        Pretrain {
+                            run: &dir,
+                            device: dev,
+                            progress,
+                            stop_after: None,
+                            cache,
+                            timing: None,
+                        }
+                        .run((!resume).then_some(sub), resume)?;
+                    }
+                    let sub = RunConfig::load(&dir)?;
+                    let n = subset_of(labels, classes, setting, seed)?.len();
+                    let (top1, top5) = classify(&dir, &sub, test.clone(), dev)?;
+                    rows.push(FinetuneRow {
+                        fraction: match setting {
+                            Labels::Fraction(f) => f,
+                            Labels::PerClass(_) => n as f64 / train.len().max(1) as f64,
+                        },
+                        per_class,
+                        protocol,
+                        layer: frozen.map(|f| f.layer),
                         seed,
-                        log_every: 10,
-                        keep_checkpoints: 1,
-                    },
-                    ..rc.clone()
-                };
-                // A sub-run is named by its whole configuration, so other settings train
-                // other sub-runs instead of reporting old ones under the new settings.
-                let (folder, identity) = match shared_baselines {
-                    Some(pool) if !pretrained => (pool.to_path_buf(), String::new()),
-                    _ if !pretrained => (run.join("finetune"), String::new()),
-                    _ => (run.join("finetune"), parent_state.clone()),
-                };
-                let dir = folder.join(format!("{name}-{}", config_hash(&sub, &identity)?));
-                let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
-                if !done {
-                    if progress {
-                        eprintln!("fine-tuning {} seed {seed} from {init}", percent(fraction));
-                    }
-                    let resume = RunConfig::path(&dir).exists();
-                    Pretrain {
-                        run: &dir,
-                        device: dev,
-                        progress,
-                        stop_after: None,
-                        cache,
-                        timing: None,
-                    }
-                    .run((!resume).then_some(sub), resume)?;
+                        init: init.to_string(),
+                        train_images: n,
+                        top1,
+                        top5,
+                        run: dir.display().to_string(),
+                        init_epoch: pretrained.then_some(parent.epoch),
+                    });
                 }
-                let sub = RunConfig::load(&dir)?;
-                let s: SupervisedConfig = sub.task.typed()?;
-                let n = crate::tasks::supervised::balanced_subset(
-                    train.header.labels.as_deref().unwrap_or(&[]),
-                    classes,
-                    s.label_fraction.unwrap_or(1.0),
-                    s.subset_seed,
-                )?
-                .len();
-                let (top1, top5) = classify(&dir, &sub, test.clone(), dev)?;
-                rows.push(FinetuneRow {
-                    fraction,
-                    seed,
-                    init: init.to_string(),
-                    train_images: n,
-                    top1,
-                    top5,
-                    run: dir.display().to_string(),
-                    init_epoch: pretrained.then_some(parent.epoch),
-                });
             }
         }
     }
@@ -442,9 +706,17 @@ pub fn finetune_run(
     Ok((report, out))
 }
 
+/// The labelled images a setting and seed select, as the supervised task selects them.
+fn subset_of(labels: &[u16], classes: usize, setting: Labels, seed: u64) -> Result<Vec<usize>> {
+    match setting {
+        Labels::Fraction(f) => crate::tasks::supervised::balanced_subset(labels, classes, f, seed),
+        Labels::PerClass(k) => crate::tasks::supervised::per_class_subset(labels, classes, k, seed),
+    }
+}
+
 /// First 8 hex digits of the MD5 of a configuration's TOML (and `extra`): a name for
 /// "this exact run".
-fn config_hash(rc: &RunConfig, extra: &str) -> Result<String> {
+pub(crate) fn config_hash(rc: &RunConfig, extra: &str) -> Result<String> {
     use md5::{Digest, Md5};
     let mut text = toml::to_string(rc)?;
     text.push_str(extra);

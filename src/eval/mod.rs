@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod estimate;
 pub mod features;
 pub mod finetune;
+pub mod heads;
 pub mod knn;
 pub mod linear;
 pub mod metrics;
@@ -46,6 +47,9 @@ pub struct EvalConfig {
     /// How the feature store keeps the values (f16 rounds them).
     #[serde(default)]
     pub feature_dtype: FeatureDtype,
+    /// Non-linear probes trained beside the linear one (RotNet's MLP and conv block).
+    #[serde(default)]
+    pub heads: heads::HeadsConfig,
 }
 
 impl EvalConfig {
@@ -97,7 +101,7 @@ impl EvalConfig {
             self.kmeans.restarts >= 1 && self.kmeans.max_iters >= 1,
             "k-means needs at least one start and one iteration"
         );
-        Ok(())
+        self.heads.validate()
     }
 }
 
@@ -113,6 +117,7 @@ impl Default for EvalConfig {
             seed: 0,
             kmeans: KMeansConfig::default(),
             feature_dtype: FeatureDtype::F32,
+            heads: heads::HeadsConfig::default(),
         }
     }
 }
@@ -369,6 +374,10 @@ pub fn evaluate_run(
     dev.seed(cfg.seed);
     let (backbone, epoch) = load_backbone(&rc, run, random_init, dev)?;
     let backbone = backbone.valid();
+    // A layer the non-linear probes cannot find fails before any work.
+    if !cfg.heads.kinds.is_empty() {
+        cfg.heads.layers_of(&backbone.tap_names())?;
+    }
     let method = if random_init {
         "random-init".to_string()
     } else {
@@ -419,7 +428,25 @@ pub fn evaluate_run(
             linear: probe,
             knn,
             cluster: Some(cluster),
+            heads: vec![],
         });
+    }
+    let trained = heads::evaluate(
+        run,
+        &rc,
+        data,
+        random_init,
+        test.clone(),
+        classes,
+        cfg,
+        cache,
+        dev,
+        progress,
+    )?;
+    for (layer, head) in trained {
+        if let Some(row) = rows.iter_mut().find(|r| r.layer == layer) {
+            row.heads.push(head);
+        }
     }
     // What the network learnt from: the run's data, unless it is the random-init network or
     // an imported one (trained elsewhere).

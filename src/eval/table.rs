@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalConfig;
 use super::cluster::ClusterScores;
+use super::heads::HeadResult;
 use super::knn::KnnResult;
 use super::linear::ProbeResult;
 use crate::data::lab::InputTransform;
 use crate::models::BackboneConfig;
+use crate::models::probe::ProbeKind;
 use crate::util::fsutil;
 use crate::util::table::{csv_row, md_row};
 
@@ -28,6 +30,16 @@ pub struct LayerRow {
     /// k-means (k = classes) on the test split's L2-normalized features.
     #[serde(default)]
     pub cluster: Option<ClusterScores>,
+    /// Non-linear probes on this layer (`--probe mlp,conv`).
+    #[serde(default)]
+    pub heads: Vec<HeadResult>,
+}
+
+impl LayerRow {
+    /// The probe of `kind` on this layer, if one was trained.
+    pub fn head(&self, kind: ProbeKind) -> Option<&HeadResult> {
+        self.heads.iter().find(|h| h.kind == kind)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +94,14 @@ impl EvalReport {
                 sw.seed
             ),
         }
+    }
+
+    /// The non-linear probe kinds any layer has, in a fixed order.
+    pub fn head_kinds(&self) -> Vec<ProbeKind> {
+        [ProbeKind::Mlp, ProbeKind::Conv]
+            .into_iter()
+            .filter(|&k| self.rows.iter().any(|r| r.head(k).is_some()))
+            .collect()
     }
 
     /// The tap with the best linear-probe top-1.
@@ -140,6 +160,11 @@ impl EvalReport {
             head.push_str(" probe lr / wd (val top-1) |");
             rule.push_str("---|");
         }
+        let kinds = self.head_kinds();
+        for k in &kinds {
+            let _ = write!(head, " {} top-1 (top-5) |", k.name());
+            rule.push_str("---|");
+        }
         let _ = writeln!(s, "{head}\n{rule}");
         for r in &self.rows {
             let mut cells = vec![
@@ -177,7 +202,34 @@ impl EvalReport {
                     )
                 }));
             }
+            for &k in &kinds {
+                cells.push(r.head(k).map_or("–".into(), |h| {
+                    format!("{:.2} ({:.2})", 100.0 * h.top1, 100.0 * h.top5)
+                }));
+            }
             let _ = writeln!(s, "{}", md_row(cells));
+        }
+        if !kinds.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{}: RotNet's non-linear classifiers on the frozen layer's map (the MLP: 2 hidden layers of min(20 × classes, 2048) with BN; conv: the next NIN block's shape + global pooling + linear), random crop and flip, SGD Nesterov lr 0.1 wd 5e-4 batch {}, ×0.2 steps; {}.",
+                kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.protocol.heads.batch_size,
+                kinds
+                    .iter()
+                    .map(|&k| format!(
+                        "{} {} epochs (RotNet: {})",
+                        k.name(),
+                        self.protocol.heads.epochs_of(k),
+                        k.paper_epochs()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         let at_edge = self.rows.iter().any(|r| {
             r.linear.chosen.as_ref().is_some_and(|c| {
@@ -236,6 +288,21 @@ impl EvalReport {
                     tr.clone(),
                     te.clone(),
                     none(),
+                    none(),
+                    none(),
+                    none(),
+                ]);
+            }
+            for h in &r.heads {
+                line([
+                    h.kind.name().into(),
+                    none(),
+                    none(),
+                    f4(h.top1),
+                    f4(h.top5),
+                    tr.clone(),
+                    te.clone(),
+                    h.epochs.to_string(),
                     none(),
                     none(),
                     none(),

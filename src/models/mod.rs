@@ -7,6 +7,7 @@ pub mod head;
 pub mod hypercolumn;
 pub mod layers;
 pub mod nin;
+pub mod probe;
 pub mod resnet;
 pub mod tiles;
 pub mod torch;

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::lab::InputTransform;
 use crate::draw::plot::{Dash, Figure, Panel, Series};
 use crate::eval::EvalReport;
-use crate::eval::finetune::{FinetuneReport, SummaryRow};
+use crate::eval::finetune::{FinetuneReport, Labels, Protocol, SummaryRow};
 use crate::models::Arch;
+use crate::models::probe::ProbeKind;
 use crate::util::fsutil;
 use crate::util::table::md_row;
 
@@ -380,6 +381,32 @@ impl Comparison {
                     }
                 })
             });
+            for kind in [ProbeKind::Mlp, ProbeKind::Conv] {
+                if !self.evals.iter().any(|r| r.head_kinds().contains(&kind)) {
+                    continue;
+                }
+                s.push('\n');
+                s += &self.table(
+                    &format!(
+                        "{} probe top-1 (top-5): RotNet's non-linear classifier on the frozen layer",
+                        kind.name()
+                    ),
+                    |r, l| {
+                        r.rows
+                            .iter()
+                            .find(|x| x.layer == l)
+                            .and_then(|x| x.head(kind))
+                            .map(|h| {
+                                format!(
+                                    "{:.2} ({:.2}), {} ep",
+                                    100.0 * h.top1,
+                                    100.0 * h.top5,
+                                    h.epochs
+                                )
+                            })
+                    },
+                );
+            }
             for (k, setting) in first.rows[0].knn.iter().enumerate() {
                 s.push('\n');
                 s += &self.table(
@@ -411,28 +438,32 @@ impl Comparison {
         if !self.finetunes.is_empty() {
             let _ = writeln!(
                 s,
-                "\n### Few-label fine-tuning (test top-1 %, mean ± std over seeds)\n\n| method | labels | seeds | fine-tuned from the method | same network from random init |\n|---|---|---|---|---|"
+                "\n### Few-label fine-tuning (test top-1 %, mean ± std over seeds)\n\n| method | labels | protocol | seeds | from the method | same network from random init |\n|---|---|---|---|---|---|"
             );
             for f in &self.finetunes {
                 let rows = f.summary();
-                let get = |frac: f64, init: &str| -> Option<&SummaryRow> {
-                    rows.iter().find(|r| r.fraction == frac && r.init == init)
+                let get = |labels: Labels, protocol: Protocol, init: &str| -> Option<&SummaryRow> {
+                    rows.iter()
+                        .find(|r| r.labels == labels && r.protocol == protocol && r.init == init)
                 };
-                for &frac in &f.protocol.fractions {
-                    let fmt = |r: Option<&SummaryRow>| {
-                        r.map_or("–".into(), |r| {
-                            format!("{:.2} ± {:.2}", 100.0 * r.top1.0, 100.0 * r.top1.1)
-                        })
-                    };
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {} | {} | {} |",
-                        f.name(),
-                        crate::eval::finetune::percent(frac),
-                        f.protocol.seeds.len(),
-                        fmt(get(frac, "pretrained")),
-                        fmt(get(frac, "random-init"))
-                    );
+                for labels in f.protocol.labels() {
+                    for &protocol in &f.protocol.protocols {
+                        let fmt = |r: Option<&SummaryRow>| {
+                            r.map_or("–".into(), |r| {
+                                format!("{:.2} ± {:.2}", 100.0 * r.top1.0, 100.0 * r.top1.1)
+                            })
+                        };
+                        let _ = writeln!(
+                            s,
+                            "| {} | {} | {} | {} | {} | {} |",
+                            f.name(),
+                            labels.name(),
+                            f.protocol_name(protocol),
+                            f.protocol.seeds.len(),
+                            fmt(get(labels, protocol, "pretrained")),
+                            fmt(get(labels, protocol, "random-init"))
+                        );
+                    }
                 }
             }
         }
@@ -488,6 +519,18 @@ impl Comparison {
                         r.method, x.layer
                     );
                 }
+                for h in &x.heads {
+                    for (m, v) in [("top1", h.top1), ("top5", h.top5)] {
+                        let _ = writeln!(
+                            s,
+                            "{},{},{},{} epochs,{m},{v:.4},{tr},{te},{net}",
+                            r.method,
+                            x.layer,
+                            h.kind.name(),
+                            h.epochs
+                        );
+                    }
+                }
                 for k in &x.knn {
                     for (m, v) in [("top1", k.top1), ("top5", k.top5)] {
                         let _ = writeln!(
@@ -512,9 +555,11 @@ impl Comparison {
             for r in &f.rows {
                 let _ = writeln!(
                     s,
-                    "{},all,finetune,{} seed {} {} {} epochs,top1,{:.4},{},{},",
+                    "{},{},finetune,{} {} seed {} {} {} epochs,top1,{:.4},{},{},",
                     f.method,
-                    crate::eval::finetune::percent(r.fraction),
+                    r.layer.as_deref().unwrap_or("all"),
+                    r.labels().name(),
+                    f.protocol_name(r.protocol),
                     r.seed,
                     r.init,
                     f.protocol.epochs,

@@ -16,6 +16,7 @@ use crate::data::lab::InputTransform;
 use crate::data::loader::{SampleMaker, SampleOut, make_one, preview_indices};
 use crate::draw::preview::{self, Cell};
 use crate::models::head::ClassifierNet;
+use crate::models::probe::{FrozenTapNet, ProbeKind};
 use crate::run::{Job, RunConfig, load_backbone, subset_indices};
 use crate::train::TrainOutcome;
 use crate::train::checkpoint;
@@ -33,6 +34,64 @@ pub struct SupervisedConfig {
     /// is trained on top.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Train on this many images of each class (seeded) instead of a fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<usize>,
+    /// Samples per epoch: the subset is gone through again (each pass in its own order,
+    /// with its own augmentation) until an epoch has this many. RotNet's semi-supervised
+    /// runs use 50000 whatever the number of labels, so 20 labels per class get as many
+    /// optimizer steps as 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_size: Option<usize>,
+    /// Train only a classifier of this kind on this layer of the backbone, which stays
+    /// frozen (RotNet's non-linear evaluation and its semi-supervised protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<FrozenHead>,
+}
+
+/// A classifier on one layer of a frozen backbone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrozenHead {
+    pub kind: ProbeKind,
+    pub layer: String,
+}
+
+/// `per_class` images of every class (seeded), sorted. Fails when a class has fewer.
+pub fn per_class_subset(
+    labels: &[u16],
+    classes: usize,
+    per_class: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<usize>> {
+    anyhow::ensure!(per_class >= 1, "the labels per class must be at least 1");
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for (c, mut members) in by_class.into_iter().enumerate() {
+        anyhow::ensure!(
+            members.len() >= per_class,
+            "{per_class} labels per class asked for, and class {c} has {} images",
+            members.len()
+        );
+        members.shuffle(&mut rng);
+        out.extend_from_slice(&members[..per_class]);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `indices` gone through as many times as an epoch of `size` samples needs (the last pass
+/// cut short); at least once.
+pub fn fill_epoch(indices: Vec<usize>, size: Option<usize>) -> Vec<usize> {
+    match size {
+        Some(size) if size > indices.len() && !indices.is_empty() => {
+            indices.iter().copied().cycle().take(size).collect()
+        }
+        _ => indices,
+    }
 }
 
 /// A balanced subset: `round(fraction × count)` images of every class (seeded), sorted.
@@ -145,6 +204,9 @@ impl Task for SupervisedTask {
                 label_fraction: None,
                 subset_seed: 0,
                 init_from: None,
+                per_class: None,
+                epoch_size: None,
+                frozen: None,
             },
         )
     }
@@ -169,10 +231,21 @@ impl Task for SupervisedTask {
         Ok(cfg.typed::<SupervisedConfig>()?.init_from)
     }
     fn validate(&self, cfg: &TaskConfig, _augment: &AugmentConfig) -> anyhow::Result<()> {
+        let sc: SupervisedConfig = cfg.typed()?;
         anyhow::ensure!(
-            cfg.typed::<SupervisedConfig>()?.classes >= 2,
+            sc.classes >= 2,
             "supervised training needs a labelled split with at least 2 classes"
         );
+        anyhow::ensure!(
+            sc.per_class != Some(0) && sc.epoch_size != Some(0),
+            "the labels per class and the epoch size must be at least 1"
+        );
+        if let Some(f) = &sc.frozen {
+            anyhow::ensure!(
+                f.kind != ProbeKind::Linear,
+                "a frozen head is an mlp or a conv block (the linear probe runs on cached features)"
+            );
+        }
         Ok(())
     }
     /// A balanced per-class subset with a label fraction, else the seeded subset.
@@ -191,15 +264,27 @@ impl Task for SupervisedTask {
                 sc.classes
             );
         }
-        match sc.label_fraction {
-            Some(f) => balanced_subset(labels, sc.classes, f, sc.subset_seed),
-            None => Ok(subset_indices(set.len(), rc.train_images, rc.train.seed)),
-        }
+        let subset = match (sc.per_class, sc.label_fraction) {
+            (Some(k), _) => per_class_subset(labels, sc.classes, k, sc.subset_seed)?,
+            (None, Some(f)) => balanced_subset(labels, sc.classes, f, sc.subset_seed)?,
+            (None, None) => subset_indices(set.len(), rc.train_images, rc.train.seed),
+        };
+        Ok(fill_epoch(subset, sc.epoch_size))
     }
     /// The run it starts from must fit and have a checkpoint — needed only to start: a
     /// run with checkpoints of its own resumes without it.
     fn check_run(&self, rc: &RunConfig, run: &Path) -> anyhow::Result<()> {
         let sc: SupervisedConfig = rc.task.typed()?;
+        if let Some(f) = &sc.frozen {
+            let names = rc.backbone.init(&burn::tensor::Device::flex()).tap_names();
+            anyhow::ensure!(
+                names.contains(&f.layer),
+                "{:?} has no layer {:?} (its layers: {})",
+                rc.backbone.arch,
+                f.layer,
+                names.join(", ")
+            );
+        }
         if let Some(from) = &sc.init_from
             && checkpoint::latest(run)?.is_none()
         {
@@ -226,23 +311,39 @@ impl Task for SupervisedTask {
     fn pretrain(&self, job: &Job) -> anyhow::Result<TrainOutcome> {
         let c = job.cfg;
         let sc: SupervisedConfig = c.task.typed()?;
-        let mut model = ClassifierNet::new(&c.backbone, sc.classes, job.train_device);
+        let dev = job.train_device;
         // Whenever training will not start from a checkpoint of its own: a run resumed
         // before its first checkpoint must not start from random init.
-        if let Some(from) = &sc.init_from
-            && checkpoint::latest(job.run)?.is_none()
-        {
-            let other = RunConfig::load(from)?;
-            model.backbone = load_backbone(&other, from, false, job.train_device)?.0;
-        }
+        let start_from = match &sc.init_from {
+            Some(from) if checkpoint::latest(job.run)?.is_none() => Some(from.clone()),
+            _ => None,
+        };
         let task = Supervised {
-            cfg: sc,
+            cfg: sc.clone(),
             augment: c.augment.clone(),
             norm: c.normalize.clone(),
             input: c.input,
             image_channels: job.set.header.c,
         };
-        Ok(job.fit(task, model)?.2)
+        match &sc.frozen {
+            None => {
+                let mut model = ClassifierNet::new(&c.backbone, sc.classes, dev);
+                if let Some(from) = &start_from {
+                    let other = RunConfig::load(from)?;
+                    model.backbone = load_backbone(&other, from, false, dev)?.0;
+                }
+                Ok(job.fit(task, model)?.2)
+            }
+            Some(f) => {
+                let backbone = match &start_from {
+                    Some(from) => load_backbone(&RunConfig::load(from)?, from, false, dev)?.0,
+                    None => c.backbone.init(dev),
+                };
+                let model =
+                    FrozenTapNet::new(&c.backbone, backbone, &f.layer, f.kind, sc.classes, dev)?;
+                Ok(job.fit(task, model)?.2)
+            }
+        }
     }
 }
 
@@ -277,5 +378,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("class 2 (20 images) with none"), "{e}");
+    }
+
+    #[test]
+    fn per_class_subsets_take_exactly_k_of_each_class() {
+        // Classes of 30, 12 and 5 images, interleaved.
+        let labels: Vec<u16> = (0..47)
+            .map(|i| match i {
+                _ if i < 15 => (i % 2) as u16,
+                _ if i < 42 => 0,
+                _ => 2,
+            })
+            .collect();
+        let count = |s: &[usize], c: u16| s.iter().filter(|&&i| labels[i] == c).count();
+        let total = |c: u16| labels.iter().filter(|&&l| l == c).count();
+        assert_eq!((total(0), total(1), total(2)), (35, 7, 5));
+        let s = per_class_subset(&labels, 3, 5, 1).unwrap();
+        assert_eq!((count(&s, 0), count(&s, 1), count(&s, 2)), (5, 5, 5));
+        assert_eq!(per_class_subset(&labels, 3, 5, 1).unwrap(), s);
+        assert_ne!(per_class_subset(&labels, 3, 5, 2).unwrap(), s);
+        let e = per_class_subset(&labels, 3, 6, 1).unwrap_err().to_string();
+        assert!(e.contains("class 2 has 5 images"), "{e}");
+    }
+
+    #[test]
+    fn an_epoch_size_repeats_the_subset() {
+        assert_eq!(fill_epoch(vec![3, 8], Some(5)), vec![3, 8, 3, 8, 3]);
+        // Never less than one pass.
+        assert_eq!(fill_epoch(vec![3, 8, 9], Some(2)), vec![3, 8, 9]);
+        assert_eq!(fill_epoch(vec![3, 8], None), vec![3, 8]);
     }
 }
