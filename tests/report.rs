@@ -158,6 +158,18 @@ fn a_swept_probe_shows_its_chosen_setting_beside_each_number() {
         md.contains("smallest or largest learning rate of the grid"),
         "{md}"
     );
+    // And in the CSV: lr, weight decay and validation top-1 at the end of each probe line.
+    let csv = r.csv();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",lr,weight_decay,val_top1")
+    );
+    assert!(
+        csv.contains("rotation,block2,2048,8,linear,,,0.4900,0.7900,1000,500,30,,,,0.001,0,0.5000"),
+        "{csv}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     put(&tmp.path().join("rot"), "eval", &r);
     let c = gather(&[tmp.path().join("rot")]).unwrap().markdown();

@@ -250,78 +250,108 @@ impl EvalReport {
 
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs,nmi,ari,purity\n",
+            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs,nmi,ari,purity,lr,weight_decay,val_top1\n",
         );
         let (tr, te) = (self.train_images.to_string(), self.test_images.to_string());
         let f4 = |v: f64| format!("{v:.4}");
         for r in &self.rows {
-            let mut line = |cells: [String; 11]| {
+            // The probe's learning rate, weight decay and (when swept) validation top-1.
+            let mut set = [String::new(), String::new(), String::new()];
+            let rotnet = crate::train::OptimConfig::rotnet();
+            let mut line = |cells: [String; 11], setting: &mut [String; 3]| {
                 let head = [
                     self.method.clone(),
                     r.layer.clone(),
                     r.dim.to_string(),
                     r.pool_grid.to_string(),
                 ];
-                let _ = writeln!(s, "{}", csv_row(head.into_iter().chain(cells)));
+                let row = head.into_iter().chain(cells).chain(std::mem::take(setting));
+                let _ = writeln!(s, "{}", csv_row(row));
             };
             let none = String::new;
-            line([
-                "linear".into(),
-                none(),
-                none(),
-                f4(r.linear.top1),
-                f4(r.linear.top5),
-                tr.clone(),
-                te.clone(),
-                self.protocol.probe.epochs.to_string(),
-                none(),
-                none(),
-                none(),
-            ]);
-            for k in &r.knn {
-                line([
-                    "knn".into(),
-                    k.k.to_string(),
-                    k.t.to_string(),
-                    f4(k.top1),
-                    f4(k.top5),
+            let p = &self.protocol.probe;
+            let mut linear_setting = match &r.linear.chosen {
+                Some(c) => [c.lr.to_string(), c.weight_decay.to_string(), f4(c.val_top1)],
+                None => [
+                    p.optim.lr.to_string(),
+                    p.optim.weight_decay.to_string(),
+                    none(),
+                ],
+            };
+            line(
+                [
+                    "linear".into(),
+                    none(),
+                    none(),
+                    f4(r.linear.top1),
+                    f4(r.linear.top5),
                     tr.clone(),
                     te.clone(),
+                    self.protocol.probe.epochs.to_string(),
                     none(),
                     none(),
                     none(),
-                    none(),
-                ]);
+                ],
+                &mut linear_setting,
+            );
+            for k in &r.knn {
+                line(
+                    [
+                        "knn".into(),
+                        k.k.to_string(),
+                        k.t.to_string(),
+                        f4(k.top1),
+                        f4(k.top5),
+                        tr.clone(),
+                        te.clone(),
+                        none(),
+                        none(),
+                        none(),
+                        none(),
+                    ],
+                    &mut set,
+                );
             }
             for h in &r.heads {
-                line([
-                    h.kind.name().into(),
-                    none(),
-                    none(),
-                    f4(h.top1),
-                    f4(h.top5),
-                    tr.clone(),
-                    te.clone(),
-                    h.epochs.to_string(),
-                    none(),
-                    none(),
-                    none(),
-                ]);
+                line(
+                    [
+                        h.kind.name().into(),
+                        none(),
+                        none(),
+                        f4(h.top1),
+                        f4(h.top5),
+                        tr.clone(),
+                        te.clone(),
+                        h.epochs.to_string(),
+                        none(),
+                        none(),
+                        none(),
+                    ],
+                    // RotNet's classifier recipe (see `heads`).
+                    &mut [
+                        rotnet.lr.to_string(),
+                        rotnet.weight_decay.to_string(),
+                        none(),
+                    ],
+                );
             }
             if let Some(c) = &r.cluster {
-                line([
-                    "kmeans".into(),
-                    c.k.to_string(),
-                    none(),
-                    none(),
-                    none(),
-                    none(),
-                    te.clone(),
-                    none(),
-                    f4(c.nmi),
-                    f4(c.ari),
-                    f4(c.purity),
-                ]);
+                line(
+                    [
+                        "kmeans".into(),
+                        c.k.to_string(),
+                        none(),
+                        none(),
+                        none(),
+                        none(),
+                        te.clone(),
+                        none(),
+                        f4(c.nmi),
+                        f4(c.ari),
+                        f4(c.purity),
+                    ],
+                    &mut set,
+                );
             }
         }
         s
