@@ -506,10 +506,13 @@ pub struct FinetuneArgs {
     /// Seeds (one balanced subset and one fine-tuning per seed).
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     pub seeds: Vec<u64>,
+    /// Epochs of every fine-tuning (RotNet's frozen protocol: 100 of --epoch-size 50000).
     #[arg(long, default_value_t = 30)]
     pub epochs: usize,
+    /// Learning rate of the whole-network protocol (the frozen one uses RotNet's 0.1).
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
+    /// Batch of the whole-network protocol (the frozen one uses RotNet's 128).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
 }
@@ -576,6 +579,9 @@ pub struct StudyArgs {
     /// Few-label protocols: whole, frozen (see `finetune`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "whole")]
     pub protocol: Vec<Protocol>,
+    /// Samples per fine-tuning epoch, the labelled subset repeated (see `finetune`).
+    #[arg(long)]
+    pub epoch_size: Option<usize>,
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     pub seeds: Vec<u64>,
     #[arg(long, default_value_t = 30)]
@@ -586,6 +592,10 @@ pub struct StudyArgs {
     /// Epochs of the mlp/conv probes (default RotNet's: 50 / 100).
     #[arg(long)]
     pub head_epochs: Option<usize>,
+    /// Pretrain the pretext tasks on this data instead (no labels needed), and measure
+    /// them on --data: a transfer (the supervised baseline trains on --data's labels).
+    #[arg(long)]
+    pub pretrain_data: Option<PathBuf>,
 }
 
 impl PretrainArgs {
@@ -676,8 +686,10 @@ impl StudyArgs {
             finetune_epochs: self.finetune_epochs,
             per_class: self.per_class.clone(),
             protocols: self.protocol.clone(),
+            epoch_size: self.epoch_size,
             probes: self.probe.clone(),
             head_epochs: self.head_epochs,
+            pretrain_data: self.pretrain_data.clone(),
         }
     }
 }
@@ -982,7 +994,12 @@ fn study(a: &StudyArgs, ctx: &Ctx) -> Result<()> {
     let cfg = if a.resume {
         crate::commands::study::Study::load_config(&a.out)?
     } else {
-        a.spec().resolve(&ctx.cache)?
+        let mut spec = a.spec();
+        // A named data set to pretrain on is its folder, fetched on first use.
+        if let Some(p) = &spec.pretrain_data {
+            spec.pretrain_data = Some(crate::data::fetch::locate(p, ctx.progress)?);
+        }
+        spec.resolve(&ctx.cache)?
     };
     // Every step of the study uses the held-out split it recorded.
     let cache = CacheOptions {

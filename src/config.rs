@@ -275,13 +275,12 @@ impl EvalSpec {
             seed: self.seed,
             ..Default::default()
         });
-        let mut kinds: Vec<_> = self
-            .probes
-            .iter()
-            .copied()
-            .filter(|&k| k != crate::models::probe::ProbeKind::Linear)
-            .collect();
-        kinds.dedup();
+        let mut kinds: Vec<crate::models::probe::ProbeKind> = vec![];
+        for &k in &self.probes {
+            if k != crate::models::probe::ProbeKind::Linear && !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
         c.heads = crate::eval::heads::HeadsConfig {
             kinds,
             layers: self.probe_layers.clone(),
@@ -324,9 +323,13 @@ pub struct StudySpec {
     pub per_class: Vec<usize>,
     /// Few-label protocols (`whole`, `frozen`).
     pub protocols: Vec<crate::eval::finetune::Protocol>,
+    /// Samples per fine-tuning epoch (the labelled subset repeated).
+    pub epoch_size: Option<usize>,
     /// Probe kinds (see [`EvalSpec::probes`]) and the non-linear probes' epochs.
     pub probes: Vec<crate::models::probe::ProbeKind>,
     pub head_epochs: Option<usize>,
+    /// Where the pretext tasks pretrain, when not on `data` (a transfer).
+    pub pretrain_data: Option<PathBuf>,
 }
 
 impl StudySpec {
@@ -350,6 +353,7 @@ impl StudySpec {
             fractions: self.fractions.clone(),
             per_class: self.per_class.clone(),
             protocols: self.protocols.clone(),
+            epoch_size: self.epoch_size,
             seeds: self.seeds.clone(),
             epochs: self.finetune_epochs,
             test_images: self.eval_test_images,
@@ -383,6 +387,10 @@ impl StudySpec {
             finetune,
             finetune_tasks,
             holdout: cache.holdout,
+            pretrain_data: self
+                .pretrain_data
+                .as_ref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
         })
     }
 }
@@ -569,6 +577,8 @@ mod tests {
                 crate::models::probe::ProbeKind::Conv,
             ],
             head_epochs: Some(2),
+            pretrain_data: None,
+            epoch_size: None,
         }
         .resolve(&cache)
         .unwrap();

@@ -248,3 +248,37 @@ fn a_fraction_that_leaves_a_class_empty_is_refused_before_any_training() {
     assert!(err.contains("leaves class 0"), "{err}");
     assert!(!out.exists(), "nothing is created for a refused study");
 }
+
+/// A transfer study's pretraining data must fit the network the evaluation data needs,
+/// and a count per class no class can give is refused: both before anything is created.
+#[test]
+fn a_transfer_or_per_class_study_that_cannot_run_is_refused_before_any_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Unlabelled 16×16 images: the CIFAR network takes 32×32.
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    for i in 0..8 {
+        image::RgbImage::from_pixel(16, 16, image::Rgb([i * 30, 50, 90]))
+            .save(small.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let out = tmp.path().join("study");
+    let r = study(&out, &tmp.path().join("cache"), "6s", "0.1")
+        .arg("--pretrain-data")
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("16") && err.contains("32"), "{err}");
+    assert!(!out.exists(), "nothing is created for a refused study");
+
+    let r = study(&out, &tmp.path().join("cache"), "6s", "0.1")
+        .args(["--per-class", "6000", "--protocol", "whole,frozen"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("6000 labels per class"), "{err}");
+    assert!(!out.exists(), "nothing is created for a refused study");
+}

@@ -86,6 +86,10 @@ pub struct StudyConfig {
     /// in studies made before held-out splits existed.
     #[serde(default)]
     pub holdout: Option<crate::data::Holdout>,
+    /// Where the pretext tasks pretrain, when not on `data` (a transfer: labels are not
+    /// needed there; evaluation, fine-tuning and the supervised baseline use `data`).
+    #[serde(default)]
+    pub pretrain_data: Option<PathBuf>,
 }
 
 /// What one method's steps measured.
@@ -407,6 +411,13 @@ impl Study<'_> {
             for &k in &c.finetune.per_class {
                 crate::tasks::supervised::per_class_subset(labels, train.num_classes(), k, 0)?;
             }
+            if c.finetune.protocols.contains(&Protocol::Frozen) {
+                let rc = self
+                    .pretrain_spec(&c.finetune_tasks[0])?
+                    .resolve(self.cache)?;
+                let taps = rc.backbone.init(&Device::flex()).tap_names();
+                c.finetune.frozen.layer_of(&taps)?;
+            }
         }
         // Every method's run as it will be configured, so a setting none can train with is
         // refused before the study folder exists.
@@ -416,6 +427,8 @@ impl Study<'_> {
             rc.train.validate()?;
             rc.backbone.validate()?;
             rc.task.task()?.validate(&rc.task, &rc.augment)?;
+            // Pretrained elsewhere, it must still take the evaluation's images.
+            crate::run::check_fits(&rc, &train, &c.data, "train")?;
             configs.push(rc);
         }
         Ok(Checked { size, configs })
@@ -425,9 +438,15 @@ impl Study<'_> {
     /// every task whose paper trains with SGD; the others keep their paper's optimizer.
     fn pretrain_spec(&self, task: &str) -> Result<PretrainSpec> {
         let c = &self.cfg;
-        let sgd = tasks::get(task)?.training().optim.kind == OptimKind::Sgd;
+        let t = tasks::get(task)?;
+        let sgd = t.training().optim.kind == OptimKind::Sgd;
+        // The baseline learns from the labels of the data everything is measured on.
+        let data = match &c.pretrain_data {
+            Some(a) if t.is_pretext() => a.clone(),
+            _ => c.data.clone(),
+        };
         Ok(PretrainSpec {
-            data: Some(c.data.clone()),
+            data: Some(data),
             backbone: c.backbone,
             width: c.width,
             blocks: c.blocks,
@@ -622,9 +641,13 @@ impl Study<'_> {
     pub fn summary(&self, log: &StudyLog, comparison: &Comparison) -> String {
         let c = &self.cfg;
         let mut s = format!(
-            "# Study: {} on {}\n\nPretraining budget {:.0} s of wall-clock time per method (sized by timing {CALIBRATION_STEPS} steps on this machine), {:?} width {}, {} pretraining images, batch {}; SGD lr {} cosine for every method but inpainting (Adam 2e-4, β1 0.5, as its paper).\n\n| method | epochs | images seen | images/s (timed) | pretraining s | final loss | final pretext score | eval s | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|\n",
+            "# Study: {} on {}{}\n\nPretraining budget {:.0} s of wall-clock time per method (sized by timing {CALIBRATION_STEPS} steps on this machine), {:?} width {}, {} pretraining images, batch {}; SGD lr {} cosine for every method but inpainting (Adam 2e-4, β1 0.5, as its paper).\n\n| method | epochs | images seen | images/s (timed) | pretraining s | final loss | final pretext score | eval s | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|\n",
             self.methods().join(", "),
             c.data.display(),
+            c.pretrain_data.as_ref().map_or(String::new(), |a| format!(
+                " (the pretext tasks pretrained on {}, the supervised baseline on its labels)",
+                a.display()
+            )),
             c.budget_seconds,
             c.backbone,
             c.width.map_or("default".to_string(), |w| w.to_string()),

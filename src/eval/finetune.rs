@@ -64,6 +64,9 @@ pub struct FinetuneConfig {
     pub epoch_size: Option<usize>,
 }
 
+/// The frozen protocol's batch (RotNet's classifiers train with 128).
+pub const FROZEN_BATCH: usize = 128;
+
 fn whole_only() -> Vec<Protocol> {
     vec![Protocol::Whole]
 }
@@ -364,29 +367,29 @@ impl FinetuneReport {
         let p = &self.protocol;
         let _ = writeln!(
             s,
-            "## Few-label fine-tuning — {} ({})\n\nOn a balanced per-class subset of the labelled train images; {} epochs{}, batch {}; test on {} images. Mean ± std over seeds, accuracies in %.\n",
+            "## Few-label fine-tuning — {} ({})\n\nOn a balanced per-class subset of the labelled train images; {} epochs{}; test on {} images. Mean ± std over seeds, accuracies in %.\n",
             self.name(),
             self.run,
             p.epochs,
             p.epoch_size.map_or(String::new(), |n| format!(
                 " of {n} samples (the subset repeated)"
             )),
-            p.batch_size,
             self.test_images
         );
         if p.protocols.contains(&Protocol::Whole) {
             let _ = writeln!(
                 s,
-                "- whole network: fine-tuned from the method's checkpoint with a new linear head, {:?} lr {} {}; `random-init` is the supervised baseline — the same network trained from scratch on the same images.",
+                "- whole network: fine-tuned from the method's checkpoint with a new linear head, {:?} lr {} {}, batch {}; `random-init` is the supervised baseline — the same network trained from scratch on the same images.",
                 p.optim.kind,
                 p.optim.lr,
-                schedule_name(&p.schedule)
+                schedule_name(&p.schedule),
+                p.batch_size
             );
         }
         if p.protocols.contains(&Protocol::Frozen) {
             let _ = writeln!(
                 s,
-                "- {}: RotNet's semi-supervised protocol — the layers up to it frozen (eval mode), a {} head trained on top, SGD lr 0.1 ×0.2 at {:?} of the run; `random-init` freezes the same layers at random init.",
+                "- {}: RotNet's semi-supervised protocol — the layers up to it frozen (eval mode), a {} head trained on top, SGD Nesterov lr 0.1 wd 5e-4 ×0.2 at {:?} of the run, batch {FROZEN_BATCH} (RotNet: 100 epochs of 50000 samples); `random-init` freezes the same layers at random init (RotNet's own comparison is the supervised network: the `whole` random-init row).",
                 self.protocol_name(Protocol::Frozen),
                 p.frozen.kind.name(),
                 p.frozen.kind.milestones()
@@ -583,15 +586,16 @@ pub fn finetune_run(
                             layer: frozen_layer.clone().expect("resolved above"),
                         }),
                     };
-                    let (optim, schedule) = match &frozen {
-                        None => (cfg.optim.clone(), cfg.schedule.clone()),
-                        // RotNet's classifier recipe: lr 0.1, ×0.2 steps.
+                    let (optim, schedule, batch_size) = match &frozen {
+                        None => (cfg.optim.clone(), cfg.schedule.clone(), cfg.batch_size),
+                        // RotNet's classifier recipe: lr 0.1, ×0.2 steps, batch 128.
                         Some(f) => (
                             crate::train::OptimConfig::rotnet(),
                             Schedule::Step {
                                 milestones: f.kind.milestones(),
                                 gamma: 0.2,
                             },
+                            FROZEN_BATCH,
                         ),
                     };
                     let prefix = frozen.as_ref().map_or(String::new(), |f| {
@@ -628,7 +632,7 @@ pub fn finetune_run(
                         },
                         train: TrainConfig {
                             epochs: cfg.epochs,
-                            batch_size: cfg.batch_size,
+                            batch_size,
                             optim,
                             schedule,
                             seed,

@@ -31,7 +31,7 @@ pub struct HeadsConfig {
     pub kinds: Vec<ProbeKind>,
     /// Layers to probe (`None`: every layer).
     pub layers: Option<Vec<String>>,
-    /// Epochs of every head (`None`: RotNet's, 50 for the MLP and 100 for the conv block).
+    /// Epochs of every head (`None`: RotNet's 100).
     pub epochs: Option<usize>,
     pub batch_size: usize,
 }
@@ -49,6 +49,13 @@ impl Default for HeadsConfig {
 
 impl HeadsConfig {
     pub fn validate(&self) -> Result<()> {
+        for (i, k) in self.kinds.iter().enumerate() {
+            anyhow::ensure!(
+                !self.kinds[..i].contains(k),
+                "--probe names {} twice",
+                k.name()
+            );
+        }
         anyhow::ensure!(
             !self.kinds.contains(&ProbeKind::Linear),
             "the linear probe always runs; --probe adds mlp and conv"

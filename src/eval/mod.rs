@@ -374,9 +374,18 @@ pub fn evaluate_run(
     dev.seed(cfg.seed);
     let (backbone, epoch) = load_backbone(&rc, run, random_init, dev)?;
     let backbone = backbone.valid();
-    // A layer the non-linear probes cannot find fails before any work.
+    // A layer the non-linear probes cannot find fails before any work, and so do shards
+    // asked for a subset (the heads train through a run, which streams shards whole).
     if !cfg.heads.kinds.is_empty() {
         cfg.heads.layers_of(&backbone.tap_names())?;
+        if cfg.train_images.is_some()
+            && crate::data::detect_format(data)? == crate::data::Format::Shards
+        {
+            bail!(
+                "{}: the mlp/conv probes train on all of a shard stream's images; leave out                  --train-images, or write the subset as shards of its own",
+                data.display()
+            );
+        }
     }
     let method = if random_init {
         "random-init".to_string()

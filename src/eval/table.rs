@@ -212,7 +212,7 @@ impl EvalReport {
         if !kinds.is_empty() {
             let _ = writeln!(
                 s,
-                "\n{}: RotNet's non-linear classifiers on the frozen layer's map (the MLP: 2 hidden layers of min(20 × classes, 2048) with BN; conv: the next NIN block's shape + global pooling + linear), random crop and flip, SGD Nesterov lr 0.1 wd 5e-4 batch {}, ×0.2 steps; {}.",
+                "\n{}: RotNet's non-linear classifiers on the frozen layer's map (the MLP: 2 hidden layers of min(20 × classes, 2048) with BN, on the map average-pooled to fit 16384 values when larger; conv: the next NIN block's shape + global pooling + linear), random crop (the run's padding, or 4) and flip, SGD Nesterov lr 0.1 wd 5e-4 batch {}, ×0.2 steps (conv at 35/70/85%, mlp at 20/40/45% of the run); {}. At random init each head freezes a fresh draw of the same architecture.",
                 kinds
                     .iter()
                     .map(|k| k.name())
