@@ -84,7 +84,7 @@ fn a_killed_study_resumes_writes_every_file_and_then_has_nothing_left_to_do() {
     );
     assert!(plan.contains("on 500 train / 500 test images"), "{plan}");
     assert!(
-        plan.contains("3 fine-tunings of 1 epochs (rotation, relative-position, colorization × labels 1% × 1 seed(s)), each beside a random-init one (at most 2 more"),
+        plan.contains("3 fine-tunings of 1 epochs (rotation, relative-position, colorization × labels 1% × 1 seed(s) × protocol whole), each beside a random-init one (at most 2 more"),
         "{plan}"
     );
     // Each part's estimated time, and the whole's, from a timing of the networks.
