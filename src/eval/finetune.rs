@@ -602,45 +602,25 @@ pub fn finetune_run(
                         format!("frozen-{}-{}-", f.layer, f.kind.name())
                     });
                     let name = format!("{prefix}{}-seed{seed}-{init}", setting.slug());
-                    let sub = RunConfig {
-                        data: data.to_path_buf(),
-                        split: Split::Train,
-                        // The same held-out split the test images come from.
-                        holdout: cache.holdout,
-                        train_images: None,
-                        task: TaskConfig::of(
-                            "supervised",
-                            &SupervisedConfig {
-                                classes,
-                                label_fraction,
-                                subset_seed: seed,
-                                init_from: pretrained.then(|| run.clone()),
-                                per_class,
-                                epoch_size: cfg.epoch_size,
-                                frozen: frozen.clone(),
-                            },
-                        ),
-                        augment: AugmentConfig {
-                            pad: if rc.augment.pad > 0 {
-                                rc.augment.pad
-                            } else {
-                                4
-                            },
-                            // The protocol's own augmentation, whatever the run trained with.
-                            flip: true,
-                            ..rc.augment.clone()
-                        },
-                        train: TrainConfig {
-                            epochs: cfg.epochs,
-                            batch_size,
-                            optim,
-                            schedule,
-                            seed,
-                            log_every: 10,
-                            keep_checkpoints: 1,
-                        },
-                        ..rc.clone()
+                    let task = SupervisedConfig {
+                        classes,
+                        label_fraction,
+                        subset_seed: seed,
+                        init_from: pretrained.then(|| run.clone()),
+                        per_class,
+                        epoch_size: cfg.epoch_size,
+                        frozen: frozen.clone(),
                     };
+                    let train_cfg = TrainConfig {
+                        epochs: cfg.epochs,
+                        batch_size,
+                        optim,
+                        schedule,
+                        seed,
+                        log_every: 10,
+                        keep_checkpoints: 1,
+                    };
+                    let sub = labelled_run(&rc, data, cache, None, &task, train_cfg)?;
                     // A sub-run is named by its whole configuration, so other settings train
                     // other sub-runs instead of reporting old ones under the new settings.
                     let (folder, identity) = match shared_baselines {
@@ -649,33 +629,19 @@ pub fn finetune_run(
                         _ => (run.join("finetune"), parent_state.clone()),
                     };
                     let dir = folder.join(format!("{name}-{}", config_hash(&sub, &identity)?));
-                    let done =
-                        checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= cfg.epochs);
-                    if !done {
-                        if progress {
-                            eprintln!(
-                                "fine-tuning {} ({}) seed {seed} from {init}",
-                                setting.name(),
-                                match &frozen {
-                                    None => "whole network".to_string(),
-                                    Some(f) => format!("frozen to {} + {}", f.layer, f.kind.name()),
-                                }
-                            );
-                        }
-                        let resume = RunConfig::path(&dir).exists();
-                        Pretrain {
-                            run: &dir,
-                            device: dev,
-                            progress,
-                            stop_after: None,
-                            cache,
-                            timing: None,
-                        }
-                        .run((!resume).then_some(sub), resume)?;
+                    if progress && !finished(&dir)? {
+                        eprintln!(
+                            "fine-tuning {} ({}) seed {seed} from {init}",
+                            setting.name(),
+                            match &frozen {
+                                None => "whole network".to_string(),
+                                Some(f) => format!("frozen to {} + {}", f.layer, f.kind.name()),
+                            }
+                        );
                     }
-                    let sub = RunConfig::load(&dir)?;
+                    let (top1, top5) =
+                        train_and_test(&dir, sub, test.clone(), cache, dev, progress)?;
                     let n = subset_of(labels, classes, setting, seed)?.len();
-                    let (top1, top5) = classify(&dir, &sub, test.clone(), dev)?;
                     rows.push(FinetuneRow {
                         fraction: match setting {
                             Labels::Fraction(f) => f,
@@ -708,6 +674,72 @@ pub fn finetune_run(
     let out = run.join("finetune");
     report.write(&out)?;
     Ok((report, out))
+}
+
+/// A supervised sub-run of `rc`'s network on the labelled train split of `data` (the
+/// held-out split of `cache`, so the test images stay out), with the protocols' own
+/// augmentation whatever the run trained with: random crop (the run's padding, or 4) and
+/// flip.
+pub(crate) fn labelled_run(
+    rc: &RunConfig,
+    data: &Path,
+    cache: &CacheOptions,
+    train_images: Option<usize>,
+    task: &SupervisedConfig,
+    train: TrainConfig,
+) -> Result<RunConfig> {
+    Ok(RunConfig {
+        data: data.to_path_buf(),
+        split: Split::Train,
+        holdout: cache.holdout,
+        train_images,
+        task: TaskConfig::of("supervised", task),
+        augment: AugmentConfig {
+            pad: if rc.augment.pad > 0 {
+                rc.augment.pad
+            } else {
+                4
+            },
+            flip: true,
+            ..rc.augment.clone()
+        },
+        train,
+        ..rc.clone()
+    })
+}
+
+/// Whether the sub-run in `dir` has trained all its epochs.
+pub(crate) fn finished(dir: &Path) -> Result<bool> {
+    let Ok(rc) = RunConfig::load(dir) else {
+        return Ok(false);
+    };
+    Ok(checkpoint::latest(dir)?.is_some_and(|(_, s)| s.epoch >= rc.train.epochs))
+}
+
+/// Train the sub-run `sub` in `dir` to its last epoch (continuing what an interrupted call
+/// left), then its test top-1/top-5 on `test`.
+pub(crate) fn train_and_test(
+    dir: &Path,
+    sub: RunConfig,
+    test: Arc<ImageSet>,
+    cache: &CacheOptions,
+    dev: &Device,
+    progress: bool,
+) -> Result<(f64, f64)> {
+    if !finished(dir)? {
+        let resume = RunConfig::path(dir).exists();
+        Pretrain {
+            run: dir,
+            device: dev,
+            progress,
+            stop_after: None,
+            cache,
+            timing: None,
+        }
+        .run((!resume).then_some(sub), resume)?;
+    }
+    let sub = RunConfig::load(dir)?;
+    classify(dir, &sub, test, dev)
 }
 
 /// The labelled images a setting and seed select, as the supervised task selects them.

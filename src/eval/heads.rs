@@ -15,12 +15,12 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::EvalConfig;
-use crate::data::augment::AugmentConfig;
-use crate::data::{CacheOptions, ImageSet, Split};
+use super::finetune;
+use crate::data::{CacheOptions, ImageSet};
 use crate::models::probe::ProbeKind;
-use crate::run::{Pretrain, RunConfig};
+use crate::run::RunConfig;
+use crate::tasks::SupervisedConfig;
 use crate::tasks::supervised::FrozenHead;
-use crate::tasks::{SupervisedConfig, TaskConfig};
 use crate::train::checkpoint;
 use crate::train::{OptimConfig, Schedule, TrainConfig};
 
@@ -143,82 +143,51 @@ pub fn evaluate(
     for layer in &layers {
         for &kind in &heads.kinds {
             let epochs = heads.epochs_of(kind);
-            let sub = RunConfig {
-                data: data.to_path_buf(),
-                split: Split::Train,
-                holdout: cache.holdout,
-                // The linear probe's subset: the same count and seed.
-                train_images: cfg.train_images,
-                task: TaskConfig::of(
-                    "supervised",
-                    &SupervisedConfig {
-                        classes,
-                        label_fraction: None,
-                        subset_seed: 0,
-                        init_from: (!random_init).then(|| run.clone()),
-                        per_class: None,
-                        epoch_size: None,
-                        frozen: Some(FrozenHead {
-                            kind,
-                            layer: layer.clone(),
-                        }),
-                    },
-                ),
-                augment: AugmentConfig {
-                    pad: if rc.augment.pad > 0 {
-                        rc.augment.pad
-                    } else {
-                        4
-                    },
-                    flip: true,
-                    ..rc.augment.clone()
-                },
-                train: TrainConfig {
-                    epochs,
-                    batch_size: heads.batch_size,
-                    optim: OptimConfig::rotnet(),
-                    schedule: Schedule::Step {
-                        milestones: kind.milestones(),
-                        gamma: 0.2,
-                    },
-                    seed: cfg.seed,
-                    log_every: 10,
-                    keep_checkpoints: 1,
-                },
-                ..rc.clone()
+            let task = SupervisedConfig {
+                classes,
+                label_fraction: None,
+                subset_seed: 0,
+                init_from: (!random_init).then(|| run.clone()),
+                per_class: None,
+                epoch_size: None,
+                frozen: Some(FrozenHead {
+                    kind,
+                    layer: layer.clone(),
+                }),
             };
+            let train = TrainConfig {
+                epochs,
+                batch_size: heads.batch_size,
+                optim: OptimConfig::rotnet(),
+                schedule: Schedule::Step {
+                    milestones: kind.milestones(),
+                    gamma: 0.2,
+                },
+                seed: cfg.seed,
+                log_every: 10,
+                keep_checkpoints: 1,
+            };
+            // The linear probe's subset: the same count and seed.
+            let sub = finetune::labelled_run(rc, data, cache, cfg.train_images, &task, train)?;
             let dir = folder.join(format!(
                 "{}-{layer}-{}",
                 kind.name(),
-                super::finetune::config_hash(&sub, &identity)?
+                finetune::config_hash(&sub, &identity)?
             ));
-            let done = checkpoint::latest(&dir)?.is_some_and(|(_, s)| s.epoch >= epochs);
-            if !done {
-                if progress {
-                    eprintln!(
-                        "{} probe on {layer} ({}){}",
-                        kind.name(),
-                        if random_init { "random init" } else { "frozen" },
-                        if epochs == kind.paper_epochs() {
-                            String::new()
-                        } else {
-                            format!(", {epochs} epochs (RotNet: {})", kind.paper_epochs())
-                        }
-                    );
-                }
-                let resume = RunConfig::path(&dir).exists();
-                Pretrain {
-                    run: &dir,
-                    device: dev,
-                    progress,
-                    stop_after: None,
-                    cache,
-                    timing: None,
-                }
-                .run((!resume).then_some(sub), resume)?;
+            if progress && !finetune::finished(&dir)? {
+                eprintln!(
+                    "{} probe on {layer} ({}){}",
+                    kind.name(),
+                    if random_init { "random init" } else { "frozen" },
+                    if epochs == kind.paper_epochs() {
+                        String::new()
+                    } else {
+                        format!(", {epochs} epochs (RotNet: {})", kind.paper_epochs())
+                    }
+                );
             }
-            let sub = RunConfig::load(&dir)?;
-            let (top1, top5) = super::finetune::classify(&dir, &sub, test.clone(), dev)?;
+            let (top1, top5) =
+                finetune::train_and_test(&dir, sub, test.clone(), cache, dev, progress)?;
             out.push((
                 layer.clone(),
                 HeadResult {

@@ -56,33 +56,6 @@ pub struct FrozenHead {
     pub layer: String,
 }
 
-/// `per_class` images of every class (seeded), sorted. Fails when a class has fewer.
-pub fn per_class_subset(
-    labels: &[u16],
-    classes: usize,
-    per_class: usize,
-    seed: u64,
-) -> anyhow::Result<Vec<usize>> {
-    anyhow::ensure!(per_class >= 1, "the labels per class must be at least 1");
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for (i, &l) in labels.iter().enumerate() {
-        by_class[l as usize].push(i);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    for (c, mut members) in by_class.into_iter().enumerate() {
-        anyhow::ensure!(
-            members.len() >= per_class,
-            "{per_class} labels per class asked for, and class {c} has {} images",
-            members.len()
-        );
-        members.shuffle(&mut rng);
-        out.extend_from_slice(&members[..per_class]);
-    }
-    out.sort_unstable();
-    Ok(out)
-}
-
 /// `indices` gone through as many times as an epoch of `size` samples needs (the last pass
 /// cut short); at least once.
 pub fn fill_epoch(indices: Vec<usize>, size: Option<usize>) -> Vec<usize> {
@@ -106,6 +79,41 @@ pub fn balanced_subset(
         fraction > 0.0 && fraction <= 1.0,
         "the label fraction must be in (0, 1], got {fraction}"
     );
+    stratified(labels, classes, seed, |c, n| {
+        let take = (fraction * n as f64).round() as usize;
+        anyhow::ensure!(
+            take > 0,
+            "a label fraction of {fraction} leaves class {c} ({n} images) with none; raise the fraction"
+        );
+        Ok(take)
+    })
+}
+
+/// `per_class` images of every class (seeded), sorted. Fails when a class has fewer.
+pub fn per_class_subset(
+    labels: &[u16],
+    classes: usize,
+    per_class: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<usize>> {
+    anyhow::ensure!(per_class >= 1, "the labels per class must be at least 1");
+    stratified(labels, classes, seed, |c, n| {
+        anyhow::ensure!(
+            n >= per_class,
+            "{per_class} labels per class asked for, and class {c} has {n} images"
+        );
+        Ok(per_class)
+    })
+}
+
+/// `take(class, its count)` images of every class, each class shuffled in turn by one
+/// seeded generator; sorted.
+fn stratified(
+    labels: &[u16],
+    classes: usize,
+    seed: u64,
+    take: impl Fn(usize, usize) -> anyhow::Result<usize>,
+) -> anyhow::Result<Vec<usize>> {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
         by_class[l as usize].push(i);
@@ -113,14 +121,9 @@ pub fn balanced_subset(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
     for (c, mut members) in by_class.into_iter().enumerate() {
-        let take = (fraction * members.len() as f64).round() as usize;
-        anyhow::ensure!(
-            take > 0,
-            "a label fraction of {fraction} leaves class {c} ({} images) with none; raise the fraction",
-            members.len()
-        );
+        let k = take(c, members.len())?;
         members.shuffle(&mut rng);
-        out.extend_from_slice(&members[..take]);
+        out.extend_from_slice(&members[..k]);
     }
     out.sort_unstable();
     Ok(out)
