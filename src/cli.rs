@@ -596,6 +596,18 @@ pub struct StudyArgs {
     /// them on --data: a transfer (the supervised baseline trains on --data's labels).
     #[arg(long)]
     pub pretrain_data: Option<PathBuf>,
+    /// Run a paper's recipe (recipes/*.toml): its network, epochs, optimizer, schedule and
+    /// protocols replace the study's flags (but --data, --out and the image counts), and
+    /// study.md sets its published numbers beside the measured ones.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Scale a recipe's epoch counts down for a CPU (0.1: a tenth), said in study.md.
+    #[arg(long, default_value_t = 1.0, requires = "recipe")]
+    pub scale: f64,
+    /// Check everything, print the plan and train 3 steps of every method in a scratch
+    /// folder; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl PretrainArgs {
@@ -690,6 +702,7 @@ impl StudyArgs {
             probes: self.probe.clone(),
             head_epochs: self.head_epochs,
             pretrain_data: self.pretrain_data.clone(),
+            schedule: None,
         }
     }
 }
@@ -993,6 +1006,20 @@ fn search(index: &Path, query: &Path, k: usize, out: &Path, ctx: &Ctx) -> Result
 fn study(a: &StudyArgs, ctx: &Ctx) -> Result<()> {
     let cfg = if a.resume {
         crate::commands::study::Study::load_config(&a.out)?
+    } else if let Some(file) = &a.recipe {
+        let Some(data) = a.data.clone() else {
+            bail!("--data is required to run a recipe (its `data` line says what it expects)");
+        };
+        let recipe = crate::commands::recipe::Recipe::load(file)?;
+        let images = crate::commands::recipe::Images {
+            train: a.train_images,
+            eval_train: a.eval_train_images,
+            eval_test: a.eval_test_images,
+        };
+        let (spec, applied) = recipe.study(file, data, a.scale, images)?;
+        let mut cfg = spec.resolve(&ctx.cache)?;
+        cfg.recipe = Some(applied);
+        cfg
     } else {
         let mut spec = a.spec();
         // A named data set to pretrain on is its folder, fetched on first use.
@@ -1013,6 +1040,11 @@ fn study(a: &StudyArgs, ctx: &Ctx) -> Result<()> {
         device: &ctx.dev,
         progress: ctx.progress,
     };
+    if a.dry_run {
+        study.dry_run()?;
+        println!("dry run: the study can run; nothing was written");
+        return Ok(());
+    }
     let c = study.run()?;
     println!("{}", c.markdown());
     println!(

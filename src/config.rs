@@ -77,6 +77,26 @@ impl Default for PretrainSpec {
 
 /// A schedule by name.
 pub fn schedule(name: &str) -> Result<Schedule> {
+    // `step:0.3,0.6,0.9:0.1`: ×0.1 at 30/60/90% of the run (a paper's own steps).
+    if let Some(rest) = name.strip_prefix("step:") {
+        let bad = || {
+            anyhow::anyhow!(
+                "schedule {name:?}: expected step:M1,M2,…:GAMMA with milestones in (0, 1) as fractions of the run, e.g. step:0.3,0.6,0.9:0.1"
+            )
+        };
+        let (ms, gamma) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let milestones: Vec<f64> = ms
+            .split(',')
+            .map(|m| m.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad())?;
+        let gamma: f64 = gamma.trim().parse().map_err(|_| bad())?;
+        if milestones.iter().any(|&m| !(m > 0.0 && m < 1.0)) || !(gamma > 0.0 && gamma.is_finite())
+        {
+            return Err(bad());
+        }
+        return Ok(Schedule::Step { milestones, gamma });
+    }
     Ok(match name {
         "step" => Schedule::rotnet(),
         "cosine" => Schedule::Cosine {
@@ -84,7 +104,9 @@ pub fn schedule(name: &str) -> Result<Schedule> {
             warmup: 0.0,
         },
         "constant" => Schedule::Constant,
-        other => bail!("unknown schedule {other:?}; expected step, cosine or constant"),
+        other => bail!(
+            "unknown schedule {other:?}; expected step, cosine, constant or step:M1,M2,…:GAMMA"
+        ),
     })
 }
 
@@ -330,6 +352,8 @@ pub struct StudySpec {
     pub head_epochs: Option<usize>,
     /// Where the pretext tasks pretrain, when not on `data` (a transfer).
     pub pretrain_data: Option<PathBuf>,
+    /// The SGD tasks' schedule (`None`: cosine).
+    pub schedule: Option<String>,
 }
 
 impl StudySpec {
@@ -391,6 +415,14 @@ impl StudySpec {
                 .pretrain_data
                 .as_ref()
                 .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+            schedule: match &self.schedule {
+                Some(s) => {
+                    schedule(s)?;
+                    Some(s.clone())
+                }
+                None => None,
+            },
+            recipe: None,
         })
     }
 }
@@ -579,6 +611,7 @@ mod tests {
             head_epochs: Some(2),
             pretrain_data: None,
             epoch_size: None,
+            schedule: None,
         }
         .resolve(&cache)
         .unwrap();
@@ -599,6 +632,27 @@ mod tests {
         );
         assert_eq!((study.eval.probe.epochs, study.eval.seed), (4, 2));
         assert_eq!(study.holdout, cache.holdout);
+    }
+
+    #[test]
+    fn a_papers_own_steps_parse_as_a_schedule() {
+        assert_eq!(
+            schedule("step:0.3,0.6,0.9:0.1").unwrap(),
+            Schedule::Step {
+                milestones: vec![0.3, 0.6, 0.9],
+                gamma: 0.1
+            }
+        );
+        assert_eq!(schedule("step").unwrap(), Schedule::rotnet());
+        for bad in [
+            "step:0.3,1.5:0.1",
+            "step:0.3",
+            "step:a:0.1",
+            "step:0.5:-1",
+            "linear",
+        ] {
+            assert!(schedule(bad).is_err(), "{bad}");
+        }
     }
 }
 

@@ -233,3 +233,63 @@ fn each_network_gets_its_own_random_init_row_and_rows_name_their_network() {
     put(&y, "eval-random-init", &eval("random-init", &[0.3]));
     assert_eq!(gather(&[x, y]).unwrap().evals.len(), 1);
 }
+
+/// A recipe's page sets each published number beside the measured one: the linear probe's
+/// and an mlp head's at their layer, `–` where the study measured nothing.
+#[test]
+fn a_recipe_sets_published_numbers_beside_measured_ones() {
+    use pretext::commands::recipe::{Applied, Published};
+    let mut r = eval("rotation", &[0.48, 0.49]);
+    r.rows[1].heads.push(pretext::eval::heads::HeadResult {
+        kind: pretext::models::probe::ProbeKind::Mlp,
+        top1: 0.5123,
+        top5: 0.9,
+        epochs: 3,
+        run: "x".into(),
+    });
+    let c = Comparison {
+        evals: vec![r],
+        finetunes: vec![],
+        runs: vec![],
+    };
+    let p = |protocol: &str, at: &str, top1: f64| Published {
+        method: "rotation".into(),
+        protocol: protocol.into(),
+        at: at.into(),
+        top1,
+    };
+    let applied = Applied {
+        name: "rotnet".into(),
+        file: "recipes/rotnet.toml".into(),
+        paper: "Gidaris et al.".into(),
+        scale: 0.1,
+        scaled: vec!["pretraining epochs 200 → 20".into()],
+        published: vec![
+            p("mlp", "block2", 89.06),
+            p("linear", "block1", 70.0),
+            p("conv", "block2", 91.16),
+            p("frozen", "20/class", 64.63),
+        ],
+    };
+    let md = applied.markdown(&c);
+    assert!(
+        md.contains("Scaled down ×0.1 for this machine: pretraining epochs 200 → 20"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| rotation | mlp | block2 | 89.06 | 51.23 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| rotation | linear | block1 | 70.00 | 48.00 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| rotation | conv | block2 | 91.16 | – |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| rotation | frozen | 20/class | 64.63 | – |"),
+        "{md}"
+    );
+}

@@ -282,3 +282,53 @@ fn a_transfer_or_per_class_study_that_cannot_run_is_refused_before_any_training(
     assert!(err.contains("6000 labels per class"), "{err}");
     assert!(!out.exists(), "nothing is created for a refused study");
 }
+
+/// Every shipped paper recipe, scaled down, passes the study's checks and trains a few
+/// steps of each of its methods on the real CIFAR-10 slice (`--dry-run`), writing nothing.
+#[test]
+fn every_recipe_runs_a_scaled_down_step() {
+    let _serial = common::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut n = 0;
+    for f in std::fs::read_dir(&recipes).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        n += 1;
+        let r = Command::new(env!("CARGO_BIN_EXE_pretext"))
+            .arg("study")
+            .arg("--recipe")
+            .arg(&f)
+            .arg("--data")
+            .arg(common::cifar_root())
+            .arg("--out")
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .args([
+                "--scale",
+                "0.01",
+                "--train-images",
+                "64",
+                "--eval-train-images",
+                "200",
+                "--eval-test-images",
+                "100",
+                "--dry-run",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{}: {err}", f.display());
+        assert!(
+            err.contains("(recipe ") && err.contains("scaled ×0.01"),
+            "{err}"
+        );
+        assert!(err.contains("[dry run] supervised: trains"), "{err}");
+        assert!(!out.exists(), "a dry run writes nothing");
+    }
+    assert!(n >= 6, "{n} recipes");
+}

@@ -6,4 +6,5 @@ pub mod bench;
 pub mod bridge;
 pub mod embed;
 pub mod inspect;
+pub mod recipe;
 pub mod study;

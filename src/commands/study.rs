@@ -90,6 +90,12 @@ pub struct StudyConfig {
     /// needed there; evaluation, fine-tuning and the supervised baseline use `data`).
     #[serde(default)]
     pub pretrain_data: Option<PathBuf>,
+    /// The SGD tasks' schedule (`None`: cosine).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The paper recipe the study runs, when it runs one.
+    #[serde(default)]
+    pub recipe: Option<crate::commands::recipe::Applied>,
 }
 
 /// What one method's steps measured.
@@ -267,8 +273,20 @@ impl Study<'_> {
                 random_done.push(key);
             }
         }
+        // A recipe trains its epochs, not a time budget: their time from the timing.
+        let pretraining = if c.recipe.is_some() {
+            let mut total = 0.0;
+            for (m, rc) in self.methods().iter().zip(&checked.configs) {
+                let per_image = rc.task.task()?.inputs_per_image(&rc.task)?;
+                let images = crate::run::training_images(rc, self.cache)?;
+                total += cal_of(m).training((c.max_epochs * images * per_image) as f64);
+            }
+            total
+        } else {
+            c.budget_seconds * self.methods().len() as f64
+        };
         Ok(Estimate {
-            pretraining: c.budget_seconds * self.methods().len() as f64,
+            pretraining,
             evaluation,
             finetuning,
             timed_seconds: t0.elapsed().as_secs_f64(),
@@ -292,17 +310,35 @@ impl Study<'_> {
             1 + tasks.iter().any(|t| t == "colorization") as usize
                 - tasks.iter().all(|t| t == "colorization") as usize
         };
-        let mut out = format!(
-            "plan for {}:
+        let mut out = match &c.recipe {
+            Some(r) => format!(
+                "plan for {} (recipe {}{}):
+  pretraining: {} method(s) ({}), {} epochs each: ~{} in all
+",
+                self.out.display(),
+                r.name,
+                if r.scaled.is_empty() {
+                    String::new()
+                } else {
+                    format!(", scaled ×{}: {}", r.scale, r.scaled.join(", "))
+                },
+                methods.len(),
+                methods.join(", "),
+                c.max_epochs,
+                estimate::duration(est.pretraining),
+            ),
+            None => format!(
+                "plan for {}:
   pretraining: {} method(s) ({}), {} each (at most {} epochs): {} in all
 ",
-            self.out.display(),
-            methods.len(),
-            methods.join(", "),
-            minutes(c.budget_seconds),
-            c.max_epochs,
-            minutes(c.budget_seconds * methods.len() as f64),
-        );
+                self.out.display(),
+                methods.len(),
+                methods.join(", "),
+                minutes(c.budget_seconds),
+                c.max_epochs,
+                minutes(c.budget_seconds * methods.len() as f64),
+            ),
+        };
         out += &format!(
             "  evaluation: {} run(s) and {} random-init network(s), each with linear probes ({} epochs{}), kNN and k-means on {} train / {} test images: ~{}
 ",
@@ -454,7 +490,7 @@ impl Study<'_> {
             batch_size: c.batch_size,
             train_images: c.train_images,
             lr: sgd.then_some(c.lr),
-            schedule: sgd.then(|| "cosine".to_string()),
+            schedule: sgd.then(|| c.schedule.clone().unwrap_or_else(|| "cosine".to_string())),
             seed: c.seed,
             ..PretrainSpec::default()
         })
@@ -559,6 +595,34 @@ impl Study<'_> {
         Ok(Some(t0.elapsed().as_secs_f64()))
     }
 
+    /// Everything the study would refuse, its plan, and one training step of every method
+    /// (in a scratch folder that is removed): whether it can run here, before hours are
+    /// spent. Nothing is written in the study's folder.
+    pub fn dry_run(&self) -> Result<()> {
+        let checked = self.check()?;
+        let est = self.estimate(&checked)?;
+        eprint!("{}", self.plan(&est));
+        let scratch = std::env::temp_dir().join(format!("pretext-dry-run-{}", std::process::id()));
+        let result = (|| {
+            for (m, rc) in self.methods().iter().zip(checked.configs) {
+                let (_, t) = self
+                    .pretrainer(
+                        &scratch.join(m),
+                        Some(Timing {
+                            steps: 3,
+                            train: true,
+                        }),
+                    )
+                    .run(Some(rc), false)
+                    .with_context(|| format!("{m}: a training step failed"))?;
+                eprintln!("[dry run] {m}: trains, {:.1} images/s", t.images_per_second);
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&scratch);
+        result
+    }
+
     /// Run (or finish) the study and write its report; returns the comparison.
     pub fn run(&self) -> Result<Comparison> {
         let p = Self::path(self.out);
@@ -641,19 +705,29 @@ impl Study<'_> {
     pub fn summary(&self, log: &StudyLog, comparison: &Comparison) -> String {
         let c = &self.cfg;
         let mut s = format!(
-            "# Study: {} on {}{}\n\nPretraining budget {:.0} s of wall-clock time per method (sized by timing {CALIBRATION_STEPS} steps on this machine), {:?} width {}, {} pretraining images, batch {}; SGD lr {} cosine for every method but inpainting (Adam 2e-4, β1 0.5, as its paper).\n\n| method | epochs | images seen | images/s (timed) | pretraining s | final loss | final pretext score | eval s | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|\n",
+            "# Study: {} on {}{}\n\n{}, {:?} width {}, {} pretraining images, batch {}; SGD lr {} {} for every method but inpainting (Adam 2e-4, β1 0.5, as its paper).\n\n| method | epochs | images seen | images/s (timed) | pretraining s | final loss | final pretext score | eval s | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|\n",
             self.methods().join(", "),
             c.data.display(),
             c.pretrain_data.as_ref().map_or(String::new(), |a| format!(
                 " (the pretext tasks pretrained on {}, the supervised baseline on its labels)",
                 a.display()
             )),
-            c.budget_seconds,
+            match &c.recipe {
+                Some(r) => format!(
+                    "Pretraining: the recipe's {} epochs per method ({})",
+                    c.max_epochs, r.name
+                ),
+                None => format!(
+                    "Pretraining budget {:.0} s of wall-clock time per method (sized by timing {CALIBRATION_STEPS} steps on this machine)",
+                    c.budget_seconds
+                ),
+            },
             c.backbone,
             c.width.map_or("default".to_string(), |w| w.to_string()),
             c.train_images.map_or("all".to_string(), |n| n.to_string()),
             c.batch_size,
-            c.lr
+            c.lr,
+            c.schedule.as_deref().unwrap_or("cosine")
         );
         let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
         for m in &log.methods {
@@ -675,6 +749,10 @@ impl Study<'_> {
             "\nPretext score: accuracy, except inpainting (hole MSE in normalized units, lower is better) and colorization (mean accuracy of its two color histograms). Pretraining may exceed the budget when one epoch takes longer (a run is never shorter than one epoch).\n\nRandom-init evaluation: {} s. Report files: `report/` (report.md/csv/json/html, accuracy-by-layer.png/svg).\n",
             opt(log.random_init_eval_seconds)
         );
+        if let Some(r) = &c.recipe {
+            s += &r.markdown(comparison);
+            s.push('\n');
+        }
         // study.md sits above report/, where the report's preview sheets are.
         s + &comparison
             .markdown()
