@@ -451,17 +451,11 @@ pub struct EvalArgs {
     /// all of them and test once; the choice is written beside each number.
     #[arg(long)]
     pub probe_sweep: bool,
-    /// Probe kinds, comma-separated: `linear` (always run) and RotNet's non-linear
-    /// classifiers on the frozen layer's map, `mlp` and `conv` (trained with its recipe,
-    /// running the frozen network on every batch: slow on a CPU; see --head-epochs).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
-    pub probe: Vec<ProbeKind>,
+    #[command(flatten)]
+    pub heads: HeadArgs,
     /// Layers the mlp/conv probes sit on, comma-separated (default: every layer).
     #[arg(long, value_delimiter = ',')]
     pub probe_layers: Option<Vec<String>>,
-    /// Epochs of the mlp/conv probes (default RotNet's: 50 for mlp, 100 for conv).
-    #[arg(long)]
-    pub head_epochs: Option<usize>,
     /// Pooled feature size per layer.
     #[arg(long, default_value_t = 9216)]
     pub probe_dim: usize,
@@ -482,27 +476,8 @@ pub struct FinetuneArgs {
     /// than the run's is a transfer, and reports say what it was pretrained on).
     #[arg(long, visible_alias = "eval-data")]
     pub data: Option<PathBuf>,
-    /// Label fractions per class (default 0.01,0.05,0.1, or none when --per-class is given).
-    #[arg(long, value_delimiter = ',')]
-    pub fractions: Option<Vec<f64>>,
-    /// Labelled images per class, comma-separated (RotNet: 20,100,400,1000,5000).
-    #[arg(long, value_delimiter = ',')]
-    pub per_class: Vec<usize>,
-    /// Protocols, comma-separated: `whole` (the whole network fine-tuned, beside the
-    /// supervised baseline) and `frozen` (RotNet's semi-supervised protocol: the layers up
-    /// to --frozen-layer frozen, a conv block trained on top).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "whole")]
-    pub protocol: Vec<Protocol>,
-    /// The frozen protocol's layer (default: the second, RotNet's conv2).
-    #[arg(long)]
-    pub frozen_layer: Option<String>,
-    /// The frozen protocol's head: conv (RotNet's) or mlp.
-    #[arg(long, value_enum, default_value = "conv")]
-    pub frozen_head: ProbeKind,
-    /// Samples per epoch, the labelled subset repeated until reached (RotNet: 50000 for
-    /// every count); default one pass over the subset.
-    #[arg(long)]
-    pub epoch_size: Option<usize>,
+    #[command(flatten)]
+    pub few: FewLabelArgs,
     /// Seeds (one balanced subset and one fine-tuning per seed).
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     pub seeds: Vec<u64>,
@@ -570,28 +545,14 @@ pub struct StudyArgs {
     /// Tasks fine-tuned on few labels: comma-separated, `all` (default) or `none`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub finetune: Vec<String>,
-    /// Label fractions per class (default 0.01,0.05,0.1, or none when --per-class is given).
-    #[arg(long, value_delimiter = ',')]
-    pub fractions: Option<Vec<f64>>,
-    /// Labelled images per class for few-label fine-tuning (see `finetune`).
-    #[arg(long, value_delimiter = ',')]
-    pub per_class: Vec<usize>,
-    /// Few-label protocols: whole, frozen (see `finetune`).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "whole")]
-    pub protocol: Vec<Protocol>,
-    /// Samples per fine-tuning epoch, the labelled subset repeated (see `finetune`).
-    #[arg(long)]
-    pub epoch_size: Option<usize>,
+    #[command(flatten)]
+    pub few: FewLabelArgs,
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 2])]
     pub seeds: Vec<u64>,
     #[arg(long, default_value_t = 30)]
     pub finetune_epochs: usize,
-    /// Probe kinds: linear (always), mlp, conv (see `eval`).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
-    pub probe: Vec<ProbeKind>,
-    /// Epochs of the mlp/conv probes (default RotNet's: 50 / 100).
-    #[arg(long)]
-    pub head_epochs: Option<usize>,
+    #[command(flatten)]
+    pub heads: HeadArgs,
     /// Pretrain the pretext tasks on this data instead (no labels needed), and measure
     /// them on --data: a transfer (the supervised baseline trains on --data's labels).
     #[arg(long)]
@@ -608,6 +569,65 @@ pub struct StudyArgs {
     /// folder; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// The non-linear probes (`eval`, `run`, `study`).
+#[derive(Args, Debug, Clone)]
+pub struct HeadArgs {
+    /// Probe kinds, comma-separated: `linear` (always run) and RotNet's non-linear
+    /// classifiers on the frozen layer's map, `mlp` and `conv` (trained with its recipe,
+    /// running the frozen network on every batch: slow on a CPU; see --head-epochs).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
+    pub probe: Vec<ProbeKind>,
+    /// Epochs of the mlp/conv probes (default RotNet's 100).
+    #[arg(long)]
+    pub head_epochs: Option<usize>,
+}
+
+/// Which few labels, and how they train (`finetune`, `study`).
+#[derive(Args, Debug, Clone)]
+pub struct FewLabelArgs {
+    /// Label fractions per class (default 0.01,0.05,0.1, or none when --per-class is given).
+    #[arg(long, value_delimiter = ',')]
+    pub fractions: Option<Vec<f64>>,
+    /// Labelled images per class, comma-separated (RotNet: 20,100,400,1000,5000).
+    #[arg(long, value_delimiter = ',')]
+    pub per_class: Vec<usize>,
+    /// Protocols, comma-separated: `whole` (the whole network fine-tuned, beside the
+    /// supervised baseline) and `frozen` (RotNet's semi-supervised protocol: the layers up
+    /// to --frozen-layer frozen, a conv block trained on top).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "whole")]
+    pub protocol: Vec<Protocol>,
+    /// The frozen protocol's layer (default: the second, RotNet's conv2).
+    #[arg(long)]
+    pub frozen_layer: Option<String>,
+    /// The frozen protocol's head: conv (RotNet's) or mlp.
+    #[arg(long, value_enum, default_value = "conv")]
+    pub frozen_head: ProbeKind,
+    /// Samples per epoch, the labelled subset repeated until reached (RotNet: 50000 for
+    /// every count); default one pass over the subset.
+    #[arg(long)]
+    pub epoch_size: Option<usize>,
+}
+
+impl FewLabelArgs {
+    /// The fractions asked for: the default 1/5/10% only when no count per class is given.
+    pub fn fractions(&self) -> Vec<f64> {
+        match &self.fractions {
+            Some(f) => f.clone(),
+            None if self.per_class.is_empty() => {
+                crate::eval::finetune::FinetuneConfig::default().fractions
+            }
+            None => vec![],
+        }
+    }
+
+    pub fn frozen(&self) -> crate::eval::finetune::FrozenProtocol {
+        crate::eval::finetune::FrozenProtocol {
+            layer: self.frozen_layer.clone(),
+            kind: self.frozen_head,
+        }
+    }
 }
 
 impl PretrainArgs {
@@ -689,18 +709,15 @@ impl StudyArgs {
             probe_epochs: self.probe_epochs,
             probe_sweep: self.probe_sweep,
             finetune: self.finetune.clone(),
-            fractions: match &self.fractions {
-                Some(f) => f.clone(),
-                None if self.per_class.is_empty() => vec![0.01, 0.05, 0.1],
-                None => vec![],
-            },
+            fractions: self.few.fractions(),
             seeds: self.seeds.clone(),
             finetune_epochs: self.finetune_epochs,
-            per_class: self.per_class.clone(),
-            protocols: self.protocol.clone(),
-            epoch_size: self.epoch_size,
-            probes: self.probe.clone(),
-            head_epochs: self.head_epochs,
+            per_class: self.few.per_class.clone(),
+            protocols: self.few.protocol.clone(),
+            frozen: self.few.frozen(),
+            epoch_size: self.few.epoch_size,
+            probes: self.heads.probe.clone(),
+            head_epochs: self.heads.head_epochs,
             pretrain_data: self.pretrain_data.clone(),
             schedule: None,
         }
@@ -722,12 +739,8 @@ pub struct RunArgs {
     /// Choose each layer's probe lr × weight decay on a validation split (see `eval`).
     #[arg(long)]
     pub probe_sweep: bool,
-    /// Probe kinds: linear (always), mlp, conv (see `eval`).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "linear")]
-    pub probe: Vec<ProbeKind>,
-    /// Epochs of the mlp/conv probes (default RotNet's: 50 / 100).
-    #[arg(long)]
-    pub head_epochs: Option<usize>,
+    #[command(flatten)]
+    pub heads: HeadArgs,
 }
 
 /// What every command gets: the global flags, the cache options and the device.
@@ -1071,18 +1084,11 @@ fn finetune(a: &FinetuneArgs, ctx: &Ctx) -> Result<()> {
     let data = a.data.clone().unwrap_or(rc.data);
     let d = crate::eval::finetune::FinetuneConfig::default();
     let mut cfg = crate::eval::finetune::FinetuneConfig {
-        fractions: match &a.fractions {
-            Some(f) => f.clone(),
-            None if a.per_class.is_empty() => d.fractions.clone(),
-            None => vec![],
-        },
-        per_class: a.per_class.clone(),
-        protocols: a.protocol.clone(),
-        frozen: crate::eval::finetune::FrozenProtocol {
-            layer: a.frozen_layer.clone(),
-            kind: a.frozen_head,
-        },
-        epoch_size: a.epoch_size,
+        fractions: a.few.fractions(),
+        per_class: a.few.per_class.clone(),
+        protocols: a.few.protocol.clone(),
+        frozen: a.few.frozen(),
+        epoch_size: a.few.epoch_size,
         seeds: a.seeds.clone(),
         epochs: a.epochs,
         batch_size: a.batch_size,
@@ -1116,9 +1122,9 @@ fn evaluate(a: &EvalArgs, ctx: &Ctx) -> Result<()> {
         seed: a.seed,
         feature_dtype: a.feature_dtype,
         probe_sweep: a.probe_sweep,
-        probes: a.probe.clone(),
+        probes: a.heads.probe.clone(),
         probe_layers: a.probe_layers.clone(),
-        head_epochs: a.head_epochs,
+        head_epochs: a.heads.head_epochs,
     }
     .resolve();
     let (report, out) = eval::evaluate_run(
@@ -1142,8 +1148,8 @@ fn run(a: &RunArgs, ctx: &Ctx) -> Result<()> {
         test_images: a.eval_test_images,
         probe_epochs: a.probe_epochs,
         probe_sweep: a.probe_sweep,
-        probes: a.probe.clone(),
-        head_epochs: a.head_epochs,
+        probes: a.heads.probe.clone(),
+        head_epochs: a.heads.head_epochs,
         ..EvalSpec::default()
     }
     .resolve();

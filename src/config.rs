@@ -347,6 +347,8 @@ pub struct StudySpec {
     pub protocols: Vec<crate::eval::finetune::Protocol>,
     /// Samples per fine-tuning epoch (the labelled subset repeated).
     pub epoch_size: Option<usize>,
+    /// The frozen protocol's layer and head.
+    pub frozen: crate::eval::finetune::FrozenProtocol,
     /// Probe kinds (see [`EvalSpec::probes`]) and the non-linear probes' epochs.
     pub probes: Vec<crate::models::probe::ProbeKind>,
     pub head_epochs: Option<usize>,
@@ -377,6 +379,7 @@ impl StudySpec {
             fractions: self.fractions.clone(),
             per_class: self.per_class.clone(),
             protocols: self.protocols.clone(),
+            frozen: self.frozen.clone(),
             epoch_size: self.epoch_size,
             seeds: self.seeds.clone(),
             epochs: self.finetune_epochs,
@@ -612,6 +615,7 @@ mod tests {
             pretrain_data: None,
             epoch_size: None,
             schedule: None,
+            frozen: Default::default(),
         }
         .resolve(&cache)
         .unwrap();

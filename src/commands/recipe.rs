@@ -180,6 +180,7 @@ impl Recipe {
             per_class: few.map_or(vec![], |f| f.per_class.clone()),
             protocols: few.map_or(vec![Protocol::Whole], |f| f.protocols.clone()),
             epoch_size,
+            frozen: Default::default(),
             probes: e.probes.clone(),
             head_epochs,
             pretrain_data: None,

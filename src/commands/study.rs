@@ -451,7 +451,7 @@ impl Study<'_> {
                 let rc = self
                     .pretrain_spec(&c.finetune_tasks[0])?
                     .resolve(self.cache)?;
-                let taps = rc.backbone.init(&Device::flex()).tap_names();
+                let taps = rc.backbone.tap_names();
                 c.finetune.frozen.layer_of(&taps)?;
             }
         }

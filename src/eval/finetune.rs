@@ -553,7 +553,7 @@ pub fn finetune_run(
     let test = Arc::new(test.subset(&subset_indices(test.len(), cfg.test_images, 1)));
     let classes = train.num_classes();
     let labels = train.header.labels.as_deref().unwrap_or(&[]);
-    let taps = rc.backbone.init(&Device::flex()).tap_names();
+    let taps = rc.backbone.tap_names();
     let frozen_layer = if cfg.protocols.contains(&Protocol::Frozen) {
         Some(cfg.frozen.layer_of(&taps)?)
     } else {
@@ -629,18 +629,16 @@ pub fn finetune_run(
                         _ => (run.join("finetune"), parent_state.clone()),
                     };
                     let dir = folder.join(format!("{name}-{}", config_hash(&sub, &identity)?));
-                    if progress && !finished(&dir)? {
-                        eprintln!(
-                            "fine-tuning {} ({}) seed {seed} from {init}",
-                            setting.name(),
-                            match &frozen {
-                                None => "whole network".to_string(),
-                                Some(f) => format!("frozen to {} + {}", f.layer, f.kind.name()),
-                            }
-                        );
-                    }
-                    let (top1, top5) =
-                        train_and_test(&dir, sub, test.clone(), cache, dev, progress)?;
+                    let what = format!(
+                        "fine-tuning {} ({}) seed {seed} from {init}",
+                        setting.name(),
+                        match &frozen {
+                            None => "whole network".to_string(),
+                            Some(f) => format!("frozen to {} + {}", f.layer, f.kind.name()),
+                        }
+                    );
+                    let said = progress.then_some(what.as_str());
+                    let (top1, top5) = train_and_test(&dir, sub, test.clone(), cache, dev, said)?;
                     let n = subset_of(labels, classes, setting, seed)?.len();
                     rows.push(FinetuneRow {
                         fraction: match setting {
@@ -708,30 +706,26 @@ pub(crate) fn labelled_run(
     })
 }
 
-/// Whether the sub-run in `dir` has trained all its epochs.
-pub(crate) fn finished(dir: &Path) -> Result<bool> {
-    let Ok(rc) = RunConfig::load(dir) else {
-        return Ok(false);
-    };
-    Ok(checkpoint::latest(dir)?.is_some_and(|(_, s)| s.epoch >= rc.train.epochs))
-}
-
 /// Train the sub-run `sub` in `dir` to its last epoch (continuing what an interrupted call
-/// left), then its test top-1/top-5 on `test`.
+/// left; saying `progress` first, with a progress bar), then its test top-1/top-5 on `test`.
 pub(crate) fn train_and_test(
     dir: &Path,
     sub: RunConfig,
     test: Arc<ImageSet>,
     cache: &CacheOptions,
     dev: &Device,
-    progress: bool,
+    progress: Option<&str>,
 ) -> Result<(f64, f64)> {
-    if !finished(dir)? {
+    let done = checkpoint::latest(dir)?.is_some_and(|(_, s)| s.epoch >= sub.train.epochs);
+    if !done {
+        if let Some(what) = progress {
+            eprintln!("{what}");
+        }
         let resume = RunConfig::path(dir).exists();
         Pretrain {
             run: dir,
             device: dev,
-            progress,
+            progress: progress.is_some(),
             stop_after: None,
             cache,
             timing: None,

@@ -132,7 +132,7 @@ pub fn evaluate(
         };
         serde_json::to_string(&checkpoint::TrainState { log: None, ..state })?
     };
-    let taps = rc.backbone.init(&Device::flex()).tap_names();
+    let taps = rc.backbone.tap_names();
     let layers = heads.layers_of(&taps)?;
     let folder = run.join(if random_init {
         "probes-random-init"
@@ -174,20 +174,18 @@ pub fn evaluate(
                 kind.name(),
                 finetune::config_hash(&sub, &identity)?
             ));
-            if progress && !finetune::finished(&dir)? {
-                eprintln!(
-                    "{} probe on {layer} ({}){}",
-                    kind.name(),
-                    if random_init { "random init" } else { "frozen" },
-                    if epochs == kind.paper_epochs() {
-                        String::new()
-                    } else {
-                        format!(", {epochs} epochs (RotNet: {})", kind.paper_epochs())
-                    }
-                );
-            }
-            let (top1, top5) =
-                finetune::train_and_test(&dir, sub, test.clone(), cache, dev, progress)?;
+            let what = format!(
+                "{} probe on {layer} ({}){}",
+                kind.name(),
+                if random_init { "random init" } else { "frozen" },
+                if epochs == kind.paper_epochs() {
+                    String::new()
+                } else {
+                    format!(", {epochs} epochs (RotNet: {})", kind.paper_epochs())
+                }
+            );
+            let said = progress.then_some(what.as_str());
+            let (top1, top5) = finetune::train_and_test(&dir, sub, test.clone(), cache, dev, said)?;
             out.push((
                 layer.clone(),
                 HeadResult {

@@ -85,6 +85,18 @@ impl BackboneConfig {
         Ok(())
     }
 
+    /// The taps' names, as the built network gives them, without building it (a check of
+    /// a layer name need not initialise a ResNet-50).
+    pub fn tap_names(&self) -> Vec<String> {
+        match self.arch {
+            Arch::Nin => (1..=self.blocks).map(|b| format!("block{b}")).collect(),
+            Arch::Alexnet => (1..=5).map(|i| format!("conv{i}")).collect(),
+            Arch::Resnet18Cifar | Arch::Resnet18 | Arch::Resnet50 => std::iter::once("stem".into())
+                .chain((1..=4).map(|i| format!("layer{i}")))
+                .collect(),
+        }
+    }
+
     pub fn init(&self, dev: &Device) -> Backbone {
         match self.arch {
             Arch::Nin => Backbone::Nin(Nin::new(self.in_channels, self.blocks, self.width, dev)),
@@ -176,6 +188,24 @@ pub fn pool_grid(channels: usize, side: usize, target: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names said without building are the built network's, for every architecture.
+    #[test]
+    fn tap_names_without_building_match_the_network() {
+        let dev = Device::flex();
+        for arch in [
+            Arch::Nin,
+            Arch::Alexnet,
+            Arch::Resnet18Cifar,
+            Arch::Resnet18,
+            Arch::Resnet50,
+        ] {
+            let mut cfg = BackboneConfig::new(arch, 32);
+            cfg.width = 8;
+            cfg.blocks = 3;
+            assert_eq!(cfg.tap_names(), cfg.init(&dev).tap_names(), "{arch:?}");
+        }
+    }
 
     #[test]
     fn pooling_grid_targets_about_9k() {

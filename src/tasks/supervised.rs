@@ -279,7 +279,7 @@ impl Task for SupervisedTask {
     fn check_run(&self, rc: &RunConfig, run: &Path) -> anyhow::Result<()> {
         let sc: SupervisedConfig = rc.task.typed()?;
         if let Some(f) = &sc.frozen {
-            let names = rc.backbone.init(&burn::tensor::Device::flex()).tap_names();
+            let names = rc.backbone.tap_names();
             anyhow::ensure!(
                 names.contains(&f.layer),
                 "{:?} has no layer {:?} (its layers: {})",
