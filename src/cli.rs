@@ -285,6 +285,10 @@ pub enum Command {
         /// Skip the synthetic per-backbone table.
         #[arg(long)]
         tasks_only: bool,
+        /// Measure one row in this process and print it as JSON (each row runs in a child
+        /// process of its own).
+        #[arg(long, hide = true)]
+        row: Option<usize>,
     },
 }
 
@@ -558,9 +562,17 @@ pub struct StudyArgs {
     #[arg(long)]
     pub pretrain_data: Option<PathBuf>,
     /// Run a paper's recipe (recipes/*.toml): its network, epochs, optimizer, schedule and
-    /// protocols replace the study's flags (but --data, --out and the image counts), and
-    /// study.md sets its published numbers beside the measured ones.
-    #[arg(long)]
+    /// protocols replace the study's flags, and study.md sets its published numbers beside
+    /// the measured ones. Beside it go only --data, --out, the image counts, --scale,
+    /// --dry-run and --per-class (a subset of the recipe's counts, for a CPU).
+    // A flag the recipe would override is refused, not silently dropped: a user who typed
+    // `--tasks jigsaw` must not get a table of rotation under that name.
+    #[arg(long, conflicts_with_all = [
+        "resume", "tasks", "budget", "max_epochs", "no_supervised", "backbone", "width",
+        "blocks", "batch_size", "lr", "seed", "probe_epochs", "probe_sweep", "finetune",
+        "seeds", "finetune_epochs", "pretrain_data", "probe", "head_epochs", "fractions",
+        "protocol", "frozen_layer", "frozen_head", "epoch_size",
+    ])]
     pub recipe: Option<PathBuf>,
     /// Scale a recipe's epoch counts down for a CPU (0.1: a tenth), said in study.md.
     #[arg(long, default_value_t = 1.0, requires = "recipe")]
@@ -804,6 +816,7 @@ pub fn main_with(mut cli: Cli) -> Result<()> {
             tasks,
             task_width,
             tasks_only,
+            row,
         } => crate::commands::bench::run(
             &crate::commands::bench::BenchOptions {
                 batch,
@@ -814,6 +827,7 @@ pub fn main_with(mut cli: Cli) -> Result<()> {
                 tasks,
                 task_width,
                 tasks_only,
+                row,
             },
             &ctx.cache,
             &ctx.dev,
@@ -1028,6 +1042,7 @@ fn study(a: &StudyArgs, ctx: &Ctx) -> Result<()> {
             train: a.train_images,
             eval_train: a.eval_train_images,
             eval_test: a.eval_test_images,
+            per_class: (!a.few.per_class.is_empty()).then(|| a.few.per_class.clone()),
         };
         let (spec, applied) = recipe.study(file, data, a.scale, images)?;
         let mut cfg = spec.resolve(&ctx.cache)?;

@@ -332,3 +332,47 @@ fn every_recipe_runs_a_scaled_down_step() {
     }
     assert!(n >= 6, "{n} recipes");
 }
+
+/// A flag the recipe would replace is refused, never dropped in silence (a user who adds
+/// `--tasks jigsaw` must not get rotation's table under that name), and nothing is created;
+/// `--per-class` narrows the recipe's counts and the plan says so.
+#[test]
+fn a_recipe_refuses_the_flags_it_would_override() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/rotnet-cifar10-nin4.toml");
+    let base = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pretext"));
+        c.arg("study")
+            .arg("--recipe")
+            .arg(&recipe)
+            .arg("--data")
+            .arg(common::cifar_root())
+            .arg("--out")
+            .arg(&out)
+            // Should a flag slip through, a dry run ends the test in seconds.
+            .args(["--scale", "0.01", "--train-images", "64", "--dry-run"]);
+        c
+    };
+    for flag in [
+        &["--tasks", "jigsaw"][..],
+        &["--width", "32"],
+        &["--probe", "linear"],
+        &["--epoch-size", "100"],
+        &["--seeds", "1"],
+    ] {
+        let r = base().args(flag).output().unwrap();
+        assert!(!r.status.success(), "{flag:?} was accepted");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.contains("cannot be used with") && err.contains(flag[0]),
+            "{flag:?}: {err}"
+        );
+        assert!(!out.exists(), "nothing is created for a refused study");
+    }
+    let r = base().args(["--per-class", "20,50"]).output().unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("--per-class 50"), "{err}");
+    assert!(!out.exists(), "nothing is created for a refused study");
+}

@@ -151,6 +151,38 @@ impl Recipe {
         let epoch_size = few
             .and_then(|f| f.epoch_size)
             .map(|n| at("fine-tuning epoch size", n));
+        let mut per_class = few.map_or(vec![], |f| f.per_class.clone());
+        if let Some(asked) = &images.per_class {
+            let Some(f) = few.filter(|f| !f.per_class.is_empty()) else {
+                anyhow::bail!(
+                    "--per-class: the recipe {} has no labels-per-class table to narrow",
+                    self.name
+                );
+            };
+            // Only the recipe's own counts: each has its published row; another count
+            // would be a table the recipe does not describe.
+            if let Some(k) = asked.iter().find(|k| !f.per_class.contains(k)) {
+                anyhow::bail!(
+                    "--per-class {k}: the recipe {} runs {} labels per class; choose among those",
+                    self.name,
+                    slashed(&f.per_class)
+                );
+            }
+            let kept: Vec<usize> = f
+                .per_class
+                .iter()
+                .copied()
+                .filter(|k| asked.contains(k))
+                .collect();
+            if kept != f.per_class {
+                scaled.push(format!(
+                    "labels per class {} → {}",
+                    slashed(&f.per_class),
+                    slashed(&kept)
+                ));
+            }
+            per_class = kept;
+        }
         let spec = StudySpec {
             data: Some(data),
             tasks: p.tasks.clone(),
@@ -177,7 +209,7 @@ impl Recipe {
             fractions: few.map_or(vec![], |f| f.fractions.clone()),
             seeds: few.map_or(vec![0], |f| f.seeds.clone()),
             finetune_epochs: finetune_epochs.unwrap_or(1),
-            per_class: few.map_or(vec![], |f| f.per_class.clone()),
+            per_class,
             protocols: few.map_or(vec![Protocol::Whole], |f| f.protocols.clone()),
             epoch_size,
             frozen: Default::default(),
@@ -199,11 +231,14 @@ impl Recipe {
 }
 
 /// Image counts given on the command line beside a recipe (`None`: the recipe's, or all).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Images {
     pub train: Option<usize>,
     pub eval_train: Option<usize>,
     pub eval_test: Option<usize>,
+    /// Labels per class to run, a subset of the recipe's own (its largest counts are most
+    /// of a scaled-down run's time: one pass over 5000 per class is the whole train split).
+    pub per_class: Option<Vec<usize>>,
 }
 
 impl Applied {
@@ -284,6 +319,13 @@ fn measured(c: &crate::report::Comparison, p: &Published) -> Option<f64> {
     }
 }
 
+fn slashed(v: &[usize]) -> String {
+    v.iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// The recipes shipped in `recipes/` (for tests and `--help`).
 pub fn shipped() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
@@ -325,6 +367,60 @@ mod tests {
             assert_eq!(full.max_epochs, r.pretrain.epochs);
             assert!(applied.scaled.is_empty());
         }
+    }
+
+    /// `--per-class` keeps a subset of the recipe's counts, in the recipe's order, and says
+    /// so; a count the recipe has no row for, or a recipe without the table, is refused.
+    #[test]
+    fn per_class_narrows_the_recipes_counts_and_says_so() {
+        let f = shipped()
+            .into_iter()
+            .find(|f| f.ends_with("rotnet-cifar10-nin4.toml"))
+            .unwrap();
+        let r = Recipe::load(&f).unwrap();
+        let narrow = |k: Vec<usize>| {
+            r.study(
+                &f,
+                "d".into(),
+                1.0,
+                Images {
+                    per_class: Some(k),
+                    ..Images::default()
+                },
+            )
+        };
+        let (spec, applied) = narrow(vec![400, 20, 100]).unwrap();
+        assert_eq!(spec.per_class, vec![20, 100, 400]);
+        assert_eq!(
+            applied.scaled,
+            vec!["labels per class 20/100/400/1000/5000 → 20/100/400".to_string()]
+        );
+        let e = narrow(vec![20, 50]).unwrap_err().to_string();
+        assert!(
+            e.contains("--per-class 50") && e.contains("20/100/400/1000/5000"),
+            "{e}"
+        );
+        let (spec, applied) = r.study(&f, "d".into(), 1.0, Images::default()).unwrap();
+        assert_eq!(spec.per_class, vec![20, 100, 400, 1000, 5000]);
+        assert!(applied.scaled.is_empty());
+        let alexnet = shipped()
+            .into_iter()
+            .find(|f| f.ends_with("rotnet-imagenet-alexnet.toml"))
+            .unwrap();
+        let e = Recipe::load(&alexnet)
+            .unwrap()
+            .study(
+                &alexnet,
+                "d".into(),
+                1.0,
+                Images {
+                    per_class: Some(vec![20]),
+                    ..Images::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no labels-per-class table"), "{e}");
     }
 
     #[test]

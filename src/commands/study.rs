@@ -542,9 +542,14 @@ impl Study<'_> {
             e.epochs = rc.train.epochs;
             self.save_log(log)?;
             if self.progress {
+                let within = match &self.cfg.recipe {
+                    // A recipe's budget is a formality: its epochs are fixed.
+                    Some(r) => format!("(the recipe {}'s)", r.name),
+                    None => format!("in {:.0} s", self.cfg.budget_seconds),
+                };
                 eprintln!(
-                    "[study] {name}: {:.1} images/s → {} epoch(s) of {images} images in {:.0} s",
-                    timed.images_per_second, rc.train.epochs, self.cfg.budget_seconds
+                    "[study] {name}: {:.1} images/s → {} epoch(s) of {images} images {within}",
+                    timed.images_per_second, rc.train.epochs
                 );
             }
             self.pretrainer(&dir, None).run(Some(rc), false)?;
