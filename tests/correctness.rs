@@ -697,4 +697,30 @@ fn a_run_evaluated_on_other_data_is_named_a_transfer() {
         md.contains("| rotation (pretrained on tree) | 0.2% |"),
         "{md}"
     );
+    // Every CSV line of the transfer names the data it learnt on; the random-init ones none.
+    let csv = fs::read_to_string(tmp.path().join("rep/report.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().ends_with(",pretrained_on"),
+        "{csv}"
+    );
+    for line in csv.lines().skip(1) {
+        let pretrained = line.starts_with("rotation,") && !line.contains("random-init");
+        let from = if pretrained { "tree" } else { "" };
+        assert!(line.ends_with(&format!(",{from}")), "{line}");
+    }
+    assert!(csv.contains(",finetune,"), "{csv}");
+    for (file, n) in [("r/eval/eval.csv", 1), ("r/finetune/finetune.csv", 2)] {
+        let text = fs::read_to_string(tmp.path().join(file)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with(",pretrained_on"), "{file}: {text}");
+        assert!(lines.len() > n, "{file}: {text}");
+        for l in &lines[1..] {
+            let from = if l.contains("random-init") {
+                ""
+            } else {
+                "tree"
+            };
+            assert!(l.ends_with(&format!(",{from}")), "{file}: {l}");
+        }
+    }
 }

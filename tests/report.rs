@@ -164,7 +164,7 @@ fn a_swept_probe_shows_its_chosen_setting_beside_each_number() {
         csv.lines()
             .next()
             .unwrap()
-            .ends_with(",lr,weight_decay,val_top1")
+            .ends_with(",lr,weight_decay,val_top1,pretrained_on")
     );
     assert!(
         csv.contains("rotation,block2,2048,8,linear,,,0.4900,0.7900,1000,500,30,,,,0.001,0,0.5000"),

@@ -323,13 +323,17 @@ impl FinetuneReport {
         }
     }
 
+    /// The name of the data the network was pretrained on, when it is not the data it is
+    /// fine-tuned on (a transfer).
+    pub fn transfer_from(&self) -> Option<String> {
+        self.data
+            .as_deref()
+            .and_then(|d| super::table::transfer_from(self.pretrained_on.as_deref(), d))
+    }
+
     /// The method's name in tables: with the data it was pretrained on, for a transfer.
     pub fn name(&self) -> String {
-        let from = self
-            .data
-            .as_deref()
-            .and_then(|d| super::table::transfer_from(self.pretrained_on.as_deref(), d));
-        match from {
+        match self.transfer_from() {
             Some(from) => format!("{} (pretrained on {from})", self.method),
             None => self.method.clone(),
         }
@@ -416,8 +420,9 @@ impl FinetuneReport {
 
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "method,fraction,per_class,protocol,layer,seed,init,train_images,test_images,epochs,top1,top5\n",
+            "method,fraction,per_class,protocol,layer,seed,init,train_images,test_images,epochs,top1,top5,pretrained_on\n",
         );
+        let from = self.transfer_from().unwrap_or_default();
         for r in &self.rows {
             let cells = [
                 self.method.clone(),
@@ -435,6 +440,12 @@ impl FinetuneReport {
                 self.protocol.epochs.to_string(),
                 format!("{:.4}", r.top1),
                 format!("{:.4}", r.top5),
+                // A random-init twin learnt nothing before: no data to name.
+                if r.init == "pretrained" {
+                    from.clone()
+                } else {
+                    String::new()
+                },
             ];
             let _ = writeln!(s, "{}", csv_row(cells));
         }

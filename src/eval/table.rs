@@ -250,8 +250,9 @@ impl EvalReport {
 
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs,nmi,ari,purity,lr,weight_decay,val_top1\n",
+            "method,layer,dim,pool_grid,protocol,k,T,top1,top5,train_images,test_images,probe_epochs,nmi,ari,purity,lr,weight_decay,val_top1,pretrained_on\n",
         );
+        let from = self.transfer_from().unwrap_or_default();
         let (tr, te) = (self.train_images.to_string(), self.test_images.to_string());
         let f4 = |v: f64| format!("{v:.4}");
         for r in &self.rows {
@@ -265,7 +266,11 @@ impl EvalReport {
                     r.dim.to_string(),
                     r.pool_grid.to_string(),
                 ];
-                let row = head.into_iter().chain(cells).chain(std::mem::take(setting));
+                let row = head
+                    .into_iter()
+                    .chain(cells)
+                    .chain(std::mem::take(setting))
+                    .chain([from.clone()]);
                 let _ = writeln!(s, "{}", csv_row(row));
             };
             let none = String::new;

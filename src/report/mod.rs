@@ -502,14 +502,21 @@ impl Comparison {
         s
     }
 
-    /// Long format: one line per (method, layer, protocol, metric).
+    /// Long format: one line per (method, layer, protocol, metric). `pretrained_on` names
+    /// the data a transfer's network learnt on (empty when it is the evaluation's own), so
+    /// a transfer line never passes for the method pretrained in-domain.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "method,layer,protocol,setting,metric,value,train_images,test_images,network\n",
+            "method,layer,protocol,setting,metric,value,train_images,test_images,network,pretrained_on\n",
         );
         for r in &self.evals {
             let (tr, te) = (r.train_images, r.test_images);
-            let net = network_name(r).replace(',', ";");
+            // `{net}` stands last but one on every line: the data it learnt on follows it.
+            let net = format!(
+                "{},{}",
+                network_name(r).replace(',', ";"),
+                r.transfer_from().unwrap_or_default().replace(',', ";")
+            );
             for x in &r.rows {
                 let setting = format!("probe {} epochs", r.protocol.probe.epochs);
                 for (m, v) in [("top1", x.linear.top1), ("top5", x.linear.top5)] {
@@ -555,7 +562,7 @@ impl Comparison {
             for r in &f.rows {
                 let _ = writeln!(
                     s,
-                    "{},{},finetune,{} {} seed {} {} {} epochs,top1,{:.4},{},{},",
+                    "{},{},finetune,{} {} seed {} {} {} epochs,top1,{:.4},{},{},,{}",
                     f.method,
                     r.layer.as_deref().unwrap_or("all"),
                     r.labels().name(),
@@ -565,7 +572,13 @@ impl Comparison {
                     f.protocol.epochs,
                     r.top1,
                     r.train_images,
-                    f.test_images
+                    f.test_images,
+                    // A random-init twin learnt nothing before: no data to name.
+                    if r.init == "pretrained" {
+                        f.transfer_from().unwrap_or_default().replace(',', ";")
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
