@@ -12,6 +12,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod flops;
 
 use std::borrow::Cow;
 use std::sync::OnceLock;

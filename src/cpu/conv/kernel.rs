@@ -176,6 +176,25 @@ impl View {
     }
 }
 
+/// `dst = a · b` for square row-major `n × n` matrices on `threads` rayon threads: the
+/// GEMM our convolutions run, alone, for `pretext bench`'s measure of the machine's peak.
+pub fn square_product(n: usize, a: &[f32], b: &[f32], dst: &mut [f32], threads: usize) {
+    assert!(a.len() >= n * n && b.len() >= n * n);
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    matmul(
+        [n, n, n],
+        dst,
+        false,
+        View::rows(a, n),
+        View::rows(b, n),
+        par,
+    );
+}
+
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major and contiguous.
 fn matmul(
     [m, n, k]: [usize; 3],

@@ -198,6 +198,21 @@ fn fast_path(conv: &Conv2d, x: &Tensor<4>) -> Option<([usize; 2], [usize; 2])> {
 
 /// `conv.forward(x)`, on our kernels where they apply (see the module docs).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if super::flops::tracing() {
+        let tracked = x.is_tracked();
+        let y = conv2d_untraced(conv, x);
+        let [n, c_out, oh, ow] = y.dims();
+        let [_, c_in_per_group, kh, kw] = conv.weight.dims();
+        super::flops::record(super::flops::ConvShape {
+            macs: (n * c_out * oh * ow * c_in_per_group * kh * kw) as u64,
+            input_tracked: tracked,
+        });
+        return y;
+    }
+    conv2d_untraced(conv, x)
+}
+
+fn conv2d_untraced(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match fast_path(conv, &x) {
         Some((stride, pad)) => Tensor::from_dispatch(Dispatch::cpu_conv2d(
             x.into_dispatch(),
