@@ -376,7 +376,7 @@ impl FinetuneReport {
             self.run,
             p.epochs,
             p.epoch_size.map_or(String::new(), |n| format!(
-                " of {n} samples (the subset repeated)"
+                " of {n} samples (a smaller subset repeated to {n}, a larger one seen once)"
             )),
             self.test_images
         );
