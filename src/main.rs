@@ -15,7 +15,7 @@ unsafe extern "C" {
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// Never hand freed memory back to the kernel. By default mimalloc purges free pages after a
-/// delay (1 s, ×10 in its arenas); a training step frees its activations and gradients and
+/// delay (1 s in mimalloc v3); a training step frees its activations and gradients and
 /// allocates them again one step later, so they were purged and faulted back in, zeroed by
 /// the kernel, on every step: a quarter of all CPU time went to the kernel (measured in
 /// BENCHMARKS.md). The process now holds its high-water mark, which it reaches on every step

@@ -317,10 +317,16 @@ pub fn run(
         return Ok(());
     }
     let mib = |m: Option<f64>| m.map_or("–".to_string(), |m| format!("{m:.0}"));
-    let peak = (!tasks_only).then(gemm_peak);
-    let of_peak = |g: f64| {
-        let p = peak.as_ref().map_or(f64::NAN, |p| p.gflops);
-        format!("{g:.1} ({:.0}%)", 100.0 * g / p)
+    // The peak is the CPU's GEMM: a figure for the CPU backend only (a GPU's GFLOP/s over
+    // it would read as thousands of percent).
+    let on_cpu = matches!(
+        dev.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    );
+    let peak = (!tasks_only && on_cpu).then(gemm_peak);
+    let of_peak = |g: f64| match &peak {
+        Some(p) => format!("{g:.1} ({:.0}%)", 100.0 * g / p.gflops),
+        None => format!("{g:.1}"),
     };
     if let Some(peak) = &peak {
         println!(
@@ -329,6 +335,8 @@ pub fn run(
             peak.threads,
             n = peak.n
         );
+    }
+    if !tasks_only {
         println!(
             "| backbone | width | input | batch | train img/s | inference img/s | peak MiB | GFLOP per training step | train GFLOP/s (of peak) | inference GFLOP/s (of peak) |"
         );
@@ -353,6 +361,9 @@ pub fn run(
             Measured::Task(r) => {
                 if !task_header {
                     task_header = true;
+                    if !tasks_only {
+                        println!("\n{FLOPS_NOTE}");
+                    }
                     println!(
                         "\n| task | backbone | width | batch (images) | inputs/image | train images/s | pipeline images/s | pipeline ÷ train | peak MiB |"
                     );
@@ -373,13 +384,14 @@ pub fn run(
             }
         }
     }
-    if peak.is_some() {
-        println!(
-            "\nFLOPs are the convolutions' (forward, input and weight gradients; the first layer has no input gradient), counted from their shapes; batch norm, pooling, the head and the optimizer are not counted."
-        );
+    if !tasks_only && !task_header {
+        println!("\n{FLOPS_NOTE}");
     }
     Ok(())
 }
+
+/// What the synthetic table's FLOPs count, printed under it.
+const FLOPS_NOTE: &str = "FLOPs are the convolutions' (forward, input and weight gradients; the first layer has no input gradient), counted from their shapes; batch norm, pooling, the head and the optimizer are not counted.";
 
 /// The rows `o` asks for, in order: the synthetic backbones, then the tasks on `--data`.
 fn jobs(o: &BenchOptions) -> anyhow::Result<Vec<Job>> {

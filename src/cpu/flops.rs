@@ -128,9 +128,18 @@ mod tests {
         let (_, seen) =
             trace(|| crate::cpu::conv2d(&biased, Tensor::<4>::ones([2, 3, 5, 5], &dev)));
         assert_eq!(seen[0].macs, 10_800);
-        // Nothing is recorded outside a trace.
-        let _ = crate::cpu::conv2d(&biased, Tensor::<4>::ones([1, 3, 5, 5], &dev));
-        assert!(!tracing());
+        // A trace inside a trace takes only its own convolutions, and the outer one then
+        // goes on with its own: 2 images, then 1 image (5,400 multiply-adds) outside the
+        // inner trace.
+        let ((_, inner), outer) = trace(|| {
+            let inner =
+                trace(|| crate::cpu::conv2d(&biased, Tensor::<4>::ones([2, 3, 5, 5], &dev)));
+            let _ = crate::cpu::conv2d(&biased, Tensor::<4>::ones([1, 3, 5, 5], &dev));
+            inner
+        });
+        assert_eq!(inner.iter().map(|c| c.macs).collect::<Vec<_>>(), [10_800]);
+        assert_eq!(outer.iter().map(|c| c.macs).collect::<Vec<_>>(), [5_400]);
+        assert!(!tracing(), "no trace is left running");
     }
 
     /// ResNet-18 with the CIFAR stem on one 32×32 image, worked out by hand:
