@@ -111,13 +111,20 @@ pub fn measure(
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &tdev);
     let y: Vec<i64> = (0..batch as i64).map(|i| i % 4).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch]), &tdev);
-    // The first step's convolutions, traced, give the step's arithmetic.
-    let (_, convs) = crate::cpu::flops::trace(|| model.logits(x.clone()));
-    let flops = crate::cpu::flops::StepFlops::of(&convs);
+    let mut convs = vec![];
     let mut times = Vec::new();
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        let loss = cross_entropy(model.logits(x.clone()), y.clone());
+        // The first step's forward, traced, gives the step's arithmetic (the trace costs a
+        // thread-local push per convolution).
+        let logits = if i == 0 {
+            let (logits, seen) = crate::cpu::flops::trace(|| model.logits(x.clone()));
+            convs = seen;
+            logits
+        } else {
+            model.logits(x.clone())
+        };
+        let loss = cross_entropy(logits, y.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(0.01, model, grads);
         let _ = tdev.sync();
@@ -125,6 +132,7 @@ pub fn measure(
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    let flops = crate::cpu::flops::StepFlops::of(&convs);
     let train_step = median(times);
     let train = batch as f64 / train_step;
     let infer_model = model.valid();

@@ -27,7 +27,7 @@ use crate::eval::finetune::{Labels, Protocol};
 use crate::eval::{EvalConfig, EvalSize, evaluate_run};
 use crate::models::{Arch, BackboneConfig};
 use crate::report::{Comparison, gather};
-use crate::run::{InputTransform, Pretrain, RunConfig, open_split, open_training};
+use crate::run::{InputTransform, Pretrain, RunConfig, open_split};
 use crate::tasks::supervised::balanced_subset;
 use crate::tasks::{self, Task};
 use crate::train::OptimKind;
@@ -103,8 +103,9 @@ pub struct StudyConfig {
 pub struct MethodRecord {
     pub method: String,
     pub run: PathBuf,
-    /// Source images/s of the timed steps that sized the run.
-    pub calibrated_images_per_second: f64,
+    /// Source images/s of the timed steps that sized the run (`None` for a recipe, whose
+    /// epochs are fixed: nothing is timed).
+    pub calibrated_images_per_second: Option<f64>,
     pub epochs: usize,
     pub images_seen: u64,
     /// Training time as the checkpoints record it (excludes calibration and evaluation).
@@ -507,49 +508,61 @@ impl Study<'_> {
         }
     }
 
+    /// Source images/s of `CALIBRATION_STEPS` training steps of `rc`, in a scratch run
+    /// that is removed.
+    fn calibrate(&self, name: &str, rc: &RunConfig) -> Result<f64> {
+        let scratch = self.out.join(".calibration").join(name);
+        let _ = std::fs::remove_dir_all(&scratch);
+        if self.progress {
+            eprintln!("[study] {name}: timing {CALIBRATION_STEPS} steps to size the budget");
+        }
+        let (_, timed) = self
+            .pretrainer(
+                &scratch,
+                Some(Timing {
+                    steps: CALIBRATION_STEPS,
+                    train: true,
+                }),
+            )
+            .run(Some(rc.clone()), false)?;
+        let _ = std::fs::remove_dir_all(self.out.join(".calibration"));
+        Ok(timed.images_per_second)
+    }
+
     fn pretrain(&self, name: &str, log: &mut StudyLog) -> Result<()> {
         let dir = self.out.join(name);
         if !RunConfig::path(&dir).exists() {
             let mut rc = self.pretrain_spec(name)?.resolve(self.cache)?;
-            let scratch = self.out.join(".calibration").join(name);
-            let _ = std::fs::remove_dir_all(&scratch);
-            if self.progress {
-                eprintln!("[study] {name}: timing {CALIBRATION_STEPS} steps to size the budget");
-            }
-            let (_, timed) = self
-                .pretrainer(
-                    &scratch,
-                    Some(Timing {
-                        steps: CALIBRATION_STEPS,
-                        train: true,
-                    }),
-                )
-                .run(Some(rc.clone()), false)?;
-            let _ = std::fs::remove_dir_all(self.out.join(".calibration"));
-            let images = match open_training(&rc.data, rc.split, self.cache)? {
-                (_, Some(stream)) => stream.len(),
-                (set, None) => rc.train_images.map_or(set.len(), |t| t.min(set.len())),
+            let images = crate::run::training_images(&rc, self.cache)?;
+            // A recipe's epochs are fixed: timing steps to size a budget would be wasted
+            // (minutes at the paper's width).
+            let timed = match &self.cfg.recipe {
+                Some(_) => None,
+                None => Some(self.calibrate(name, &rc)?),
             };
-            rc.train.epochs = epochs_for(
-                self.cfg.budget_seconds,
-                timed.images_per_second,
-                images,
-                self.cfg.max_epochs,
-            );
+            rc.train.epochs = match timed {
+                Some(rate) => {
+                    epochs_for(self.cfg.budget_seconds, rate, images, self.cfg.max_epochs)
+                }
+                None => self.cfg.max_epochs,
+            };
             let e = log.entry(name);
             e.run = dir.clone();
-            e.calibrated_images_per_second = timed.images_per_second;
+            e.calibrated_images_per_second = timed;
             e.epochs = rc.train.epochs;
             self.save_log(log)?;
             if self.progress {
-                let within = match &self.cfg.recipe {
-                    // A recipe's budget is a formality: its epochs are fixed.
-                    Some(r) => format!("(the recipe {}'s)", r.name),
-                    None => format!("in {:.0} s", self.cfg.budget_seconds),
+                let how = match (&self.cfg.recipe, timed) {
+                    (Some(r), _) => format!("the recipe {}'s", r.name),
+                    (None, rate) => format!(
+                        "{:.1} images/s in {:.0} s",
+                        rate.unwrap_or_default(),
+                        self.cfg.budget_seconds
+                    ),
                 };
                 eprintln!(
-                    "[study] {name}: {:.1} images/s → {} epoch(s) of {images} images {within}",
-                    timed.images_per_second, rc.train.epochs
+                    "[study] {name}: {} epoch(s) of {images} images ({how})",
+                    rc.train.epochs
                 );
             }
             self.pretrainer(&dir, None).run(Some(rc), false)?;
@@ -740,7 +753,8 @@ impl Study<'_> {
                 m.method.clone(),
                 m.epochs.to_string(),
                 m.images_seen.to_string(),
-                format!("{:.1}", m.calibrated_images_per_second),
+                m.calibrated_images_per_second
+                    .map_or("–".to_string(), |v| format!("{v:.1}")),
                 format!("{:.0}", m.pretrain_seconds),
                 format!("{:.4}", m.final_loss),
                 format!("{:.4}", m.final_score),
