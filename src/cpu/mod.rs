@@ -12,6 +12,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+mod fill;
 pub mod flops;
 
 use std::borrow::Cow;

@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use super::super::fill;
+
 /// `[n, c, h·w]` of the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Planes {
@@ -94,25 +96,23 @@ pub fn normalize(
     relu: bool,
 ) -> Vec<f32> {
     assert_eq!(x.len(), p.len());
-    let mut y = vec![0.0; p.len()];
-    y.par_chunks_mut(p.hw)
-        .zip(x.par_chunks(p.hw))
-        .enumerate()
-        .for_each(|(i, (y, x))| {
+    fill::build(
+        p.len(),
+        p.hw,
+        true,
+        || (),
+        |_, i, y| {
             let ch = i % p.c;
             let a = gamma[ch] * inv_std(var[ch], epsilon);
             let b = beta[ch] - mean[ch] * a;
+            let x = &x[i * p.hw..(i + 1) * p.hw];
             if relu {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y = (x * a + b).max(0.0);
-                }
+                y.map(x, |x| (x * a + b).max(0.0))
             } else {
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y = x * a + b;
-                }
+                y.map(x, |x| x * a + b)
             }
-        });
-    y
+        },
+    )
 }
 
 /// The upstream gradient of one plane after ReLU's mask (`y` the forward's output), into `g`.
@@ -160,24 +160,19 @@ pub fn backward(
         })
         .collect();
     let m = p.m();
-    let mut dx = vec![0.0; p.len()];
-    dx.par_chunks_mut(p.hw)
-        .enumerate()
-        .for_each_init(Vec::new, |buf, (i, dx)| {
-            let (img, ch) = (i / p.c, i % p.c);
-            let xv = p.plane(x, img, ch);
-            let g = masked(p.plane(dy, img, ch), y.map(|y| p.plane(y, img, ch)), buf);
-            let is = inv_std(var[ch], epsilon);
-            let (sg, sgx) = sums[ch];
-            // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
-            let a = gamma[ch] * is;
-            let c0 = (sg / m) as f32;
-            let c1 = (sgx / m) as f32 * is * is;
-            let mu = mean[ch];
-            for ((d, &g), &x) in dx.iter_mut().zip(g).zip(xv) {
-                *d = a * (g - c0 - (x - mu) * c1);
-            }
-        });
+    let dx = fill::build(p.len(), p.hw, true, Vec::new, |buf, i, dx| {
+        let (img, ch) = (i / p.c, i % p.c);
+        let xv = p.plane(x, img, ch);
+        let g = masked(p.plane(dy, img, ch), y.map(|y| p.plane(y, img, ch)), buf);
+        let is = inv_std(var[ch], epsilon);
+        let (sg, sgx) = sums[ch];
+        // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
+        let a = gamma[ch] * is;
+        let c0 = (sg / m) as f32;
+        let c1 = (sgx / m) as f32 * is * is;
+        let mu = mean[ch];
+        dx.map2(g, xv, |g, x| a * (g - c0 - (x - mu) * c1))
+    });
     let dgamma = sums
         .iter()
         .zip(var)

@@ -12,6 +12,8 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use crate::cpu::fill::{self, Uninit, Written};
+
 /// Shapes and hyper-parameters of one convolution (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -233,30 +235,23 @@ fn matmul(
     }
 }
 
-/// Run `f(image index, its output chunk, scratch buffer)` over the batch: in parallel over
-/// images when there are enough of them to keep every thread busy, else one image at a time
-/// with the GEMM itself parallel.
-fn per_image<F>(out: &mut [f32], chunk: usize, f: F)
+/// A new output of `batch` chunks of `chunk` values, chunk `i` written by `f(i, the chunk,
+/// scratch buffer, the GEMM's parallelism)`: in parallel over images when there are enough of
+/// them to keep every thread busy, else one image at a time with the GEMM itself parallel.
+fn per_image<F>(batch: usize, chunk: usize, f: F) -> Vec<f32>
 where
-    F: Fn(usize, &mut [f32], &mut Vec<f32>, Parallelism) + Sync,
+    F: Fn(usize, Uninit<'_>, &mut Vec<f32>, Parallelism) -> Written + Sync + Send,
 {
     let threads = rayon::current_num_threads();
-    let batch = out.len() / chunk.max(1);
-    if threads > 1 && batch >= threads {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(Vec::new, |buf, (i, o)| f(i, o, buf, Parallelism::None));
+    let parallel = threads > 1 && batch >= threads;
+    let par = if !parallel && threads > 1 {
+        Parallelism::Rayon(threads)
     } else {
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
-        let mut buf = Vec::new();
-        for (i, o) in out.chunks_mut(chunk).enumerate() {
-            f(i, o, &mut buf, par);
-        }
-    }
+        Parallelism::None
+    };
+    fill::build(batch * chunk, chunk, parallel, Vec::new, |buf, i, out| {
+        f(i, out, buf, par)
+    })
 }
 
 /// `y = conv(x, weight)`: x `[n, c, h, w]`, weight `[o, c, kh, kw]` → y `[n, o, oh, ow]`.
@@ -264,8 +259,8 @@ pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
-    let mut y = vec![0.0; g.batch * g.out_len()];
-    per_image(&mut y, g.out_len(), |i, y_i, col, par| {
+    per_image(g.batch, g.out_len(), |i, y_i, col, par| {
+        let (y_i, written) = y_i.zeroed();
         let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
         let rhs = if g.pointwise() {
             x_i
@@ -282,8 +277,8 @@ pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
             View::rows(rhs, ohw),
             par,
         );
-    });
-    y
+        written
+    })
 }
 
 /// `dL/dx` from `dL/dy`: per image `Wᵀ · dy_n`, folded back with [`col2im`].
@@ -291,8 +286,8 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
-    let mut dx = vec![0.0; g.batch * g.in_len()];
-    per_image(&mut dx, g.in_len(), |i, dx_i, col, par| {
+    per_image(g.batch, g.in_len(), |i, dx_i, col, par| {
+        let (dx_i, written) = dx_i.zeroed();
         let dy_i = View::rows(&dy[i * g.out_len()..(i + 1) * g.out_len()], ohw);
         let wt = View::transposed(weight, k);
         if g.pointwise() {
@@ -302,8 +297,8 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             matmul([k, ohw, g.c_out], col, false, wt, dy_i, par);
             col2im(col, g, dx_i);
         }
-    });
-    dx
+        written
+    })
 }
 
 /// `dL/dW` from `dL/dy`: `Σ_n dy_n · unfold(x_n)ᵀ`. The batch is split into one slice per
