@@ -4,6 +4,7 @@
 //!
 //! - [`conv2d`]: convolution, forward and both gradients (see [`conv`]).
 //! - [`batch_norm`]: training-mode batch norm with the ReLU after it fused in.
+//! - [`pool`]: max and average pooling, forward and backward.
 //!
 //! They replace burn's ops only on the Flex backend and only for the cases they cover; burn's
 //! own path is kept for everything else and is what the tests check them against.
@@ -14,6 +15,7 @@ pub mod batch_norm;
 pub mod conv;
 mod fill;
 pub mod flops;
+pub mod pool;
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -22,6 +24,7 @@ use burn::backend::flex::FlexTensor;
 
 pub use batch_norm::batch_norm;
 pub use conv::conv2d;
+pub use pool::{avg_pool2d, max_pool2d};
 
 /// Whether `PRETEXT_CONV=burn` asked for burn's kernels everywhere.
 fn burn_forced() -> bool {

@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
@@ -39,20 +38,14 @@ pub fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, dev: &
         .init(dev)
 }
 
+/// Max pooling, `k×k` window, stride `s`, padding `p` (on our CPU kernels where they apply).
 pub fn max_pool(x: Tensor<4>, k: usize, s: usize, p: usize) -> Tensor<4> {
-    MaxPool2dConfig::new([k, k])
-        .with_strides([s, s])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .init()
-        .forward(x)
+    crate::cpu::max_pool2d(x, k, s, p)
 }
 
+/// Average pooling, `k×k` window, stride `s`, padding `p` counted in the divisor.
 pub fn avg_pool(x: Tensor<4>, k: usize, s: usize, p: usize) -> Tensor<4> {
-    AvgPool2dConfig::new([k, k])
-        .with_strides([s, s])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .init()
-        .forward(x)
+    crate::cpu::avg_pool2d(x, k, s, p)
 }
 
 /// Global average pooling `[n, c, h, w] → [n, c]`.
