@@ -53,6 +53,32 @@ impl<'a> Uninit<'a> {
         self.token()
     }
 
+    /// Row `r` of `x` (rows of `row` values, `x` the chunk's length) mapped by `v·a + b`
+    /// with `(a, b) = ab(r)`, then `max(·, 0)` if `relu`.
+    #[inline(always)]
+    pub fn affine_rows(
+        self,
+        x: &[f32],
+        row: usize,
+        ab: impl Fn(usize) -> (f32, f32),
+        relu: bool,
+    ) -> Written {
+        assert_eq!(x.len(), self.0.len(), "source and chunk lengths");
+        for (r, (d, x)) in self.0.chunks_mut(row).zip(x.chunks(row)).enumerate() {
+            let (a, b) = ab(r);
+            if relu {
+                d.iter_mut().zip(x).for_each(|(d, &v)| {
+                    d.write((v * a + b).max(0.0));
+                });
+            } else {
+                d.iter_mut().zip(x).for_each(|(d, &v)| {
+                    d.write(v * a + b);
+                });
+            }
+        }
+        self.token()
+    }
+
     /// `chunk[i] = f(a[i], b[i])`; `a` and `b` must have the chunk's length.
     #[inline(always)]
     pub fn map2(self, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Written {
@@ -146,6 +172,15 @@ mod tests {
                 |_, i, c| c.map2(&x[2 * i..2 * i + 2], &x[4..6], |a, b| a * b),
             );
             assert_eq!(s, [0.0, 5.0, 8.0, 15.0]);
+            // Rows of 2: row r scaled by r + 1 and shifted by −3, then clipped at 0.
+            let r = build(
+                8,
+                4,
+                parallel,
+                || (),
+                |_, i, c| c.affine_rows(&x[4 * i..4 * i + 4], 2, |r| (r as f32 + 1.0, -3.0), true),
+            );
+            assert_eq!(r, [0.0, 0.0, 1.0, 3.0, 1.0, 2.0, 9.0, 11.0]);
         }
     }
 

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use burn::backend::flex::FlexTensor;
 
 pub use batch_norm::batch_norm;
-pub use conv::conv2d;
+pub use conv::{conv_bn, conv2d};
 pub use pool::{avg_pool2d, max_pool2d};
 
 /// Whether `PRETEXT_CONV=burn` asked for burn's kernels everywhere.

@@ -323,29 +323,41 @@ fn pool(x: Tensor<4>, max: bool, k: usize, s: usize, p: usize) -> Tensor<4> {
     Tensor::from_dispatch(Dispatch::cpu_pool2d(x.into_dispatch(), max, k, s, p))
 }
 
+/// Burn's own pooling modules: the path on other backends, and the tests' reference.
+fn burn_pool(x: Tensor<4>, max: bool, k: usize, s: usize, p: usize) -> Tensor<4> {
+    let pad = PaddingConfig2d::Explicit(p, p, p, p);
+    if max {
+        MaxPool2dConfig::new([k, k])
+            .with_strides([s, s])
+            .with_padding(pad)
+            .init()
+            .forward(x)
+    } else {
+        AvgPool2dConfig::new([k, k])
+            .with_strides([s, s])
+            .with_padding(pad)
+            .init()
+            .forward(x)
+    }
+}
+
 /// Max pooling, `k×k` window, stride `s`, padding `p` (burn's `MaxPool2d` semantics).
 pub fn max_pool2d(x: Tensor<4>, k: usize, s: usize, p: usize) -> Tensor<4> {
     if fast_path(&x, k, s, p) {
-        return pool(x, true, k, s, p);
+        pool(x, true, k, s, p)
+    } else {
+        burn_pool(x, true, k, s, p)
     }
-    MaxPool2dConfig::new([k, k])
-        .with_strides([s, s])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .init()
-        .forward(x)
 }
 
 /// Average pooling, `k×k` window, stride `s`, padding `p`, padding counted in the divisor
 /// (burn's `AvgPool2d` default, PyTorch's `count_include_pad=True`).
 pub fn avg_pool2d(x: Tensor<4>, k: usize, s: usize, p: usize) -> Tensor<4> {
     if fast_path(&x, k, s, p) {
-        return pool(x, false, k, s, p);
+        pool(x, false, k, s, p)
+    } else {
+        burn_pool(x, false, k, s, p)
     }
-    AvgPool2dConfig::new([k, k])
-        .with_strides([s, s])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .init()
-        .forward(x)
 }
 
 #[cfg(test)]
@@ -353,23 +365,6 @@ mod tests {
     use super::*;
     use crate::cpu::rel_err;
     use burn::tensor::{Device, Distribution};
-
-    fn burn_pool(x: Tensor<4>, max: bool, k: usize, s: usize, p: usize) -> Tensor<4> {
-        let pad = PaddingConfig2d::Explicit(p, p, p, p);
-        if max {
-            MaxPool2dConfig::new([k, k])
-                .with_strides([s, s])
-                .with_padding(pad)
-                .init()
-                .forward(x)
-        } else {
-            AvgPool2dConfig::new([k, k])
-                .with_strides([s, s])
-                .with_padding(pad)
-                .init()
-                .forward(x)
-        }
-    }
 
     #[test]
     fn a_known_4x4_plane_by_hand() {

@@ -20,7 +20,7 @@ impl ConvBnRelu {
         }
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::cpu::batch_norm(&self.bn, crate::cpu::conv2d(&self.conv, x), true)
+        crate::cpu::conv_bn(&self.conv, &self.bn, x, true)
     }
 }
 

@@ -9,7 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::layers::{ConvBnRelu, conv, max_pool};
-use crate::cpu::{batch_norm, conv2d};
+use crate::cpu::conv_bn;
 
 #[derive(Module, Debug)]
 pub struct Shortcut {
@@ -61,21 +61,17 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Block::Basic(b) => {
-                let y = batch_norm(&b.bn2, conv2d(&b.conv2, b.a.forward(x.clone())), false);
+                let y = conv_bn(&b.conv2, &b.bn2, b.a.forward(x.clone()), false);
                 let s = match &b.shortcut {
-                    Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x), false),
+                    Some(s) => conv_bn(&s.conv, &s.bn, x, false),
                     None => x,
                 };
                 relu(y + s)
             }
             Block::Bottleneck(b) => {
-                let y = batch_norm(
-                    &b.bn3,
-                    conv2d(&b.conv3, b.b.forward(b.a.forward(x.clone()))),
-                    false,
-                );
+                let y = conv_bn(&b.conv3, &b.bn3, b.b.forward(b.a.forward(x.clone())), false);
                 let s = match &b.shortcut {
-                    Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x), false),
+                    Some(s) => conv_bn(&s.conv, &s.bn, x, false),
                     None => x,
                 };
                 relu(y + s)

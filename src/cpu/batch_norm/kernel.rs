@@ -87,14 +87,14 @@ fn inv_std(var: f32, epsilon: f64) -> f32 {
     (1.0 / (var as f64 + epsilon).sqrt()) as f32
 }
 
+/// Channel `ch`'s `(a, b)` with `γ·(x − mean)/√(var + ε) + β = a·x + b`.
+pub fn affine([gamma, beta, mean, var]: [&[f32]; 4], epsilon: f64, ch: usize) -> (f32, f32) {
+    let a = gamma[ch] * inv_std(var[ch], epsilon);
+    (a, beta[ch] - mean[ch] * a)
+}
+
 /// `y = γ·(x − mean)/√(var + ε) + β`, then `max(y, 0)` if `relu`.
-pub fn normalize(
-    x: &[f32],
-    p: Planes,
-    [gamma, beta, mean, var]: [&[f32]; 4],
-    epsilon: f64,
-    relu: bool,
-) -> Vec<f32> {
+pub fn normalize(x: &[f32], p: Planes, stats: [&[f32]; 4], epsilon: f64, relu: bool) -> Vec<f32> {
     assert_eq!(x.len(), p.len());
     fill::build(
         p.len(),
@@ -102,15 +102,8 @@ pub fn normalize(
         true,
         || (),
         |_, i, y| {
-            let ch = i % p.c;
-            let a = gamma[ch] * inv_std(var[ch], epsilon);
-            let b = beta[ch] - mean[ch] * a;
-            let x = &x[i * p.hw..(i + 1) * p.hw];
-            if relu {
-                y.map(x, |x| (x * a + b).max(0.0))
-            } else {
-                y.map(x, |x| x * a + b)
-            }
+            let ab = affine(stats, epsilon, i % p.c);
+            y.affine_rows(&x[i * p.hw..(i + 1) * p.hw], p.hw, |_| ab, relu)
         },
     )
 }

@@ -289,6 +289,11 @@ fn path(bn: &BatchNorm, x: &Tensor<4>) -> Path {
     }
 }
 
+/// Whether `bn` on `x` runs our inference kernel (running statistics, no autodiff).
+pub(crate) fn in_inference(bn: &BatchNorm, x: &Tensor<4>) -> bool {
+    matches!(path(bn, x), Path::Eval)
+}
+
 /// `bn.forward(x)`, followed by ReLU if `relu`; on our kernels on Flex.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     match path(bn, &x) {

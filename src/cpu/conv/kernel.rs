@@ -235,12 +235,21 @@ fn matmul(
     }
 }
 
+/// A worker's buffers, kept across the images of its share of the batch.
+#[derive(Default)]
+struct Scratch {
+    /// The unfolded image.
+    col: Vec<f32>,
+    /// One image's GEMM output, before the affine map of [`forward_affine`].
+    out: Vec<f32>,
+}
+
 /// A new output of `batch` chunks of `chunk` values, chunk `i` written by `f(i, the chunk,
-/// scratch buffer, the GEMM's parallelism)`: in parallel over images when there are enough of
-/// them to keep every thread busy, else one image at a time with the GEMM itself parallel.
+/// scratch buffers, the GEMM's parallelism)`: in parallel over images when there are enough
+/// of them to keep every thread busy, else one image at a time with the GEMM itself parallel.
 fn per_image<F>(batch: usize, chunk: usize, f: F) -> Vec<f32>
 where
-    F: Fn(usize, Uninit<'_>, &mut Vec<f32>, Parallelism) -> Written + Sync + Send,
+    F: Fn(usize, Uninit<'_>, &mut Scratch, Parallelism) -> Written + Sync + Send,
 {
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && batch >= threads;
@@ -249,35 +258,74 @@ where
     } else {
         Parallelism::None
     };
-    fill::build(batch * chunk, chunk, parallel, Vec::new, |buf, i, out| {
-        f(i, out, buf, par)
-    })
+    fill::build(
+        batch * chunk,
+        chunk,
+        parallel,
+        Scratch::default,
+        |buf, i, out| f(i, out, buf, par),
+    )
 }
 
 /// `y = conv(x, weight)`: x `[n, c, h, w]`, weight `[o, c, kh, kw]` → y `[n, o, oh, ow]`.
 pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    let (ohw, k) = (g.out_hw(), g.k());
-    per_image(g.batch, g.out_len(), |i, y_i, col, par| {
+    per_image(g.batch, g.out_len(), |i, y_i, scratch, par| {
         let (y_i, written) = y_i.zeroed();
-        let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
-        let rhs = if g.pointwise() {
-            x_i
-        } else {
-            col.resize(k * ohw, 0.0);
-            im2col(x_i, g, col);
-            col
-        };
-        matmul(
-            [g.c_out, ohw, k],
-            y_i,
-            false,
-            View::rows(weight, k),
-            View::rows(rhs, ohw),
-            par,
-        );
+        image_product(x, weight, g, i, y_i, &mut scratch.col, par);
         written
+    })
+}
+
+/// `out = W · unfold(x_i)`: image `i`'s convolution into `out` (`[c_out, oh·ow]`).
+fn image_product(
+    x: &[f32],
+    weight: &[f32],
+    g: &Geometry,
+    i: usize,
+    out: &mut [f32],
+    col: &mut Vec<f32>,
+    par: Parallelism,
+) {
+    let (ohw, k) = (g.out_hw(), g.k());
+    let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
+    let rhs = if g.pointwise() {
+        x_i
+    } else {
+        col.resize(k * ohw, 0.0);
+        im2col(x_i, g, col);
+        col
+    };
+    matmul(
+        [g.c_out, ohw, k],
+        out,
+        false,
+        View::rows(weight, k),
+        View::rows(rhs, ohw),
+        par,
+    );
+}
+
+/// `y = act(a_o · conv(x, weight) + b_o)` for each output channel `o`, `(a_o, b_o) =
+/// ab(o)`, `act` ReLU if `relu`: a convolution and the inference batch norm after it in one
+/// pass per image. The GEMM writes into the worker's scratch, which the affine map reads
+/// back while it is in cache, writing the output once: the unfused pair zero-fills the
+/// convolution's output, writes it, and reads it back from memory for a second new tensor.
+pub fn forward_affine(
+    x: &[f32],
+    weight: &[f32],
+    g: &Geometry,
+    ab: impl Fn(usize) -> (f32, f32) + Sync + Send,
+    relu: bool,
+) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.in_len());
+    assert_eq!(weight.len(), g.c_out * g.k());
+    per_image(g.batch, g.out_len(), |i, y_i, scratch, par| {
+        // Every value is written by the GEMM before it is read.
+        scratch.out.resize(g.out_len(), 0.0);
+        image_product(x, weight, g, i, &mut scratch.out, &mut scratch.col, par);
+        y_i.affine_rows(&scratch.out, g.out_hw(), &ab, relu)
     })
 }
 
@@ -286,7 +334,8 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
-    per_image(g.batch, g.in_len(), |i, dx_i, col, par| {
+    per_image(g.batch, g.in_len(), |i, dx_i, scratch, par| {
+        let col = &mut scratch.col;
         let (dx_i, written) = dx_i.zeroed();
         let dy_i = View::rows(&dy[i * g.out_len()..(i + 1) * g.out_len()], ohw);
         let wt = View::transposed(weight, k);

@@ -20,8 +20,8 @@ use burn::backend::autodiff::{
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension};
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
 
 pub use kernel::Geometry;
@@ -171,6 +171,93 @@ impl<B: ConvKernels, C: CheckpointStrategy> CpuConv for Autodiff<B, C> {
             )),
         }
     }
+}
+
+/// Inference only: a convolution and the batch norm (+ ReLU) after it in one pass per image
+/// (see [`kernel::forward_affine`]).
+#[backend_extension(Flex)]
+pub trait CpuConvBnEval: Backend {
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_conv_bn_eval(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+        stride_h: usize,
+        stride_w: usize,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self>;
+}
+
+impl CpuConvBnEval for Flex {
+    fn cpu_conv_bn_eval(
+        x: FlexTensor,
+        weight: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        epsilon: f64,
+        relu: bool,
+        stride_h: usize,
+        stride_w: usize,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FlexTensor {
+        let g = geometry(
+            &x.shape().dims::<4>(),
+            &weight.shape().dims::<4>(),
+            [stride_h, stride_w],
+            [pad_h, pad_w],
+        );
+        let stats = [&gamma, &beta, &mean, &var].map(tensor_values);
+        let stats = [&*stats[0], &*stats[1], &*stats[2], &*stats[3]];
+        let y = kernel::forward_affine(
+            &tensor_values(&x),
+            &tensor_values(&weight),
+            &g,
+            |o| super::batch_norm::kernel::affine(stats, epsilon, o),
+            relu,
+        );
+        tensor(y, [g.batch, g.c_out, g.out_h(), g.out_w()])
+    }
+}
+
+/// `bn(conv(x))`, then ReLU if `relu`: fused on our kernels when both would run on them in
+/// inference mode, else [`conv2d`] then [`super::batch_norm`].
+pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    if let Some((stride, pad)) = fused_path(conv, bn, &x) {
+        let device = x.device();
+        return Tensor::from_dispatch(Dispatch::cpu_conv_bn_eval(
+            x.into_dispatch(),
+            conv.weight.val().into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            bn.running_mean.value().to_device(&device).into_dispatch(),
+            bn.running_var.value().to_device(&device).into_dispatch(),
+            bn.epsilon,
+            relu,
+            stride[0],
+            stride[1],
+            pad[0],
+            pad[1],
+        ));
+    }
+    super::batch_norm(bn, conv2d(conv, x), relu)
+}
+
+/// Stride and padding when [`conv_bn`] runs fused: our convolution, batch norm in inference.
+fn fused_path(conv: &Conv2d, bn: &BatchNorm, x: &Tensor<4>) -> Option<([usize; 2], [usize; 2])> {
+    // The FLOP trace counts convolutions in `conv2d`; a traced pass takes the unfused path.
+    if super::flops::tracing() || !super::batch_norm::in_inference(bn, x) {
+        return None;
+    }
+    fast_path(conv, x)
 }
 
 /// Stride and symmetric padding when our kernels can run this convolution on this input.
@@ -323,6 +410,50 @@ mod tests {
         assert!(fast_path(&conv, &x).is_some());
         let e = rel_err(conv2d(&conv, x.clone()), conv.forward(x));
         assert!(e < 1e-4, "{e}");
+    }
+
+    /// Inference: the fused convolution + batch norm (+ ReLU) gives exactly what the two
+    /// kernels give one after the other, and matches burn's modules; with more images than
+    /// threads (parallel over images) and a single image (the GEMM parallel), 1×1 and strided
+    /// 5×5 geometries, running statistics moved away from 0/1 by a few training steps.
+    #[test]
+    fn fused_inference_matches_the_two_kernels_and_burn() {
+        use burn::module::Module;
+        use burn::nn::BatchNormConfig;
+        use burn::tensor::activation::relu as relu_op;
+        let train = Device::flex().autodiff();
+        train.seed(13);
+        // (c_in, c_out, kernel, stride, pad, side, batch)
+        for (ci, co, k, s, p, side, n) in [(3, 5, 5, 2, 2, 9, 5), (4, 6, 1, 1, 0, 7, 1)] {
+            let bn = BatchNormConfig::new(co).init(&train);
+            for _ in 0..3 {
+                let y = Tensor::<4>::random([4, co, 3, 3], Distribution::Normal(1.0, 2.0), &train);
+                let _ = crate::cpu::batch_norm(&bn, y, false);
+            }
+            let dev = Device::flex();
+            let bn = bn.valid();
+            let conv = Conv2dConfig::new([ci, co], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_bias(false)
+                .init(&dev);
+            let x = Tensor::<4>::random([n, ci, side, side], Distribution::Normal(0.0, 1.0), &dev);
+            assert!(fused_path(&conv, &bn, &x).is_some());
+            for relu in [false, true] {
+                let what = format!("{ci}->{co} k{k} s{s} p{p} n{n} relu={relu}");
+                let fused = conv_bn(&conv, &bn, x.clone(), relu);
+                let apart = crate::cpu::batch_norm(&bn, conv2d(&conv, x.clone()), relu);
+                assert_eq!(
+                    fused.to_data().try_to_vec::<f32>().unwrap(),
+                    apart.to_data().try_to_vec::<f32>().unwrap(),
+                    "{what}"
+                );
+                let theirs = bn.forward(conv.forward(x.clone()));
+                let theirs = if relu { relu_op(theirs) } else { theirs };
+                let e = rel_err(fused, theirs);
+                assert!(e < 1e-4, "{what}: {e}");
+            }
+        }
     }
 
     #[test]
