@@ -9,6 +9,7 @@
 //! vector's length is set. A chunk that needs zeros (a GEMM's destination, a sum) is zeroed by
 //! its worker, just before it is written again, while it is in that core's cache.
 
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -16,23 +17,29 @@ use rayon::prelude::*;
 /// One chunk of a buffer under construction: nothing in it is initialised yet.
 pub struct Uninit<'a>(&'a mut [MaybeUninit<f32>]);
 
-/// Proof that a whole [`Uninit`] chunk was written: which chunk (its address and length).
+/// Proof that a whole [`Uninit`] chunk was written: which chunk (its address and length),
+/// and for how long it is borrowed, so that a token cannot outlive its chunk's build (one
+/// kept from an earlier build, whose memory the allocator may hand out again, does not
+/// compile; a token of a chunk from a leaked buffer, the only kind that lives long enough,
+/// fails the address check).
 #[must_use]
-pub struct Written {
+pub struct Written<'a> {
     addr: usize,
     len: usize,
+    chunk: PhantomData<&'a ()>,
 }
 
 impl<'a> Uninit<'a> {
-    fn token(&self) -> Written {
+    fn token(&self) -> Written<'a> {
         Written {
             addr: self.0.as_ptr() as usize,
             len: self.0.len(),
+            chunk: PhantomData,
         }
     }
 
     /// The chunk filled with zeros, to be written or summed into.
-    pub fn zeroed(self) -> (&'a mut [f32], Written) {
+    pub fn zeroed(self) -> (&'a mut [f32], Written<'a>) {
         let token = self.token();
         for v in self.0.iter_mut() {
             v.write(0.0);
@@ -45,7 +52,7 @@ impl<'a> Uninit<'a> {
 
     /// `chunk[i] = f(x[i])`; `x` must have the chunk's length.
     #[inline(always)]
-    pub fn map(self, x: &[f32], f: impl Fn(f32) -> f32) -> Written {
+    pub fn map(self, x: &[f32], f: impl Fn(f32) -> f32) -> Written<'a> {
         assert_eq!(x.len(), self.0.len(), "source and chunk lengths");
         for (d, &v) in self.0.iter_mut().zip(x) {
             d.write(f(v));
@@ -62,7 +69,7 @@ impl<'a> Uninit<'a> {
         row: usize,
         ab: impl Fn(usize) -> (f32, f32),
         relu: bool,
-    ) -> Written {
+    ) -> Written<'a> {
         assert_eq!(x.len(), self.0.len(), "source and chunk lengths");
         for (r, (d, x)) in self.0.chunks_mut(row).zip(x.chunks(row)).enumerate() {
             let (a, b) = ab(r);
@@ -81,7 +88,7 @@ impl<'a> Uninit<'a> {
 
     /// `chunk[i] = f(a[i], b[i])`; `a` and `b` must have the chunk's length.
     #[inline(always)]
-    pub fn map2(self, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Written {
+    pub fn map2(self, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Written<'a> {
         assert_eq!(a.len(), self.0.len(), "source and chunk lengths");
         assert_eq!(b.len(), self.0.len(), "source and chunk lengths");
         for ((d, &a), &b) in self.0.iter_mut().zip(a).zip(b) {
@@ -98,7 +105,7 @@ impl<'a> Uninit<'a> {
 pub fn build<S, I, F>(len: usize, chunk: usize, parallel: bool, init: I, f: F) -> Vec<f32>
 where
     I: Fn() -> S + Sync + Send,
-    F: Fn(&mut S, usize, Uninit<'_>) -> Written + Sync + Send,
+    F: for<'a> Fn(&mut S, usize, Uninit<'a>) -> Written<'a> + Sync + Send,
 {
     if len == 0 {
         return Vec::new();
@@ -187,15 +194,18 @@ mod tests {
     #[test]
     #[should_panic(expected = "was not written in full")]
     fn another_chunks_token_is_refused() {
-        // Chunk 0 writes a scratch chunk of its own instead of its own chunk.
+        // Chunk 0 writes a chunk of its own instead of its own chunk. A token's lifetime is
+        // its chunk's borrow, so only a leaked buffer's token can be handed back at all (a
+        // local one does not compile); the address check refuses it.
         let _ = build(
             4,
             2,
             false,
             || (),
             |_, _, _c| {
-                let mut other = [MaybeUninit::<f32>::uninit(); 2];
-                Uninit(&mut other[..]).map(&[1.0, 2.0], |v| v)
+                let other: &'static mut [MaybeUninit<f32>] =
+                    Box::leak(Box::new([MaybeUninit::<f32>::uninit(); 2]));
+                Uninit(other).map(&[1.0, 2.0], |v| v)
             },
         );
     }

@@ -27,7 +27,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::fill::{self, Uninit, Written};
+use super::fill;
 use super::{burn_forced, tensor_values};
 
 /// Shapes and hyper-parameters of one pooling.
@@ -168,42 +168,36 @@ pub fn backward(x: Option<&[f32]>, dy: &[f32], g: &Window) -> Vec<f32> {
     }
     let (rows, cols) = (spans(g, 0), spans(g, 1));
     let init = || Vec::with_capacity(w);
-    fill::build(
-        g.planes * hw,
-        hw,
-        true,
-        init,
-        |spread, i, dx: Uninit<'_>| -> Written {
-            let (dx, written) = dx.zeroed();
-            let dy = &dy[i * oh * ow..(i + 1) * oh * ow];
-            for (oy, &(y0, y1, py)) in rows.iter().enumerate() {
-                let dy = &dy[oy * ow..(oy + 1) * ow];
-                match x {
-                    Some(x) => {
-                        let plane = &x[i * hw..(i + 1) * hw];
-                        for (&d, &(x0, x1, _)) in dy.iter().zip(&cols) {
-                            dx[argmax(plane, w, (y0, y1), (x0, x1))] += d;
-                        }
+    fill::build(g.planes * hw, hw, true, init, |spread, i, dx| {
+        let (dx, written) = dx.zeroed();
+        let dy = &dy[i * oh * ow..(i + 1) * oh * ow];
+        for (oy, &(y0, y1, py)) in rows.iter().enumerate() {
+            let dy = &dy[oy * ow..(oy + 1) * ow];
+            match x {
+                Some(x) => {
+                    let plane = &x[i * hw..(i + 1) * hw];
+                    for (&d, &(x0, x1, _)) in dy.iter().zip(&cols) {
+                        dx[argmax(plane, w, (y0, y1), (x0, x1))] += d;
                     }
-                    None => {
-                        // The row's gradients spread over their columns, then added to each
-                        // of the window's rows (separable, like the forward).
-                        spread.clear();
-                        spread.resize(w, 0.0);
-                        for (&d, &(x0, x1, px)) in dy.iter().zip(&cols) {
-                            let d = d / (py * px) as f32;
-                            spread[x0..x1].iter_mut().for_each(|v| *v += d);
-                        }
-                        for y in y0..y1 {
-                            let r = &mut dx[y * w..(y + 1) * w];
-                            r.iter_mut().zip(spread.iter()).for_each(|(a, &b)| *a += b);
-                        }
+                }
+                None => {
+                    // The row's gradients spread over their columns, then added to each
+                    // of the window's rows (separable, like the forward).
+                    spread.clear();
+                    spread.resize(w, 0.0);
+                    for (&d, &(x0, x1, px)) in dy.iter().zip(&cols) {
+                        let d = d / (py * px) as f32;
+                        spread[x0..x1].iter_mut().for_each(|v| *v += d);
+                    }
+                    for y in y0..y1 {
+                        let r = &mut dx[y * w..(y + 1) * w];
+                        r.iter_mut().zip(spread.iter()).for_each(|(a, &b)| *a += b);
                     }
                 }
             }
-            written
-        },
-    )
+        }
+        written
+    })
 }
 
 /// The extension: max (`max`) or average 2-D pooling in floor mode.
@@ -417,7 +411,9 @@ mod tests {
     }
 
     /// Forward and input gradient against burn's modules on random inputs: odd sizes, the
-    /// strides and paddings the backbones use and others, more planes than threads.
+    /// strides and paddings the backbones use and others, more planes than threads; and on
+    /// inputs full of ties (after ReLU most of a window is 0, as in the backbones, plus values
+    /// rounded to halves), where the max-pool's gradient goes to the tie it picks.
     #[test]
     fn matches_burn_forward_and_gradient() {
         let dev = Device::flex().autodiff();
@@ -431,11 +427,17 @@ mod tests {
             (3, 3, 0, 10, 11, 1, 3),
             (5, 2, 2, 7, 9, 2, 1),
         ];
-        for (k, s, p, h, w, n, c) in cases {
+        for ((k, s, p, h, w, n, c), ties) in cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
             for max in [true, false] {
-                let what = format!("max {max} k{k} s{s} p{p} {h}×{w} n{n} c{c}");
-                let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev)
-                    .require_grad();
+                let what = format!("max {max} k{k} s{s} p{p} {h}×{w} n{n} c{c} ties {ties}");
+                let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
+                let x = if ties {
+                    x.mul_scalar(2.0).round().div_scalar(2.0).clamp_min(0.0)
+                } else {
+                    x
+                };
+                let x = x.require_grad();
                 assert!(fast_path(&x, k, s, p), "{what}");
                 let ours = pool(x.clone(), max, k, s, p);
                 let theirs = burn_pool(x.clone(), max, k, s, p);

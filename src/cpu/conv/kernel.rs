@@ -249,7 +249,7 @@ struct Scratch {
 /// of them to keep every thread busy, else one image at a time with the GEMM itself parallel.
 fn per_image<F>(batch: usize, chunk: usize, f: F) -> Vec<f32>
 where
-    F: Fn(usize, Uninit<'_>, &mut Scratch, Parallelism) -> Written + Sync + Send,
+    F: for<'a> Fn(usize, Uninit<'a>, &mut Scratch, Parallelism) -> Written<'a> + Sync + Send,
 {
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && batch >= threads;

@@ -280,7 +280,10 @@ fn fast_path(conv: &Conv2d, x: &Tensor<4>) -> Option<([usize; 2], [usize; 2])> {
         }
         _ => return None,
     };
-    (x.dims()[1] == conv.weight.dims()[1]).then_some((conv.stride, pad))
+    let g = geometry(&x.dims(), &conv.weight.dims(), conv.stride, pad);
+    // A kernel larger than the padded input has no output position: burn's path says so,
+    // where our output size would wrap around.
+    (x.dims()[1] == conv.weight.dims()[1] && g.valid()).then_some((conv.stride, pad))
 }
 
 /// `conv.forward(x)`, on our kernels where they apply (see the module docs).
@@ -472,5 +475,10 @@ mod tests {
             .with_bias(false)
             .init(&dev);
         assert_eq!(fast_path(&plain, &x), Some(([1, 1], [1, 1])));
+        // 6×6 kernel on a 5×5 image without padding: no output position, burn's path.
+        let too_large = Conv2dConfig::new([4, 2], [6, 6])
+            .with_bias(false)
+            .init(&dev);
+        assert!(fast_path(&too_large, &x).is_none());
     }
 }
