@@ -19,7 +19,7 @@ use burn::backend::{
 };
 use burn::nn::BatchNorm;
 use burn::tensor::activation::relu as relu_op;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::{burn_forced, tensor_values};
 use kernel::Planes;
@@ -294,6 +294,14 @@ pub(crate) fn in_inference(bn: &BatchNorm, x: &Tensor<4>) -> bool {
     matches!(path(bn, x), Path::Eval)
 }
 
+/// The running mean and variance on `device`, for the inference kernels.
+pub(crate) fn running_stats(bn: &BatchNorm, device: &Device) -> [Tensor<1>; 2] {
+    [
+        bn.running_mean.value().to_device(device),
+        bn.running_var.value().to_device(device),
+    ]
+}
+
 /// `bn.forward(x)`, followed by ReLU if `relu`; on our kernels on Flex.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     match path(bn, &x) {
@@ -302,13 +310,13 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
             return if relu { relu_op(y) } else { y };
         }
         Path::Eval => {
-            let device = x.device();
+            let [running_mean, running_var] = running_stats(bn, &x.device());
             return Tensor::from_dispatch(Dispatch::cpu_batch_norm_eval(
                 x.into_dispatch(),
                 bn.gamma.val().into_dispatch(),
                 bn.beta.val().into_dispatch(),
-                bn.running_mean.value().to_device(&device).into_dispatch(),
-                bn.running_var.value().to_device(&device).into_dispatch(),
+                running_mean.into_dispatch(),
+                running_var.into_dispatch(),
                 bn.epsilon,
                 relu,
             ));

@@ -74,6 +74,21 @@ fn geometry(x: &[usize], w: &[usize], stride: [usize; 2], pad: [usize; 2]) -> Ge
     }
 }
 
+/// The geometry of a convolution of Flex tensors `x` by `weight`.
+fn flex_geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> Geometry {
+    geometry(
+        &x.shape().dims::<4>(),
+        &weight.shape().dims::<4>(),
+        stride,
+        pad,
+    )
+}
+
 fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
@@ -102,12 +117,7 @@ impl CpuConv for Flex {
         pad_h: usize,
         pad_w: usize,
     ) -> FlexTensor {
-        let g = geometry(
-            &x.shape().dims::<4>(),
-            &weight.shape().dims::<4>(),
-            [stride_h, stride_w],
-            [pad_h, pad_w],
-        );
+        let g = flex_geometry(&x, &weight, [stride_h, stride_w], [pad_h, pad_w]);
         Self::conv_forward(x, weight, g)
     }
 }
@@ -209,12 +219,7 @@ impl CpuConvBnEval for Flex {
         pad_h: usize,
         pad_w: usize,
     ) -> FlexTensor {
-        let g = geometry(
-            &x.shape().dims::<4>(),
-            &weight.shape().dims::<4>(),
-            [stride_h, stride_w],
-            [pad_h, pad_w],
-        );
+        let g = flex_geometry(&x, &weight, [stride_h, stride_w], [pad_h, pad_w]);
         let stats = [&gamma, &beta, &mean, &var].map(tensor_values);
         let stats = [&*stats[0], &*stats[1], &*stats[2], &*stats[3]];
         let y = kernel::forward_affine(
@@ -232,14 +237,14 @@ impl CpuConvBnEval for Flex {
 /// inference mode, else [`conv2d`] then [`super::batch_norm`].
 pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     if let Some((stride, pad)) = fused_path(conv, bn, &x) {
-        let device = x.device();
+        let [running_mean, running_var] = super::batch_norm::running_stats(bn, &x.device());
         return Tensor::from_dispatch(Dispatch::cpu_conv_bn_eval(
             x.into_dispatch(),
             conv.weight.val().into_dispatch(),
             bn.gamma.val().into_dispatch(),
             bn.beta.val().into_dispatch(),
-            bn.running_mean.value().to_device(&device).into_dispatch(),
-            bn.running_var.value().to_device(&device).into_dispatch(),
+            running_mean.into_dispatch(),
+            running_var.into_dispatch(),
             bn.epsilon,
             relu,
             stride[0],
