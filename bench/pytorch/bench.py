@@ -8,15 +8,18 @@ Run by hand, never in CI:
     cargo run --release -- --threads 2 bench
 
 PyTorch at its best: every network is timed in both memory layouts, NCHW (PyTorch's
-default) and channels_last (NHWC, much faster for these networks on AVX2 CPUs), and with
+default) and channels_last (NHWC, much faster for these networks on x86 CPUs), and with
 --compile also under torch.compile; the best of them is the reference a pretext ratio is
 taken against. With --runs N each setting is timed in N fresh processes and the median
 and the range (min-max) of their images/s are printed.
 
 Networks (as src/models/): RotNet's NIN (blocks of conv 5x5|3x3 → 1x1 → 1x1, BN + ReLU,
 max-pool 3/2 after block 1, avg-pool 3/2 after block 2; widths w, w·160/192, w/2 in block
-1), the CIFAR ResNet-18 (3x3 stem, no max-pool) and the ImageNet-stem ResNet-18/50; each
-with global average pooling and a 4-way linear head. Synthetic N(0,1) inputs of 3x32x32,
+1), AlexNet-64 (small-input form: conv1 5x5 stride 1, BN + ReLU after every conv, max-pool
+3/2 pad 1 after conv1, conv2 and conv5), the CIFAR ResNet-18 (3x3 stem, no max-pool) and the
+ImageNet-stem ResNet-18/50; each with global average pooling and a 4-way linear head. The
+ResNets are written out here as torchvision builds them (stride on the 3x3 conv of a
+bottleneck, a 1x1 conv + BN shortcut where the shape changes), so torchvision is not needed. Synthetic N(0,1) inputs of 3x32x32,
 SGD lr 0.01, momentum 0.9 Nesterov, weight decay 5e-4, cross-entropy.
 """
 
@@ -57,14 +60,69 @@ class Nin(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
 
 
-def resnet(depth, cifar_stem, classes=4):
-    import torchvision
+class AlexNet(nn.Module):
+    """src/models/alexnet.rs for inputs under 96 px."""
 
-    m = getattr(torchvision.models, f"resnet{depth}")(num_classes=classes)
-    if cifar_stem:
-        m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        m.maxpool = nn.Identity()
-    return m
+    def __init__(self, width=64, classes=4):
+        super().__init__()
+        w = [max(width * m // 64, 1) for m in (64, 192, 384, 256, 256)]
+        pool = lambda: nn.MaxPool2d(3, 2, 1)  # noqa: E731
+        self.body = nn.Sequential(
+            cbr(3, w[0], 5), pool(),
+            cbr(w[0], w[1], 5), pool(),
+            cbr(w[1], w[2], 3), cbr(w[2], w[3], 3), cbr(w[3], w[4], 3), pool(),
+        )
+        self.head = nn.Linear(w[4], classes)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
+
+
+def conv_bn(cin, cout, k, stride):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class Block(nn.Module):
+    """torchvision's BasicBlock (bottleneck=False) or Bottleneck (expansion 4)."""
+
+    def __init__(self, cin, planes, stride, bottleneck):
+        super().__init__()
+        cout = planes * (4 if bottleneck else 1)
+        if bottleneck:
+            self.body = nn.Sequential(
+                cbr(cin, planes, 1), cbr(planes, planes, 3, stride), conv_bn(planes, cout, 1, 1)
+            )
+        else:
+            self.body = nn.Sequential(cbr(cin, planes, 3, stride), conv_bn(planes, cout, 3, 1))
+        self.shortcut = (
+            conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+        )
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """src/models/resnet.rs: torchvision's ResNet-18/50, or with the CIFAR stem (3x3 stride
+    1, no max-pool)."""
+
+    def __init__(self, depth, cifar_stem, width=64, classes=4):
+        super().__init__()
+        counts, bottleneck = ((3, 4, 6, 3), True) if depth == 50 else ((2, 2, 2, 2), False)
+        layers = [cbr(3, width, 3) if cifar_stem else cbr(3, width, 7, 2)]
+        if not cifar_stem:
+            layers.append(nn.MaxPool2d(3, 2, 1))
+        cin = width
+        for l, count in enumerate(counts):
+            for i in range(count):
+                planes = width << l
+                layers.append(Block(cin, planes, 2 if i == 0 and l > 0 else 1, bottleneck))
+                cin = planes * (4 if bottleneck else 1)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
 
 
 def measure(name, model, batch, warmup, steps, layout="nchw", compiled=False):
@@ -105,9 +163,10 @@ NETS = {
     "NIN width 192": lambda: Nin(192),
     "NIN width 96": lambda: Nin(96),
     "NIN width 32": lambda: Nin(32),
-    "ResNet-18 CIFAR stem": lambda: resnet(18, True),
-    "ResNet-18 ImageNet stem": lambda: resnet(18, False),
-    "ResNet-50 ImageNet stem": lambda: resnet(50, False),
+    "AlexNet width 64": lambda: AlexNet(64),
+    "ResNet-18 CIFAR stem": lambda: ResNet(18, True),
+    "ResNet-18 ImageNet stem": lambda: ResNet(18, False),
+    "ResNet-50 ImageNet stem": lambda: ResNet(50, False),
 }
 
 
@@ -134,11 +193,6 @@ def main():
     p.add_argument("--only", default="", help="comma-separated network names")
     a = p.parse_args()
     names = [n for n in NETS if not a.only or n in a.only.split(",")]
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        print("(torchvision not installed: ResNets skipped)")
-        names = [n for n in names if n.startswith("NIN")]
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, {a.runs} run(s) each")
     print("| network | setting | train img/s median (range) | inference img/s median (range) | peak RSS MiB |")
     print("|---|---|---|---|---|")

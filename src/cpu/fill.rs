@@ -70,17 +70,43 @@ impl<'a> Uninit<'a> {
         ab: impl Fn(usize) -> (f32, f32),
         relu: bool,
     ) -> Written<'a> {
+        assert!(row > 0, "rows of no values");
+        self.affine_blocks(x, x.len() / row, row, ab, relu)
+    }
+
+    /// The chunk as `n` blocks of `rows × len` values (`n = len(chunk) / (rows·len)`) from
+    /// `x` (the chunk's length) laid out as `rows` rows of the `n` blocks' rows side by side,
+    /// `[rows, n·len]`: how one GEMM over a group of images writes their outputs. Value `v`
+    /// of row `r` is mapped by `v·a + b` with `(a, b) = ab(r)`, then `max(·, 0)` if `relu`.
+    #[inline(always)]
+    pub fn affine_blocks(
+        self,
+        x: &[f32],
+        rows: usize,
+        len: usize,
+        ab: impl Fn(usize) -> (f32, f32),
+        relu: bool,
+    ) -> Written<'a> {
         assert_eq!(x.len(), self.0.len(), "source and chunk lengths");
-        for (r, (d, x)) in self.0.chunks_mut(row).zip(x.chunks(row)).enumerate() {
-            let (a, b) = ab(r);
-            if relu {
-                d.iter_mut().zip(x).for_each(|(d, &v)| {
-                    d.write((v * a + b).max(0.0));
-                });
-            } else {
-                d.iter_mut().zip(x).for_each(|(d, &v)| {
-                    d.write(v * a + b);
-                });
+        assert!(
+            rows > 0 && len > 0 && x.len().is_multiple_of(rows * len),
+            "{} values in blocks of {rows} rows of {len}",
+            x.len()
+        );
+        let n = x.len() / (rows * len);
+        for (b, block) in self.0.chunks_mut(rows * len).enumerate() {
+            for (r, d) in block.chunks_mut(len).enumerate() {
+                let (a, c) = ab(r);
+                let x = &x[r * n * len + b * len..][..len];
+                if relu {
+                    d.iter_mut().zip(x).for_each(|(d, &v)| {
+                        d.write((v * a + c).max(0.0));
+                    });
+                } else {
+                    d.iter_mut().zip(x).for_each(|(d, &v)| {
+                        d.write(v * a + c);
+                    });
+                }
             }
         }
         self.token()
@@ -98,8 +124,8 @@ impl<'a> Uninit<'a> {
     }
 }
 
-/// A vector of `len` values built from chunks of `chunk` values (`len` a multiple of it):
-/// chunk `i` is written by `f(&mut state, i, chunk)`, where `state` comes from `init` once per
+/// A vector of `len` values built from chunks of `chunk` values (the last one shorter when
+/// `len` is not a multiple of `chunk`): chunk `i` is written by `f(&mut state, i, chunk)`, where `state` comes from `init` once per
 /// worker (a scratch buffer). In parallel over the chunks if `parallel`, else in order on the
 /// calling thread.
 pub fn build<S, I, F>(len: usize, chunk: usize, parallel: bool, init: I, f: F) -> Vec<f32>
@@ -110,10 +136,7 @@ where
     if len == 0 {
         return Vec::new();
     }
-    assert!(
-        chunk > 0 && len.is_multiple_of(chunk),
-        "{len} values in chunks of {chunk}"
-    );
+    assert!(chunk > 0, "chunks of no values");
     let mut v = Vec::<f32>::with_capacity(len);
     let spare = &mut v.spare_capacity_mut()[..len];
     let one = |state: &mut S, i: usize, c: &mut [MaybeUninit<f32>]| {
@@ -188,6 +211,35 @@ mod tests {
                 |_, i, c| c.affine_rows(&x[4 * i..4 * i + 4], 2, |r| (r as f32 + 1.0, -3.0), true),
             );
             assert_eq!(r, [0.0, 0.0, 1.0, 3.0, 1.0, 2.0, 9.0, 11.0]);
+            // Two blocks of 2 rows × 2 values from their rows side by side: source row 0 is
+            // [0 1 | 2 3] (block 0's row 0, then block 1's), row 1 is [4 5 | 6 7]; row r is
+            // scaled by r + 1 and shifted by 1, no clipping.
+            let b = build(
+                16,
+                8,
+                parallel,
+                || (),
+                |_, i, c| c.affine_blocks(&x[i..i + 8], 2, 2, |r| (r as f32 + 1.0, 1.0), false),
+            );
+            assert_eq!(
+                b,
+                [
+                    1., 2., 9., 11., 3., 4., 13., 15., 2., 3., 11., 13., 4., 5., 15., 17.
+                ]
+            );
+            // A last chunk shorter than the others: 5 values in chunks of 2.
+            let t = build(
+                5,
+                2,
+                parallel,
+                || (),
+                |_, i, c| {
+                    let (s, w) = c.zeroed();
+                    s.fill(i as f32);
+                    w
+                },
+            );
+            assert_eq!(t, [0., 0., 1., 1., 2.]);
         }
     }
 

@@ -9,6 +9,8 @@
 //! the weight's `[c, kh, kw]`), so the GEMMs read the weight and the gradients in place and
 //! transposes are only strides.
 
+use std::ops::Range;
+
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
@@ -83,33 +85,94 @@ fn valid_range(size: usize, out: usize, stride: usize, k: usize, pad: usize) -> 
     (lo.min(hi), hi)
 }
 
-/// Unfold one image `[c, h, w]` into `col` `[c·kh·kw, oh·ow]`; every entry is written.
+/// Output planes of at most this many positions are unfolded through [`tap_offsets`].
+const SMALL_PLANE: usize = 16;
+
+/// Marks an output position whose tap falls in the padding.
+const OUTSIDE: usize = usize::MAX;
+
+/// For each output position of a plane of at most [`SMALL_PLANE`], the offset in an image
+/// `[c, h, w]` that tap `(ki, kj)` of channel `c` reads there, or [`OUTSIDE`]; `ys` and `xs`
+/// are the tap's [`valid_range`]s.
+fn tap_offsets(
+    g: &Geometry,
+    c: usize,
+    ki: usize,
+    kj: usize,
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+) -> [usize; SMALL_PLANE] {
+    let ow = g.out_w();
+    let mut offs = [OUTSIDE; SMALL_PLANE];
+    for oy in y0..y1 {
+        for ox in x0..x1 {
+            let (iy, ix) = (
+                oy * g.stride[0] + ki - g.pad[0],
+                ox * g.stride[1] + kj - g.pad[1],
+            );
+            offs[oy * ow + ox] = (c * g.h + iy) * g.w + ix;
+        }
+    }
+    offs
+}
+
+/// Unfold the images `x` (`n` of them, each `[c, h, w]`) into `col` `[c·kh·kw, n·oh·ow]`:
+/// row `r` holds each image's `oh·ow` values in turn, rows ordered like the weight's
+/// `[c, kh, kw]`; every entry is written. Row by row rather than image by image, so the
+/// writes run along `col` even when each image's share of a row is a single value (a
+/// ResNet's late stages on small inputs), and an image's channel, read by all `kh·kw` rows
+/// of that channel, stays in cache.
 fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
+    let ohw = oh * ow;
     let [sh, sw] = g.stride;
+    let n = x.len() / g.in_len();
+    assert_eq!(x.len(), n * g.in_len());
+    let ld = n * ohw;
     let mut row = 0;
     for c in 0..g.c_in {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             let (y0, y1) = valid_range(g.h, oh, sh, ki, g.pad[0]);
             for kj in 0..g.kw {
                 let (x0, x1) = valid_range(g.w, ow, sw, kj, g.pad[1]);
-                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    if oy < y0 || oy >= y1 {
-                        d.fill(0.0);
-                        continue;
+                let dst_row = &mut col[row * ld..][..ld];
+                if ohw <= SMALL_PLANE {
+                    // Where each output position reads (the same in every image), then one
+                    // tight pass over the images: on planes this small the loops below spend
+                    // their time on bounds and ranges, not on values.
+                    let offs = tap_offsets(g, c, ki, kj, (y0, y1), (x0, x1));
+                    for (image, dst) in x
+                        .chunks_exact(g.in_len())
+                        .zip(dst_row.chunks_exact_mut(ohw))
+                    {
+                        for (d, &o) in dst.iter_mut().zip(&offs[..ohw]) {
+                            *d = if o == OUTSIDE { 0.0 } else { image[o] };
+                        }
                     }
-                    let src = &plane[(oy * sh + ki - g.pad[0]) * g.w..][..g.w];
-                    d[..x0].fill(0.0);
-                    d[x1..].fill(0.0);
-                    if sw == 1 {
-                        let s0 = x0 + kj - g.pad[1];
-                        d[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
-                    } else {
-                        for (ox, v) in d[x0..x1].iter_mut().enumerate() {
-                            *v = src[(x0 + ox) * sw + kj - g.pad[1]];
+                    row += 1;
+                    continue;
+                }
+                for (image, dst) in x
+                    .chunks_exact(g.in_len())
+                    .zip(dst_row.chunks_exact_mut(ohw))
+                {
+                    let plane = &image[c * g.h * g.w..(c + 1) * g.h * g.w];
+                    for oy in 0..oh {
+                        let d = &mut dst[oy * ow..(oy + 1) * ow];
+                        if oy < y0 || oy >= y1 {
+                            d.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[(oy * sh + ki - g.pad[0]) * g.w..][..g.w];
+                        d[..x0].fill(0.0);
+                        d[x1..].fill(0.0);
+                        if sw == 1 {
+                            let s0 = x0 + kj - g.pad[1];
+                            d[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
+                        } else {
+                            for (ox, v) in d[x0..x1].iter_mut().enumerate() {
+                                *v = src[(x0 + ox) * sw + kj - g.pad[1]];
+                            }
                         }
                     }
                 }
@@ -119,30 +182,54 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
     }
 }
 
-/// Fold `col` `[c·kh·kw, oh·ow]` back onto one image `[c, h, w]`, adding overlaps (the adjoint
-/// of [`im2col`]). `x` must start zeroed.
+/// Fold `col` `[c·kh·kw, n·oh·ow]` back onto the `n` images `x` (each `[c, h, w]`), adding
+/// overlaps: the adjoint of [`im2col`], in its order. `x` must start zeroed.
 fn col2im(col: &[f32], g: &Geometry, x: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
+    let ohw = oh * ow;
     let [sh, sw] = g.stride;
+    let n = x.len() / g.in_len();
+    assert_eq!(x.len(), n * g.in_len());
+    let ld = n * ohw;
     let mut row = 0;
     for c in 0..g.c_in {
-        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             let (y0, y1) = valid_range(g.h, oh, sh, ki, g.pad[0]);
             for kj in 0..g.kw {
                 let (x0, x1) = valid_range(g.w, ow, sw, kj, g.pad[1]);
-                let src = &col[row * oh * ow..(row + 1) * oh * ow];
-                for oy in y0..y1 {
-                    let s = &src[oy * ow + x0..oy * ow + x1];
-                    let dst = &mut plane[(oy * sh + ki - g.pad[0]) * g.w..][..g.w];
-                    if sw == 1 {
-                        let d0 = x0 + kj - g.pad[1];
-                        for (d, v) in dst[d0..d0 + s.len()].iter_mut().zip(s) {
-                            *d += v;
+                let src_row = &col[row * ld..][..ld];
+                if ohw <= SMALL_PLANE {
+                    let offs = tap_offsets(g, c, ki, kj, (y0, y1), (x0, x1));
+                    for (image, src) in x
+                        .chunks_exact_mut(g.in_len())
+                        .zip(src_row.chunks_exact(ohw))
+                    {
+                        for (v, &o) in src.iter().zip(&offs[..ohw]) {
+                            if o != OUTSIDE {
+                                image[o] += v;
+                            }
                         }
-                    } else {
-                        for (ox, v) in s.iter().enumerate() {
-                            dst[(x0 + ox) * sw + kj - g.pad[1]] += v;
+                    }
+                    row += 1;
+                    continue;
+                }
+                for (image, src) in x
+                    .chunks_exact_mut(g.in_len())
+                    .zip(src_row.chunks_exact(ohw))
+                {
+                    let plane = &mut image[c * g.h * g.w..(c + 1) * g.h * g.w];
+                    for oy in y0..y1 {
+                        let s = &src[oy * ow + x0..oy * ow + x1];
+                        let dst = &mut plane[(oy * sh + ki - g.pad[0]) * g.w..][..g.w];
+                        if sw == 1 {
+                            let d0 = x0 + kj - g.pad[1];
+                            for (d, v) in dst[d0..d0 + s.len()].iter_mut().zip(s) {
+                                *d += v;
+                            }
+                        } else {
+                            for (ox, v) in s.iter().enumerate() {
+                                dst[(x0 + ox) * sw + kj - g.pad[1]] += v;
+                            }
                         }
                     }
                 }
@@ -235,35 +322,68 @@ fn matmul(
     }
 }
 
-/// A worker's buffers, kept across the images of its share of the batch.
-#[derive(Default)]
-struct Scratch {
-    /// The unfolded image.
-    col: Vec<f32>,
-    /// One image's GEMM output, before the affine map of [`forward_affine`].
-    out: Vec<f32>,
+/// Output columns a GEMM should have at least. Per image, a convolution's GEMM has one
+/// column per output position; late in a network on small inputs that is few (a ResNet's
+/// ImageNet stem on 32-pixel images leaves 8×8 down to 1×1), and a GEMM that thin re-reads
+/// and re-packs the whole weight for a handful of columns: ResNet-18 trained at a third of
+/// PyTorch's speed (`BENCHMARKS.md`). So such images are convolved in groups, side by side
+/// in one GEMM of at least this many columns. 64 measured best of 32, 64, 128, 256 and 1024
+/// (`BENCHMARKS.md`): from 128 up, NIN's and AlexNet's 8×8 layers are grouped too, and the
+/// copies into and out of the group cost more than the wider GEMM gains.
+const MIN_COLUMNS: usize = 64;
+
+/// Images per GEMM for `g` on `threads` threads: enough for [`MIN_COLUMNS`], but no more
+/// than leaves every thread a group of its own.
+fn group_size(g: &Geometry, threads: usize) -> usize {
+    let want = MIN_COLUMNS.div_ceil(g.out_hw().max(1));
+    want.min(g.batch.div_ceil(threads.max(1))).max(1)
 }
 
-/// A new output of `batch` chunks of `chunk` values, chunk `i` written by `f(i, the chunk,
-/// scratch buffers, the GEMM's parallelism)`: in parallel over images when there are enough
-/// of them to keep every thread busy, else one image at a time with the GEMM itself parallel.
-fn per_image<F>(batch: usize, chunk: usize, f: F) -> Vec<f32>
+/// `dst` `[rows, n·len]` from `src` `[n, rows, len]`: `n` images' rows side by side.
+fn side_by_side(src: &[f32], n: usize, rows: usize, len: usize, dst: &mut Vec<f32>) {
+    assert_eq!(src.len(), n * rows * len);
+    dst.resize(n * rows * len, 0.0);
+    for j in 0..n {
+        for r in 0..rows {
+            dst[(r * n + j) * len..][..len].copy_from_slice(&src[(j * rows + r) * len..][..len]);
+        }
+    }
+}
+
+/// A worker's buffers, kept across the groups of its share of the batch.
+#[derive(Default)]
+struct Scratch {
+    /// The unfolded images.
+    col: Vec<f32>,
+    /// A group's GEMM output, before it is laid out image by image (and, in
+    /// [`forward_affine`], mapped).
+    out: Vec<f32>,
+    /// A group's output gradients side by side.
+    dy: Vec<f32>,
+}
+
+/// A new output of `g.batch` images of `chunk` values, built group by group (see
+/// [`group_size`]): the chunk of images `range` is written by `f(range, the chunk, scratch
+/// buffers, the GEMM's parallelism)`, in parallel over groups when there are enough of them
+/// to keep every thread busy, else one group at a time with the GEMM itself parallel.
+fn per_group<F>(g: &Geometry, chunk: usize, f: F) -> Vec<f32>
 where
-    F: for<'a> Fn(usize, Uninit<'a>, &mut Scratch, Parallelism) -> Written<'a> + Sync + Send,
+    F: for<'a> Fn(Range<usize>, Uninit<'a>, &mut Scratch, Parallelism) -> Written<'a> + Sync + Send,
 {
     let threads = rayon::current_num_threads();
-    let parallel = threads > 1 && batch >= threads;
+    let size = group_size(g, threads);
+    let parallel = threads > 1 && g.batch.div_ceil(size) >= threads;
     let par = if !parallel && threads > 1 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
     fill::build(
-        batch * chunk,
-        chunk,
+        g.batch * chunk,
+        size * chunk,
         parallel,
         Scratch::default,
-        |buf, i, out| f(i, out, buf, par),
+        |buf, i, out| f(i * size..((i + 1) * size).min(g.batch), out, buf, par),
     )
 }
 
@@ -271,46 +391,69 @@ where
 pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    per_image(g.batch, g.out_len(), |i, y_i, scratch, par| {
-        let (y_i, written) = y_i.zeroed();
-        image_product(x, weight, g, i, y_i, &mut scratch.col, par);
-        written
+    per_group(g, g.out_len(), |images, y, scratch, par| {
+        if images.len() == 1 {
+            // One image's output is already laid out as the GEMM writes it.
+            let (y, written) = y.zeroed();
+            group_product(x, weight, g, images, y, &mut scratch.col, par);
+            written
+        } else {
+            let n = images.len();
+            scratch.out.resize(n * g.out_len(), 0.0);
+            group_product(
+                x,
+                weight,
+                g,
+                images,
+                &mut scratch.out,
+                &mut scratch.col,
+                par,
+            );
+            y.affine_blocks(&scratch.out, g.c_out, g.out_hw(), |_| (1.0, 0.0), false)
+        }
     })
 }
 
-/// `out = W · unfold(x_i)`: image `i`'s convolution into `out` (`[c_out, oh·ow]`).
-fn image_product(
+/// `out = W · [unfold(x_i) …]` for the images `images` side by side: `out` is
+/// `[c_out, n·oh·ow]`, image `j`'s positions in columns `j·oh·ow..`. Every value of `out` is
+/// written (the GEMM does not read it).
+fn group_product(
     x: &[f32],
     weight: &[f32],
     g: &Geometry,
-    i: usize,
+    images: Range<usize>,
     out: &mut [f32],
     col: &mut Vec<f32>,
     par: Parallelism,
 ) {
-    let (ohw, k) = (g.out_hw(), g.k());
-    let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
-    let rhs = if g.pointwise() {
-        x_i
+    let (ohw, k, n) = (g.out_hw(), g.k(), images.len());
+    let cols = n * ohw;
+    let x_i = |i: usize| &x[i * g.in_len()..(i + 1) * g.in_len()];
+    let rhs = if n == 1 && g.pointwise() {
+        x_i(images.start)
     } else {
-        col.resize(k * ohw, 0.0);
-        im2col(x_i, g, col);
+        col.resize(k * cols, 0.0);
+        im2col(
+            &x[images.start * g.in_len()..images.end * g.in_len()],
+            g,
+            col,
+        );
         col
     };
     matmul(
-        [g.c_out, ohw, k],
+        [g.c_out, cols, k],
         out,
         false,
         View::rows(weight, k),
-        View::rows(rhs, ohw),
+        View::rows(rhs, cols),
         par,
     );
 }
 
 /// `y = act(a_o · conv(x, weight) + b_o)` for each output channel `o`, `(a_o, b_o) =
 /// ab(o)`, `act` ReLU if `relu`: a convolution and the inference batch norm after it in one
-/// pass per image. The GEMM writes into the worker's scratch, which the affine map reads
-/// back while it is in cache, writing the output once: the unfused pair zero-fills the
+/// pass per group of images. The GEMM writes into the worker's scratch, which the affine map
+/// reads back while it is in cache, writing the output once: the unfused pair zero-fills the
 /// convolution's output, writes it, and reads it back from memory for a second new tensor.
 pub fn forward_affine(
     x: &[f32],
@@ -321,37 +464,61 @@ pub fn forward_affine(
 ) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    per_image(g.batch, g.out_len(), |i, y_i, scratch, par| {
+    per_group(g, g.out_len(), |images, y, scratch, par| {
         // Every value is written by the GEMM before it is read.
-        scratch.out.resize(g.out_len(), 0.0);
-        image_product(x, weight, g, i, &mut scratch.out, &mut scratch.col, par);
-        y_i.affine_rows(&scratch.out, g.out_hw(), &ab, relu)
+        scratch.out.resize(images.len() * g.out_len(), 0.0);
+        group_product(
+            x,
+            weight,
+            g,
+            images,
+            &mut scratch.out,
+            &mut scratch.col,
+            par,
+        );
+        y.affine_blocks(&scratch.out, g.c_out, g.out_hw(), &ab, relu)
     })
 }
 
-/// `dL/dx` from `dL/dy`: per image `Wᵀ · dy_n`, folded back with [`col2im`].
+/// `dL/dx` from `dL/dy`: per group of images `Wᵀ · [dy_i …]`, folded back with [`col2im`].
 pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
-    per_image(g.batch, g.in_len(), |i, dx_i, scratch, par| {
-        let col = &mut scratch.col;
-        let (dx_i, written) = dx_i.zeroed();
-        let dy_i = View::rows(&dy[i * g.out_len()..(i + 1) * g.out_len()], ohw);
-        let wt = View::transposed(weight, k);
-        if g.pointwise() {
-            matmul([k, ohw, g.c_out], dx_i, false, wt, dy_i, par);
+    per_group(g, g.in_len(), |images, dx, scratch, par| {
+        let n = images.len();
+        let cols = n * ohw;
+        let (dx, written) = dx.zeroed();
+        let dy = &dy[images.start * g.out_len()..images.end * g.out_len()];
+        let dy = if n == 1 {
+            dy
         } else {
-            col.resize(k * ohw, 0.0);
-            matmul([k, ohw, g.c_out], col, false, wt, dy_i, par);
-            col2im(col, g, dx_i);
+            side_by_side(dy, n, g.c_out, ohw, &mut scratch.dy);
+            &scratch.dy
+        };
+        let wt = View::transposed(weight, k);
+        if n == 1 && g.pointwise() {
+            matmul([k, ohw, g.c_out], dx, false, wt, View::rows(dy, ohw), par);
+        } else {
+            let col = &mut scratch.col;
+            col.resize(k * cols, 0.0);
+            matmul(
+                [k, cols, g.c_out],
+                col,
+                false,
+                wt,
+                View::rows(dy, cols),
+                par,
+            );
+            col2im(col, g, dx);
         }
         written
     })
 }
 
-/// `dL/dW` from `dL/dy`: `Σ_n dy_n · unfold(x_n)ᵀ`. The batch is split into one slice per
-/// thread, each summing into its own copy of the gradient; the copies are added at the end.
+/// `dL/dW` from `dL/dy`: `Σ_n dy_n · unfold(x_n)ᵀ`, one GEMM per group of images. The batch
+/// is split into one slice per thread, each summing into its own copy of the gradient; the
+/// copies are added at the end.
 pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(dy.len(), g.batch * g.out_len());
@@ -360,29 +527,43 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let threads = rayon::current_num_threads().max(1);
     let parts = threads.min(g.batch);
     let per = g.batch.div_ceil(parts);
+    let size = group_size(g, threads);
     let inner = if parts == 1 && threads > 1 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
-    let partial = |range: std::ops::Range<usize>| {
+    let partial = |range: Range<usize>| {
         let mut dw = vec![0.0; len];
-        let mut col = Vec::new();
-        for (j, i) in range.enumerate() {
-            let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
-            let unfolded = if g.pointwise() {
-                x_i
+        let mut s = Scratch::default();
+        for (j, first) in range.clone().step_by(size).enumerate() {
+            let images = first..(first + size).min(range.end);
+            let n = images.len();
+            let cols = n * ohw;
+            let dy = &dy[images.start * g.out_len()..images.end * g.out_len()];
+            let dy = if n == 1 {
+                dy
             } else {
-                col.resize(k * ohw, 0.0);
-                im2col(x_i, g, &mut col);
-                &col
+                side_by_side(dy, n, g.c_out, ohw, &mut s.dy);
+                &s.dy
+            };
+            let unfolded = if n == 1 && g.pointwise() {
+                &x[first * g.in_len()..(first + 1) * g.in_len()]
+            } else {
+                s.col.resize(k * cols, 0.0);
+                im2col(
+                    &x[images.start * g.in_len()..images.end * g.in_len()],
+                    g,
+                    &mut s.col,
+                );
+                &s.col
             };
             matmul(
-                [g.c_out, k, ohw],
+                [g.c_out, k, cols],
                 &mut dw,
                 j > 0,
-                View::rows(&dy[i * g.out_len()..(i + 1) * g.out_len()], ohw),
-                View::transposed(unfolded, ohw),
+                View::rows(dy, cols),
+                View::transposed(unfolded, cols),
                 inner,
             );
         }
@@ -487,45 +668,107 @@ mod tests {
         (3, 1, 0),
     ];
 
+    /// `f` under pools of 1, 2 and 4 threads: with 3 images of at most 20 output positions
+    /// each, groups of 3, then 2 + 1, then single images (see [`group_size`]).
+    fn on_pools(f: impl Fn(usize) + Sync) {
+        for threads in [1, 2, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| f(threads));
+        }
+    }
+
     #[test]
     fn forward_matches_the_definition() {
-        for (k, s, p) in CASES {
-            let g = geometry(k, s, p);
-            let x = values(g.batch * g.in_len(), 1);
-            let w = values(g.c_out * g.k(), 2);
-            let want = naive(&x, &w, &g);
-            let got = forward(&x, &w, &g);
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "k{k} s{s} p{p}: {a} vs {b}");
+        on_pools(|threads| {
+            for (k, s, p) in CASES {
+                let g = geometry(k, s, p);
+                let x = values(g.batch * g.in_len(), 1);
+                let w = values(g.c_out * g.k(), 2);
+                let want = naive(&x, &w, &g);
+                let got = forward(&x, &w, &g);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "k{k} s{s} p{p} t{threads}: {a} vs {b}"
+                    );
+                }
+                // The same convolution fused with a per-channel affine map and ReLU.
+                let ab = |o: usize| (o as f32 - 1.0, 0.25);
+                let fused = forward_affine(&x, &w, &g, ab, true);
+                for (i, (a, b)) in fused.iter().zip(&want).enumerate() {
+                    let (m, c) = ab(i / g.out_hw() % g.c_out);
+                    let b = (b * m + c).max(0.0);
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "fused k{k} s{s} p{p} t{threads}: {a} vs {b}"
+                    );
+                }
             }
-        }
+        });
+    }
+
+    #[test]
+    fn group_sizes_by_hand() {
+        let layer = |side: usize, batch: usize| Geometry {
+            batch,
+            c_in: 8,
+            h: side,
+            w: side,
+            c_out: 8,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+        };
+        // 1×1 outputs: 64 images wanted, at most half the batch on 2 threads.
+        assert_eq!(group_size(&layer(1, 128), 2), 64);
+        assert_eq!(group_size(&layer(1, 100), 2), 50);
+        assert_eq!(group_size(&layer(1, 100), 1), 64);
+        // 4×4 outputs: 4 images make 64 columns; 8×8 and larger stay one image per GEMM.
+        assert_eq!(group_size(&layer(4, 128), 2), 4);
+        assert_eq!(group_size(&layer(8, 128), 2), 1);
+        assert_eq!(group_size(&layer(32, 128), 2), 1);
+        // 3×3 outputs: 8 images; an odd batch of 7 on 2 threads allows 4.
+        assert_eq!(group_size(&layer(3, 128), 2), 8);
+        assert_eq!(group_size(&layer(3, 7), 2), 4);
     }
 
     /// Gradients by the adjoint identity: for L = Σ y·r (r random), dL/dx·e and dL/dW·e equal
     /// the forward's change along a unit direction e, computed exactly since conv is linear.
     #[test]
     fn gradients_are_the_adjoints_of_forward() {
-        for (k, s, p) in CASES {
-            let g = geometry(k, s, p);
-            let x = values(g.batch * g.in_len(), 3);
-            let w = values(g.c_out * g.k(), 4);
-            let r = values(g.batch * g.out_len(), 5);
-            let dx = grad_input(&w, &r, &g);
-            let dw = grad_weight(&x, &r, &g);
-            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
-            for i in 0..x.len() {
-                let mut e = vec![0.0; x.len()];
-                e[i] = 1.0;
-                let want = dot(&naive(&e, &w, &g), &r);
-                assert!((dx[i] - want).abs() < 1e-4, "dx k{k} s{s} p{p} at {i}");
+        on_pools(|threads| {
+            for (k, s, p) in CASES {
+                let g = geometry(k, s, p);
+                let x = values(g.batch * g.in_len(), 3);
+                let w = values(g.c_out * g.k(), 4);
+                let r = values(g.batch * g.out_len(), 5);
+                let dx = grad_input(&w, &r, &g);
+                let dw = grad_weight(&x, &r, &g);
+                let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+                for i in 0..x.len() {
+                    let mut e = vec![0.0; x.len()];
+                    e[i] = 1.0;
+                    let want = dot(&naive(&e, &w, &g), &r);
+                    assert!(
+                        (dx[i] - want).abs() < 1e-4,
+                        "dx k{k} s{s} p{p} t{threads} at {i}"
+                    );
+                }
+                for i in 0..w.len() {
+                    let mut e = vec![0.0; w.len()];
+                    e[i] = 1.0;
+                    let want = dot(&naive(&x, &e, &g), &r);
+                    assert!(
+                        (dw[i] - want).abs() < 1e-4,
+                        "dw k{k} s{s} p{p} t{threads} at {i}"
+                    );
+                }
             }
-            for i in 0..w.len() {
-                let mut e = vec![0.0; w.len()];
-                e[i] = 1.0;
-                let want = dot(&naive(&x, &e, &g), &r);
-                assert!((dw[i] - want).abs() < 1e-4, "dw k{k} s{s} p{p} at {i}");
-            }
-        }
+        });
     }
 
     #[test]
