@@ -10,6 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::features::Features;
@@ -292,6 +293,9 @@ fn fit(
     let nb = order.len().div_ceil(cfg.batch_size);
     let bar = crate::util::progress::bar((cfg.epochs * nb) as u64, what, progress);
     let taps = train.dims.len();
+    let mut needed: Vec<usize> = groups.iter().flat_map(|g| g.taps.iter().copied()).collect();
+    needed.sort_unstable();
+    needed.dedup();
     for epoch in 0..cfg.epochs {
         order.shuffle(&mut rng);
         for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
@@ -299,20 +303,23 @@ fn fit(
             let y: Vec<i64> = batch.iter().map(|&r| train.labels[r] as i64).collect();
             let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch.len()]), &train_dev);
             // The rows are read (from memory or the store) and standardised as they are
-            // gathered: a tap is never copied whole, and is read once for all groups.
+            // gathered: a tap is never copied whole, and is read once for all groups. The
+            // taps are gathered in parallel: on the calling thread alone, these reads were a
+            // fifth of an evaluation's time while the other core waited.
+            let read: Vec<(usize, Vec<f32>)> = needed
+                .par_iter()
+                .map(|&t| {
+                    let mut x = Vec::new();
+                    train.gather(t, batch, &mut x, |r| standardize(r, &stats[t]))?;
+                    Ok((t, x))
+                })
+                .collect::<anyhow::Result<_>>()?;
             let mut xs: Vec<Option<Tensor<2>>> = vec![None; taps];
-            for g in groups {
-                for &t in &g.taps {
-                    if xs[t].is_none() {
-                        let d = train.dims[t];
-                        let mut x = Vec::new();
-                        train.gather(t, batch, &mut x, |r| standardize(r, &stats[t]))?;
-                        xs[t] = Some(Tensor::<2>::from_data(
-                            TensorData::new(x, [batch.len(), d]),
-                            &train_dev,
-                        ));
-                    }
-                }
+            for (t, x) in read {
+                xs[t] = Some(Tensor::<2>::from_data(
+                    TensorData::new(x, [batch.len(), train.dims[t]]),
+                    &train_dev,
+                ));
             }
             let mut next = Vec::with_capacity(models.len());
             for ((model, optim), g) in models.into_iter().zip(optims.iter_mut()).zip(groups) {
