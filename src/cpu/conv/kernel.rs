@@ -1,13 +1,14 @@
 //! 2-D convolution on plain `f32` slices in NCHW layout: forward, input gradient and weight
-//! gradient, each one GEMM per image on the `gemm` crate, parallel over the batch.
+//! gradient, each one GEMM per image on the `gemm` crate (per group of images where an
+//! image's output plane is small, see [`MIN_COLUMNS`]), parallel over the batch.
 //!
 //! Why not burn's path: Flex's forward converts every input to NHWC and its backward goes
 //! through burn's generic transposes and `conv_transpose`, so a training step spent a third of
 //! its time copying layouts (`BENCHMARKS.md`, profile). Here nothing is re-laid out: a 1×1
 //! stride-1 convolution is a GEMM on the image as it lies (`W · x_n`), and the other shapes
-//! unfold one image at a time into a buffer the worker thread keeps (im2col, rows ordered like
-//! the weight's `[c, kh, kw]`), so the GEMMs read the weight and the gradients in place and
-//! transposes are only strides.
+//! unfold one image (or group) at a time into a buffer the worker thread keeps (im2col, rows
+//! ordered like the weight's `[c, kh, kw]`), so the GEMMs read the weight and the gradients
+//! in place and transposes are only strides.
 
 use std::ops::Range;
 
