@@ -64,6 +64,8 @@ impl Geometry {
             && self.kw > 0
             && self.stride[0] > 0
             && self.stride[1] > 0
+            && self.h > 0
+            && self.w > 0
             && self.h + 2 * self.pad[0] >= self.kh
             && self.w + 2 * self.pad[1] >= self.kw
     }
@@ -93,28 +95,48 @@ const SMALL_PLANE: usize = 16;
 const OUTSIDE: usize = usize::MAX;
 
 /// For each output position of a plane of at most [`SMALL_PLANE`], the offset in an image
-/// `[c, h, w]` that tap `(ki, kj)` of channel `c` reads there, or [`OUTSIDE`]; `ys` and `xs`
-/// are the tap's [`valid_range`]s.
-fn tap_offsets(
-    g: &Geometry,
-    c: usize,
-    ki: usize,
-    kj: usize,
-    (y0, y1): (usize, usize),
-    (x0, x1): (usize, usize),
-) -> [usize; SMALL_PLANE] {
+/// `[c, h, w]` that tap `t` reads there, or [`OUTSIDE`].
+fn tap_offsets(g: &Geometry, t: &Tap) -> [usize; SMALL_PLANE] {
     let ow = g.out_w();
     let mut offs = [OUTSIDE; SMALL_PLANE];
-    for oy in y0..y1 {
-        for ox in x0..x1 {
+    for oy in t.ys.0..t.ys.1 {
+        for ox in t.xs.0..t.xs.1 {
             let (iy, ix) = (
-                oy * g.stride[0] + ki - g.pad[0],
-                ox * g.stride[1] + kj - g.pad[1],
+                oy * g.stride[0] + t.ki - g.pad[0],
+                ox * g.stride[1] + t.kj - g.pad[1],
             );
-            offs[oy * ow + ox] = (c * g.h + iy) * g.w + ix;
+            offs[oy * ow + ox] = (t.c * g.h + iy) * g.w + ix;
         }
     }
     offs
+}
+
+/// One row of the unfolded matrix: tap `(ki, kj)` of channel `c`, with the output rows `ys`
+/// and columns `xs` where it reads inside the image ([`valid_range`]).
+struct Tap {
+    row: usize,
+    c: usize,
+    ki: usize,
+    kj: usize,
+    ys: (usize, usize),
+    xs: (usize, usize),
+}
+
+/// The rows of `g`'s unfolded matrix in order (`[c, kh, kw]`, the weight's), the one walk
+/// [`im2col`] and [`col2im`] share.
+fn taps(g: &Geometry) -> impl Iterator<Item = Tap> + '_ {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    (0..g.c_in * g.kh * g.kw).map(move |row| {
+        let (c, ki, kj) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
+        Tap {
+            row,
+            c,
+            ki,
+            kj,
+            ys: valid_range(g.h, oh, g.stride[0], ki, g.pad[0]),
+            xs: valid_range(g.w, ow, g.stride[1], kj, g.pad[1]),
+        }
+    })
 }
 
 /// Unfold the images `x` (`n` of them, each `[c, h, w]`) into `col` `[c·kh·kw, n·oh·ow]`:
@@ -130,54 +152,42 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
     let n = x.len() / g.in_len();
     assert_eq!(x.len(), n * g.in_len());
     let ld = n * ohw;
-    let mut row = 0;
-    for c in 0..g.c_in {
-        for ki in 0..g.kh {
-            let (y0, y1) = valid_range(g.h, oh, sh, ki, g.pad[0]);
-            for kj in 0..g.kw {
-                let (x0, x1) = valid_range(g.w, ow, sw, kj, g.pad[1]);
-                let dst_row = &mut col[row * ld..][..ld];
-                if ohw <= SMALL_PLANE {
-                    // Where each output position reads (the same in every image), then one
-                    // tight pass over the images: on planes this small the loops below spend
-                    // their time on bounds and ranges, not on values.
-                    let offs = tap_offsets(g, c, ki, kj, (y0, y1), (x0, x1));
-                    for (image, dst) in x
-                        .chunks_exact(g.in_len())
-                        .zip(dst_row.chunks_exact_mut(ohw))
-                    {
-                        for (d, &o) in dst.iter_mut().zip(&offs[..ohw]) {
-                            *d = if o == OUTSIDE { 0.0 } else { image[o] };
-                        }
-                    }
-                    row += 1;
+    for t in taps(g) {
+        let ((y0, y1), (x0, x1)) = (t.ys, t.xs);
+        let images = x
+            .chunks_exact(g.in_len())
+            .zip(col[t.row * ld..][..ld].chunks_exact_mut(ohw));
+        if ohw <= SMALL_PLANE {
+            // Where each output position reads (the same in every image), then one tight
+            // pass over the images: on planes this small the loops below spend their time
+            // on bounds and ranges, not on values.
+            let offs = tap_offsets(g, &t);
+            for (image, dst) in images {
+                for (d, &o) in dst.iter_mut().zip(&offs[..ohw]) {
+                    *d = if o == OUTSIDE { 0.0 } else { image[o] };
+                }
+            }
+            continue;
+        }
+        for (image, dst) in images {
+            let plane = &image[t.c * g.h * g.w..(t.c + 1) * g.h * g.w];
+            for oy in 0..oh {
+                let d = &mut dst[oy * ow..(oy + 1) * ow];
+                if oy < y0 || oy >= y1 {
+                    d.fill(0.0);
                     continue;
                 }
-                for (image, dst) in x
-                    .chunks_exact(g.in_len())
-                    .zip(dst_row.chunks_exact_mut(ohw))
-                {
-                    let plane = &image[c * g.h * g.w..(c + 1) * g.h * g.w];
-                    for oy in 0..oh {
-                        let d = &mut dst[oy * ow..(oy + 1) * ow];
-                        if oy < y0 || oy >= y1 {
-                            d.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[(oy * sh + ki - g.pad[0]) * g.w..][..g.w];
-                        d[..x0].fill(0.0);
-                        d[x1..].fill(0.0);
-                        if sw == 1 {
-                            let s0 = x0 + kj - g.pad[1];
-                            d[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
-                        } else {
-                            for (ox, v) in d[x0..x1].iter_mut().enumerate() {
-                                *v = src[(x0 + ox) * sw + kj - g.pad[1]];
-                            }
-                        }
+                let src = &plane[(oy * sh + t.ki - g.pad[0]) * g.w..][..g.w];
+                d[..x0].fill(0.0);
+                d[x1..].fill(0.0);
+                if sw == 1 {
+                    let s0 = x0 + t.kj - g.pad[1];
+                    d[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
+                } else {
+                    for (ox, v) in d[x0..x1].iter_mut().enumerate() {
+                        *v = src[(x0 + ox) * sw + t.kj - g.pad[1]];
                     }
                 }
-                row += 1;
             }
         }
     }
@@ -192,49 +202,37 @@ fn col2im(col: &[f32], g: &Geometry, x: &mut [f32]) {
     let n = x.len() / g.in_len();
     assert_eq!(x.len(), n * g.in_len());
     let ld = n * ohw;
-    let mut row = 0;
-    for c in 0..g.c_in {
-        for ki in 0..g.kh {
-            let (y0, y1) = valid_range(g.h, oh, sh, ki, g.pad[0]);
-            for kj in 0..g.kw {
-                let (x0, x1) = valid_range(g.w, ow, sw, kj, g.pad[1]);
-                let src_row = &col[row * ld..][..ld];
-                if ohw <= SMALL_PLANE {
-                    let offs = tap_offsets(g, c, ki, kj, (y0, y1), (x0, x1));
-                    for (image, src) in x
-                        .chunks_exact_mut(g.in_len())
-                        .zip(src_row.chunks_exact(ohw))
-                    {
-                        for (v, &o) in src.iter().zip(&offs[..ohw]) {
-                            if o != OUTSIDE {
-                                image[o] += v;
-                            }
-                        }
-                    }
-                    row += 1;
-                    continue;
-                }
-                for (image, src) in x
-                    .chunks_exact_mut(g.in_len())
-                    .zip(src_row.chunks_exact(ohw))
-                {
-                    let plane = &mut image[c * g.h * g.w..(c + 1) * g.h * g.w];
-                    for oy in y0..y1 {
-                        let s = &src[oy * ow + x0..oy * ow + x1];
-                        let dst = &mut plane[(oy * sh + ki - g.pad[0]) * g.w..][..g.w];
-                        if sw == 1 {
-                            let d0 = x0 + kj - g.pad[1];
-                            for (d, v) in dst[d0..d0 + s.len()].iter_mut().zip(s) {
-                                *d += v;
-                            }
-                        } else {
-                            for (ox, v) in s.iter().enumerate() {
-                                dst[(x0 + ox) * sw + kj - g.pad[1]] += v;
-                            }
-                        }
+    for t in taps(g) {
+        let ((y0, y1), (x0, x1)) = (t.ys, t.xs);
+        let images = x
+            .chunks_exact_mut(g.in_len())
+            .zip(col[t.row * ld..][..ld].chunks_exact(ohw));
+        if ohw <= SMALL_PLANE {
+            let offs = tap_offsets(g, &t);
+            for (image, src) in images {
+                for (v, &o) in src.iter().zip(&offs[..ohw]) {
+                    if o != OUTSIDE {
+                        image[o] += v;
                     }
                 }
-                row += 1;
+            }
+            continue;
+        }
+        for (image, src) in images {
+            let plane = &mut image[t.c * g.h * g.w..(t.c + 1) * g.h * g.w];
+            for oy in y0..y1 {
+                let s = &src[oy * ow + x0..oy * ow + x1];
+                let dst = &mut plane[(oy * sh + t.ki - g.pad[0]) * g.w..][..g.w];
+                if sw == 1 {
+                    let d0 = x0 + t.kj - g.pad[1];
+                    for (d, v) in dst[d0..d0 + s.len()].iter_mut().zip(s) {
+                        *d += v;
+                    }
+                } else {
+                    for (ox, v) in s.iter().enumerate() {
+                        dst[(x0 + ox) * sw + t.kj - g.pad[1]] += v;
+                    }
+                }
             }
         }
     }
@@ -337,7 +335,10 @@ const MIN_COLUMNS: usize = 64;
 /// than leaves every thread a group of its own.
 fn group_size(g: &Geometry, threads: usize) -> usize {
     let want = MIN_COLUMNS.div_ceil(g.out_hw().max(1));
-    want.min(g.batch.div_ceil(threads.max(1))).max(1)
+    // Rounded down, so that a batch of at least `threads` images makes at least `threads`
+    // groups (rounded up, 6 images on 4 threads would make 3 groups of 2 and leave a thread
+    // idle).
+    want.min(g.batch / threads.max(1)).max(1)
 }
 
 /// `dst` `[rows, n·len]` from `src` `[n, rows, len]`: `n` images' rows side by side.
@@ -669,10 +670,10 @@ mod tests {
         (3, 1, 0),
     ];
 
-    /// `f` under pools of 1, 2 and 4 threads: with 3 images of at most 20 output positions
-    /// each, groups of 3, then 2 + 1, then single images (see [`group_size`]).
+    /// `f` under pools of 1 to 4 threads: with 3 images of at most 20 output positions each,
+    /// one group of 3 on 1 thread, single images on more (see [`group_size`]).
     fn on_pools(f: impl Fn(usize) + Sync) {
-        for threads in [1, 2, 4] {
+        for threads in [1, 2, 3, 4] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
@@ -711,6 +712,86 @@ mod tests {
         });
     }
 
+    /// Forward (plain and fused), input and weight gradients of `g` against the definition,
+    /// the gradients by the adjoint identity as above.
+    fn check_against_definition(g: &Geometry, what: &str) {
+        let x = values(g.batch * g.in_len(), 6);
+        let w = values(g.c_out * g.k(), 7);
+        let r = values(g.batch * g.out_len(), 8);
+        let want = naive(&x, &w, g);
+        for (a, b) in forward(&x, &w, g).iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
+        }
+        let ab = |o: usize| (0.5 - o as f32, -0.125);
+        let fused = forward_affine(&x, &w, g, ab, false);
+        for (i, (a, b)) in fused.iter().zip(&want).enumerate() {
+            let (m, c) = ab(i / g.out_hw() % g.c_out);
+            assert!((a - (b * m + c)).abs() < 1e-5, "fused {what}");
+        }
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+        let dx = grad_input(&w, &r, g);
+        for i in 0..x.len() {
+            let mut e = vec![0.0; x.len()];
+            e[i] = 1.0;
+            let want = dot(&naive(&e, &w, g), &r);
+            assert!((dx[i] - want).abs() < 1e-4, "dx {what} at {i}");
+        }
+        let dw = grad_weight(&x, &r, g);
+        for i in 0..w.len() {
+            let mut e = vec![0.0; w.len()];
+            e[i] = 1.0;
+            let want = dot(&naive(&x, &e, g), &r);
+            assert!((dw[i] - want).abs() < 1e-4, "dw {what} at {i}");
+        }
+    }
+
+    /// Small planes in groups: height and width with their own kernel, stride and padding,
+    /// a 1×1 output (3×3 kernel on a 1×1 image, 8 of 9 taps in the padding), a plane of
+    /// exactly 16 positions, and a 1×1 convolution of 18 (the general path, grouped). 9
+    /// images under 1 to 4 threads: on 2 threads groups of 4, 4 and 1, the first thread's 5
+    /// images cut into two groups whose weight gradients it sums; on 4 threads groups of 2
+    /// and a last one of 1.
+    #[test]
+    fn small_planes_in_groups_match_the_definition() {
+        // (h, w, kh, kw, stride, pad)
+        let shapes = [
+            (3, 7, 3, 1, [2, 3], [1, 0]),
+            (1, 1, 3, 3, [1, 1], [1, 1]),
+            (2, 2, 3, 3, [2, 2], [1, 1]),
+            (1, 16, 1, 3, [1, 1], [0, 1]),
+            (2, 9, 1, 1, [1, 1], [0, 0]),
+        ];
+        on_pools(|threads| {
+            for (h, w, kh, kw, stride, pad) in shapes {
+                let g = Geometry {
+                    batch: 9,
+                    c_in: 2,
+                    h,
+                    w,
+                    c_out: 3,
+                    kh,
+                    kw,
+                    stride,
+                    pad,
+                };
+                assert!(g.out_hw() <= 18 && group_size(&g, threads) > 1);
+                check_against_definition(&g, &format!("{g:?} on {threads} threads"));
+            }
+        });
+    }
+
+    #[test]
+    fn an_empty_image_is_not_a_valid_geometry() {
+        // Padding covers the kernel, yet there is no image to unfold: burn's path takes it.
+        let mut g = geometry(1, 1, 1);
+        assert!(g.valid());
+        g.h = 0;
+        assert!(!g.valid());
+        g.h = 5;
+        g.w = 0;
+        assert!(!g.valid());
+    }
+
     #[test]
     fn group_sizes_by_hand() {
         let layer = |side: usize, batch: usize| Geometry {
@@ -732,9 +813,13 @@ mod tests {
         assert_eq!(group_size(&layer(4, 128), 2), 4);
         assert_eq!(group_size(&layer(8, 128), 2), 1);
         assert_eq!(group_size(&layer(32, 128), 2), 1);
-        // 3×3 outputs: 8 images; an odd batch of 7 on 2 threads allows 4.
+        // 3×3 outputs: 8 images; an odd batch of 7 on 2 threads allows 3 (groups of 3, 3
+        // and 1: every thread has one), 6 images on 4 threads 1 each.
         assert_eq!(group_size(&layer(3, 128), 2), 8);
-        assert_eq!(group_size(&layer(3, 7), 2), 4);
+        assert_eq!(group_size(&layer(3, 7), 2), 3);
+        assert_eq!(group_size(&layer(3, 6), 4), 1);
+        // Fewer images than threads: one at a time (the GEMM itself is then parallel).
+        assert_eq!(group_size(&layer(1, 3), 4), 1);
     }
 
     /// Gradients by the adjoint identity: for L = Σ y·r (r random), dL/dx·e and dL/dW·e equal
