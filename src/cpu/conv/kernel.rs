@@ -416,6 +416,40 @@ pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     })
 }
 
+/// The unfolded matrix `[c·kh·kw, n·oh·ow]` of the images `images` of `x`: one image of a
+/// 1×1 stride-1 convolution as it lies, else unfolded into `col`.
+fn unfolded<'a>(
+    x: &'a [f32],
+    g: &Geometry,
+    images: Range<usize>,
+    col: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let x = &x[images.start * g.in_len()..images.end * g.in_len()];
+    if images.len() == 1 && g.pointwise() {
+        return x;
+    }
+    col.resize(g.k() * images.len() * g.out_hw(), 0.0);
+    im2col(x, g, col);
+    col
+}
+
+/// The output gradients `[c_out, n·oh·ow]` of the images `images` of `dy`, side by side:
+/// one image's as they lie, else copied into `buf`.
+fn dy_side_by_side<'a>(
+    dy: &'a [f32],
+    g: &Geometry,
+    images: Range<usize>,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let n = images.len();
+    let dy = &dy[images.start * g.out_len()..images.end * g.out_len()];
+    if n == 1 {
+        return dy;
+    }
+    side_by_side(dy, n, g.c_out, g.out_hw(), buf);
+    buf
+}
+
 /// `out = W · [unfold(x_i) …]` for the images `images` side by side: `out` is
 /// `[c_out, n·oh·ow]`, image `j`'s positions in columns `j·oh·ow..`. Every value of `out` is
 /// written (the GEMM does not read it).
@@ -428,20 +462,8 @@ fn group_product(
     col: &mut Vec<f32>,
     par: Parallelism,
 ) {
-    let (ohw, k, n) = (g.out_hw(), g.k(), images.len());
-    let cols = n * ohw;
-    let x_i = |i: usize| &x[i * g.in_len()..(i + 1) * g.in_len()];
-    let rhs = if n == 1 && g.pointwise() {
-        x_i(images.start)
-    } else {
-        col.resize(k * cols, 0.0);
-        im2col(
-            &x[images.start * g.in_len()..images.end * g.in_len()],
-            g,
-            col,
-        );
-        col
-    };
+    let (k, cols) = (g.k(), images.len() * g.out_hw());
+    let rhs = unfolded(x, g, images, col);
     matmul(
         [g.c_out, cols, k],
         out,
@@ -491,15 +513,10 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         let n = images.len();
         let cols = n * ohw;
         let (dx, written) = dx.zeroed();
-        let dy = &dy[images.start * g.out_len()..images.end * g.out_len()];
-        let dy = if n == 1 {
-            dy
-        } else {
-            side_by_side(dy, n, g.c_out, ohw, &mut scratch.dy);
-            &scratch.dy
-        };
+        let pointwise_image = n == 1 && g.pointwise();
+        let dy = dy_side_by_side(dy, g, images, &mut scratch.dy);
         let wt = View::transposed(weight, k);
-        if n == 1 && g.pointwise() {
+        if pointwise_image {
             matmul([k, ohw, g.c_out], dx, false, wt, View::rows(dy, ohw), par);
         } else {
             let col = &mut scratch.col;
@@ -540,26 +557,9 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         let mut s = Scratch::default();
         for (j, first) in range.clone().step_by(size).enumerate() {
             let images = first..(first + size).min(range.end);
-            let n = images.len();
-            let cols = n * ohw;
-            let dy = &dy[images.start * g.out_len()..images.end * g.out_len()];
-            let dy = if n == 1 {
-                dy
-            } else {
-                side_by_side(dy, n, g.c_out, ohw, &mut s.dy);
-                &s.dy
-            };
-            let unfolded = if n == 1 && g.pointwise() {
-                &x[first * g.in_len()..(first + 1) * g.in_len()]
-            } else {
-                s.col.resize(k * cols, 0.0);
-                im2col(
-                    &x[images.start * g.in_len()..images.end * g.in_len()],
-                    g,
-                    &mut s.col,
-                );
-                &s.col
-            };
+            let cols = images.len() * ohw;
+            let dy = dy_side_by_side(dy, g, images.clone(), &mut s.dy);
+            let unfolded = unfolded(x, g, images, &mut s.col);
             matmul(
                 [g.c_out, k, cols],
                 &mut dw,
