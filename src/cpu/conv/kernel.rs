@@ -111,6 +111,45 @@ fn tap_offsets(g: &Geometry, t: &Tap) -> [usize; SMALL_PLANE] {
     offs
 }
 
+/// Whether an output plane is laid out like the input plane (stride 1, `ow == w`, the
+/// "same" convolutions of most networks) and larger than [`SMALL_PLANE`]: then a tap reads
+/// the input plane shifted by one offset, and its unfolded row is one copy of a span.
+fn same_plane(g: &Geometry) -> bool {
+    g.stride == [1, 1] && g.out_w() == g.w && g.out_hw() > SMALL_PLANE
+}
+
+/// For a tap of a [`same_plane`] geometry: the positions `dst` of its unfolded row from the
+/// first to the last one that reads inside the image, and where that span starts in the
+/// input plane. `None` when the tap reads only padding.
+struct ShiftedSpan {
+    dst: Range<usize>,
+    src: usize,
+}
+
+impl ShiftedSpan {
+    fn new(g: &Geometry, t: &Tap) -> Option<Self> {
+        let ((y0, y1), (x0, x1)) = (t.ys, t.xs);
+        if y0 >= y1 || x0 >= x1 {
+            return None;
+        }
+        let ow = g.out_w();
+        // `valid_range` starts `ys`/`xs` where `o + k >= pad`, so these do not underflow.
+        let src = (y0 + t.ki - g.pad[0]) * g.w + x0 + t.kj - g.pad[1];
+        Some(Self {
+            dst: y0 * ow + x0..(y1 - 1) * ow + x1,
+            src,
+        })
+    }
+}
+
+/// Zero a slice of a few values (most are one or two long) with a plain loop.
+#[inline(always)]
+fn zero(s: &mut [f32]) {
+    for v in s {
+        *v = 0.0;
+    }
+}
+
 /// One row of the unfolded matrix: tap `(ki, kj)` of channel `c`, with the output rows `ys`
 /// and columns `xs` where it reads inside the image ([`valid_range`]).
 struct Tap {
@@ -124,9 +163,9 @@ struct Tap {
 
 /// The rows of `g`'s unfolded matrix in order (`[c, kh, kw]`, the weight's), the one walk
 /// [`im2col`] and [`col2im`] share.
-fn taps(g: &Geometry) -> impl Iterator<Item = Tap> + '_ {
+fn taps(g: &Geometry, rows: Range<usize>) -> impl Iterator<Item = Tap> + '_ {
     let (oh, ow) = (g.out_h(), g.out_w());
-    (0..g.c_in * g.kh * g.kw).map(move |row| {
+    rows.map(move |row| {
         let (c, ki, kj) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
         Tap {
             row,
@@ -152,7 +191,7 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
     let n = x.len() / g.in_len();
     assert_eq!(x.len(), n * g.in_len());
     let ld = n * ohw;
-    for t in taps(g) {
+    for t in taps(g, 0..g.k()) {
         let ((y0, y1), (x0, x1)) = (t.ys, t.xs);
         let images = x
             .chunks_exact(g.in_len())
@@ -165,6 +204,26 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
             for (image, dst) in images {
                 for (d, &o) in dst.iter_mut().zip(&offs[..ohw]) {
                     *d = if o == OUTSIDE { 0.0 } else { image[o] };
+                }
+            }
+            continue;
+        }
+        if same_plane(g) {
+            let span = ShiftedSpan::new(g, &t);
+            for (image, dst) in images {
+                let plane = &image[t.c * g.h * g.w..(t.c + 1) * g.h * g.w];
+                let Some(sp) = &span else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                dst[..sp.dst.start].fill(0.0);
+                dst[sp.dst.end..].fill(0.0);
+                dst[sp.dst.clone()].copy_from_slice(&plane[sp.src..sp.src + sp.dst.len()]);
+                // The copy ran on across row ends: each row's columns outside `xs` read the
+                // neighbouring row and belong to the padding.
+                for row in dst.chunks_exact_mut(ow).take(y1).skip(y0) {
+                    zero(&mut row[..x0]);
+                    zero(&mut row[x1..]);
                 }
             }
             continue;
@@ -193,20 +252,45 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
     }
 }
 
-/// Fold `col` `[c·kh·kw, n·oh·ow]` back onto the `n` images `x` (each `[c, h, w]`), adding
-/// overlaps: the adjoint of [`im2col`], in its order. `x` must start zeroed.
-fn col2im(col: &[f32], g: &Geometry, x: &mut [f32]) {
+/// Fold the rows `rows` of an unfolded matrix `[c·kh·kw, n·oh·ow]`, held in `col`, back
+/// onto the `n` images `x` (each `[c, h, w]`), adding overlaps: the adjoint of [`im2col`],
+/// in its order. `x` must start zeroed before the first rows. `col` is scratch: the entries
+/// that read padding are zeroed on the way.
+fn col2im(col: &mut [f32], g: &Geometry, rows: Range<usize>, x: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let ohw = oh * ow;
     let [sh, sw] = g.stride;
     let n = x.len() / g.in_len();
     assert_eq!(x.len(), n * g.in_len());
     let ld = n * ohw;
-    for t in taps(g) {
+    for t in taps(g, rows.clone()) {
+        let at = (t.row - rows.start) * ld;
         let ((y0, y1), (x0, x1)) = (t.ys, t.xs);
+        if same_plane(g) {
+            let Some(sp) = ShiftedSpan::new(g, &t) else {
+                continue;
+            };
+            let images = x
+                .chunks_exact_mut(g.in_len())
+                .zip(col[at..][..ld].chunks_exact_mut(ohw));
+            for (image, src) in images {
+                // The entries that read the padding go nowhere: zeroed, so that one add
+                // along the span (which runs on across row ends) leaves them out.
+                for row in src.chunks_exact_mut(ow).take(y1).skip(y0) {
+                    zero(&mut row[..x0]);
+                    zero(&mut row[x1..]);
+                }
+                let plane = &mut image[t.c * g.h * g.w..(t.c + 1) * g.h * g.w];
+                let dst = &mut plane[sp.src..sp.src + sp.dst.len()];
+                for (d, v) in dst.iter_mut().zip(&src[sp.dst.clone()]) {
+                    *d += v;
+                }
+            }
+            continue;
+        }
         let images = x
             .chunks_exact_mut(g.in_len())
-            .zip(col[t.row * ld..][..ld].chunks_exact(ohw));
+            .zip(col[at..][..ld].chunks_exact(ohw));
         if ohw <= SMALL_PLANE {
             let offs = tap_offsets(g, &t);
             for (image, src) in images {
@@ -331,10 +415,18 @@ fn matmul(
 /// copies into and out of the group cost more than the wider GEMM gains.
 const MIN_COLUMNS: usize = 64;
 
-/// Images per GEMM for `g` on `threads` threads: enough for [`MIN_COLUMNS`], but no more
+/// The weight gradient's GEMMs reduce over their columns (output positions) and add into
+/// the whole gradient each time, `c_out × c·kh·kw` values read and written per GEMM: with
+/// one 8×8 image per GEMM that traffic is as large as the products. Groups of at least this
+/// many columns made AlexNet's 8×8 layers' weight gradients 7–10% faster (128, 256, 512 and
+/// 1024 measured, `BENCHMARKS.md`); the forward and input-gradient GEMMs, which write each
+/// output once, keep [`MIN_COLUMNS`].
+const MIN_WEIGHT_COLUMNS: usize = 256;
+
+/// Images per GEMM for `g` on `threads` threads: enough for `min_columns`, but no more
 /// than leaves every thread a group of its own.
-fn group_size(g: &Geometry, threads: usize) -> usize {
-    let want = MIN_COLUMNS.div_ceil(g.out_hw().max(1));
+fn group_size(g: &Geometry, threads: usize, min_columns: usize) -> usize {
+    let want = min_columns.div_ceil(g.out_hw().max(1));
     // Rounded down, so that a batch of at least `threads` images makes at least `threads`
     // groups (rounded up, 6 images on 4 threads would make 3 groups of 2 and leave a thread
     // idle).
@@ -373,7 +465,7 @@ where
     F: for<'a> Fn(Range<usize>, Uninit<'a>, &mut Scratch, Parallelism) -> Written<'a> + Sync + Send,
 {
     let threads = rayon::current_num_threads();
-    let size = group_size(g, threads);
+    let size = group_size(g, threads, MIN_COLUMNS);
     let parallel = threads > 1 && g.batch.div_ceil(size) >= threads;
     let par = if !parallel && threads > 1 {
         Parallelism::Rayon(threads)
@@ -504,32 +596,61 @@ pub fn forward_affine(
     })
 }
 
+/// Values of the unfolded input gradient computed at a time before they are folded back
+/// (256 KiB, in a core's 2 MiB L2 with room for the weights' panel). The whole of it for one
+/// 16×16 AlexNet image is 1.6 MiB, which the GEMM wrote out and [`col2im`] read back from
+/// further away: in slices, AlexNet's input gradients took 5–8% less time (`BENCHMARKS.md`).
+const FOLD_CHUNK: usize = 65536;
+
 /// `dL/dx` from `dL/dy`: per group of images `Wᵀ · [dy_i …]`, folded back with [`col2im`].
 pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    grad_input_folding(weight, dy, g, FOLD_CHUNK)
+}
+
+/// [`grad_input`], folding back at least `fold` values (and at least 16 rows) at a time.
+fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
+    // `Wᵀ` laid out row-major once per batch where there are enough groups: the `gemm`
+    // crate ran AlexNet's input-gradient products 18–45% faster (one thread, alone) from a
+    // row-major left operand than through a transposed view of `W` (`BENCHMARKS.md`).
+    let threads = rayon::current_num_threads();
+    let w_t = worth_transposing(g, group_size(g, threads, MIN_COLUMNS))
+        .then(|| transpose(weight, g.c_out, k));
+    // Rows `r0..` of `Wᵀ`: of the row-major copy, or a transposed view of `W`.
+    let w_t_rows = |r0: usize| match &w_t {
+        Some(t) => View::rows(&t[r0 * g.c_out..], g.c_out),
+        None => View::transposed(&weight[r0..], k),
+    };
     per_group(g, g.in_len(), |images, dx, scratch, par| {
         let n = images.len();
         let cols = n * ohw;
         let (dx, written) = dx.zeroed();
         let pointwise_image = n == 1 && g.pointwise();
         let dy = dy_side_by_side(dy, g, images, &mut scratch.dy);
-        let wt = View::transposed(weight, k);
         if pointwise_image {
+            let wt = w_t_rows(0);
             matmul([k, ohw, g.c_out], dx, false, wt, View::rows(dy, ohw), par);
         } else {
+            // The unfolded gradient a slice of rows at a time, each folded back while it is
+            // still in cache.
+            let per = fold.div_ceil(cols).max(16).min(k);
             let col = &mut scratch.col;
-            col.resize(k * cols, 0.0);
-            matmul(
-                [k, cols, g.c_out],
-                col,
-                false,
-                wt,
-                View::rows(dy, cols),
-                par,
-            );
-            col2im(col, g, dx);
+            col.resize(per * cols, 0.0);
+            for r0 in (0..k).step_by(per) {
+                let rows = r0..(r0 + per).min(k);
+                let chunk = &mut col[..rows.len() * cols];
+                matmul(
+                    [rows.len(), cols, g.c_out],
+                    chunk,
+                    false,
+                    w_t_rows(r0),
+                    View::rows(dy, cols),
+                    par,
+                );
+                col2im(chunk, g, rows, dx);
+            }
         }
         written
     })
@@ -546,7 +667,9 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let threads = rayon::current_num_threads().max(1);
     let parts = threads.min(g.batch);
     let per = g.batch.div_ceil(parts);
-    let size = group_size(g, threads);
+    let size = group_size(g, threads, MIN_WEIGHT_COLUMNS);
+    // The sum is built transposed, and turned round once at the end, where it pays.
+    let transposed = worth_transposing(g, size);
     let inner = if parts == 1 && threads > 1 {
         Parallelism::Rayon(threads)
     } else {
@@ -560,14 +683,28 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             let cols = images.len() * ohw;
             let dy = dy_side_by_side(dy, g, images.clone(), &mut s.dy);
             let unfolded = unfolded(x, g, images, &mut s.col);
-            matmul(
-                [g.c_out, k, cols],
-                &mut dw,
-                j > 0,
-                View::rows(dy, cols),
-                View::transposed(unfolded, cols),
-                inner,
-            );
+            if transposed {
+                // `dWᵀ = unfold(x) · dyᵀ`, `[k, c_out]`: the same products, which the `gemm`
+                // crate runs 4–19% faster on these shapes (a long `k` by a short reduction
+                // over positions; measured in `BENCHMARKS.md`).
+                matmul(
+                    [k, g.c_out, cols],
+                    &mut dw,
+                    j > 0,
+                    View::rows(unfolded, cols),
+                    View::transposed(dy, cols),
+                    inner,
+                );
+            } else {
+                matmul(
+                    [g.c_out, k, cols],
+                    &mut dw,
+                    j > 0,
+                    View::rows(dy, cols),
+                    View::transposed(unfolded, cols),
+                    inner,
+                );
+            }
         }
         dw
     };
@@ -581,7 +718,41 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             *a += b;
         }
     }
-    dw
+    if transposed {
+        transpose(&dw, k, g.c_out)
+    } else {
+        dw
+    }
+}
+
+/// Whether the weight-sized operand of a batch's GEMMs is worth one transpose: the transpose
+/// costs about one pass over the weight, the faster orientation saves a little on each GEMM,
+/// one per group of images. Measured (`BENCHMARKS.md`): AlexNet's layers, 128 groups, gain
+/// 15–20% on their input gradients; ResNet-18's last layer on 1×1 planes, 2 groups of 64
+/// images, lost more in the transposes than its GEMMs took; 8 groups lost a little.
+fn worth_transposing(g: &Geometry, group: usize) -> bool {
+    g.batch.div_ceil(group) >= 16
+}
+
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix, in tiles of 8×8, so
+/// that a tile's strided writes stay in a few cache lines: element by element, the writes
+/// of a 512-channel 3×3 weight each touched a new line, and the transpose took longer than
+/// the GEMMs of that layer on 1×1 planes. Tiles of 8 measured faster than 16 and 32.
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 8;
+    assert_eq!(src.len(), rows * cols);
+    let mut dst = vec![0.0; src.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
+    dst
 }
 
 #[cfg(test)]
@@ -774,7 +945,40 @@ mod tests {
                     stride,
                     pad,
                 };
-                assert!(g.out_hw() <= 18 && group_size(&g, threads) > 1);
+                assert!(g.out_hw() <= 18 && group_size(&g, threads, MIN_COLUMNS) > 1);
+                check_against_definition(&g, &format!("{g:?} on {threads} threads"));
+            }
+        });
+    }
+
+    /// Stride-1 planes whose width the convolution keeps: each tap's unfolded row is one
+    /// shifted span ([`ShiftedSpan`]). Heights that shrink, kernels and paddings per axis,
+    /// taps up to 3 columns into the padding, and taps that read only padding (a 5-row
+    /// kernel with padding 2 on a 2-row image: its last row's taps read rows 2 and 3).
+    #[test]
+    fn same_width_planes_match_the_definition() {
+        // (h, w, kh, kw, pad)
+        let shapes = [
+            (6, 7, 3, 3, [0, 1]),
+            (2, 10, 5, 5, [2, 2]),
+            (5, 5, 5, 1, [2, 0]),
+            (3, 9, 1, 7, [0, 3]),
+            (4, 5, 1, 5, [0, 2]),
+        ];
+        on_pools(|threads| {
+            for (h, w, kh, kw, pad) in shapes {
+                let g = Geometry {
+                    batch: 5,
+                    c_in: 2,
+                    h,
+                    w,
+                    c_out: 3,
+                    kh,
+                    kw,
+                    stride: [1, 1],
+                    pad,
+                };
+                assert!(same_plane(&g), "{g:?}");
                 check_against_definition(&g, &format!("{g:?} on {threads} threads"));
             }
         });
@@ -806,20 +1010,25 @@ mod tests {
             pad: [1, 1],
         };
         // 1×1 outputs: 64 images wanted, at most half the batch on 2 threads.
-        assert_eq!(group_size(&layer(1, 128), 2), 64);
-        assert_eq!(group_size(&layer(1, 100), 2), 50);
-        assert_eq!(group_size(&layer(1, 100), 1), 64);
+        assert_eq!(group_size(&layer(1, 128), 2, MIN_COLUMNS), 64);
+        assert_eq!(group_size(&layer(1, 100), 2, MIN_COLUMNS), 50);
+        assert_eq!(group_size(&layer(1, 100), 1, MIN_COLUMNS), 64);
         // 4×4 outputs: 4 images make 64 columns; 8×8 and larger stay one image per GEMM.
-        assert_eq!(group_size(&layer(4, 128), 2), 4);
-        assert_eq!(group_size(&layer(8, 128), 2), 1);
-        assert_eq!(group_size(&layer(32, 128), 2), 1);
+        assert_eq!(group_size(&layer(4, 128), 2, MIN_COLUMNS), 4);
+        assert_eq!(group_size(&layer(8, 128), 2, MIN_COLUMNS), 1);
+        assert_eq!(group_size(&layer(32, 128), 2, MIN_COLUMNS), 1);
         // 3×3 outputs: 8 images; an odd batch of 7 on 2 threads allows 3 (groups of 3, 3
         // and 1: every thread has one), 6 images on 4 threads 1 each.
-        assert_eq!(group_size(&layer(3, 128), 2), 8);
-        assert_eq!(group_size(&layer(3, 7), 2), 3);
-        assert_eq!(group_size(&layer(3, 6), 4), 1);
+        assert_eq!(group_size(&layer(3, 128), 2, MIN_COLUMNS), 8);
+        assert_eq!(group_size(&layer(3, 7), 2, MIN_COLUMNS), 3);
+        assert_eq!(group_size(&layer(3, 6), 4, MIN_COLUMNS), 1);
         // Fewer images than threads: one at a time (the GEMM itself is then parallel).
-        assert_eq!(group_size(&layer(1, 3), 4), 1);
+        assert_eq!(group_size(&layer(1, 3), 4, MIN_COLUMNS), 1);
+        // The weight gradient's groups of 256 columns: 4 images of 8×8, 16 of 4×4; 16×16
+        // planes stay one image per GEMM.
+        assert_eq!(group_size(&layer(8, 128), 2, MIN_WEIGHT_COLUMNS), 4);
+        assert_eq!(group_size(&layer(4, 128), 2, MIN_WEIGHT_COLUMNS), 16);
+        assert_eq!(group_size(&layer(16, 128), 2, MIN_WEIGHT_COLUMNS), 1);
     }
 
     /// Gradients by the adjoint identity: for L = Σ y·r (r random), dL/dx·e and dL/dW·e equal
@@ -855,6 +1064,133 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// The input gradient folded back 16 rows at a time (18 to 50 rows here: two to four
+    /// slices, the last one shorter) against the definition, by the adjoint identity.
+    #[test]
+    fn input_gradients_folded_in_slices_match_the_definition() {
+        on_pools(|threads| {
+            for (k, s, p) in CASES.into_iter().filter(|&(k, ..)| k > 2) {
+                let g = geometry(k, s, p);
+                assert!(g.k() > 16, "{g:?}");
+                let w = values(g.c_out * g.k(), 9);
+                let r = values(g.batch * g.out_len(), 10);
+                let dx = grad_input_folding(&w, &r, &g, 1);
+                let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+                for (i, got) in dx.iter().enumerate() {
+                    let mut e = vec![0.0; g.batch * g.in_len()];
+                    e[i] = 1.0;
+                    let want = dot(&naive(&e, &w, &g), &r);
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "dx k{k} s{s} p{p} t{threads} at {i}: {got} vs {want}"
+                    );
+                }
+            }
+        });
+    }
+
+    /// `dL/dx` and `dL/dW` of `L = Σ y·r` straight from the definition: every product of
+    /// the forward loops sends `r` back to its input and its weight.
+    fn naive_grads(x: &[f32], w: &[f32], r: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        for n in 0..g.batch {
+            for o in 0..g.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let ro = r[((n * g.c_out + o) * oh + oy) * ow + ox];
+                        for c in 0..g.c_in {
+                            for ki in 0..g.kh {
+                                for kj in 0..g.kw {
+                                    let iy = (oy * g.stride[0] + ki) as isize - g.pad[0] as isize;
+                                    let ix = (ox * g.stride[1] + kj) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((n * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize;
+                                    let wi = ((o * g.c_in + c) * g.kh + ki) * g.kw + kj;
+                                    dx[xi] += w[wi] * ro;
+                                    dw[wi] += x[xi] * ro;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (dx, dw)
+    }
+
+    /// Batches of 64 images of 8×8: enough groups that the input gradient reads a
+    /// row-major copy of `Wᵀ` and the weight gradient is summed transposed
+    /// ([`worth_transposing`]), under 1 to 4 threads.
+    #[test]
+    fn transposed_gradients_match_the_definition() {
+        // (kernel, stride, padding): a same-width plane, a wider kernel, a strided one.
+        for (k, s, p) in [(3, 1, 1), (5, 1, 2), (3, 2, 1)] {
+            let g = Geometry {
+                batch: 64,
+                c_in: 2,
+                h: 8,
+                w: 8,
+                c_out: 3,
+                kh: k,
+                kw: k,
+                stride: [s, s],
+                pad: [p, p],
+            };
+            let x = values(g.batch * g.in_len(), 11);
+            let w = values(g.c_out * g.k(), 12);
+            let r = values(g.batch * g.out_len(), 13);
+            let (want_dx, want_dw) = naive_grads(&x, &w, &r, &g);
+            on_pools(|threads| {
+                if s == 1 {
+                    assert!(worth_transposing(&g, group_size(&g, threads, MIN_COLUMNS)));
+                    assert!(worth_transposing(
+                        &g,
+                        group_size(&g, threads, MIN_WEIGHT_COLUMNS)
+                    ));
+                }
+                // Folded back whole, and 16 rows at a time (rows 16.. of the copy of `Wᵀ`).
+                for fold in [FOLD_CHUNK, 1] {
+                    let dx = grad_input_folding(&w, &r, &g, fold);
+                    for (i, (a, b)) in dx.iter().zip(&want_dx).enumerate() {
+                        let what = format!("dx k{k} s{s} t{threads} fold {fold} at {i}");
+                        assert!((a - b).abs() < 1e-4, "{what}: {a} vs {b}");
+                    }
+                }
+                let dw = grad_weight(&x, &r, &g);
+                for (i, (a, b)) in dw.iter().zip(&want_dw).enumerate() {
+                    let tol = 1e-4 * b.abs().max(1.0);
+                    assert!(
+                        (a - b).abs() < tol,
+                        "dw k{k} s{s} t{threads} at {i}: {a} vs {b}"
+                    );
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_transpose_by_hand() {
+        // [[1, 2, 3], [4, 5, 6]] → [[1, 4], [2, 5], [3, 6]].
+        let t = transpose(&[1., 2., 3., 4., 5., 6.], 2, 3);
+        assert_eq!(t, vec![1., 4., 2., 5., 3., 6.]);
+        // Across tile edges: 33 × 70, element (r, c) = 100·r + c.
+        let (rows, cols) = (33, 70);
+        let m: Vec<f32> = (0..rows * cols)
+            .map(|i| (i / cols * 100 + i % cols) as f32)
+            .collect();
+        let t = transpose(&m, rows, cols);
+        for c in 0..cols {
+            for r in 0..rows {
+                assert_eq!(t[c * rows + r], (100 * r + c) as f32);
+            }
+        }
     }
 
     #[test]
