@@ -8,7 +8,9 @@
 //! stride-1 convolution is a GEMM on the image as it lies (`W · x_n`), and the other shapes
 //! unfold one image (or group) at a time into a buffer the worker thread keeps (im2col, rows
 //! ordered like the weight's `[c, kh, kw]`), so the GEMMs read the weight and the gradients
-//! in place and transposes are only strides.
+//! in place, transposed by strides; only where a batch has many groups
+//! ([`worth_transposing`]) is the weight copied transposed once per batch, and the weight
+//! gradient summed transposed and turned round once.
 
 use std::ops::Range;
 
@@ -254,8 +256,8 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
 
 /// Fold the rows `rows` of an unfolded matrix `[c·kh·kw, n·oh·ow]`, held in `col`, back
 /// onto the `n` images `x` (each `[c, h, w]`), adding overlaps: the adjoint of [`im2col`],
-/// in its order. `x` must start zeroed before the first rows. `col` is scratch: the entries
-/// that read padding are zeroed on the way.
+/// in its order. `x` must start zeroed before the first rows. `col` is scratch and may be
+/// overwritten (the same-width path zeroes the padding entries inside each tap's span).
 fn col2im(col: &mut [f32], g: &Geometry, rows: Range<usize>, x: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let ohw = oh * ow;
@@ -418,8 +420,8 @@ const MIN_COLUMNS: usize = 64;
 /// The weight gradient's GEMMs reduce over their columns (output positions) and add into
 /// the whole gradient each time, `c_out × c·kh·kw` values read and written per GEMM: with
 /// one 8×8 image per GEMM that traffic is as large as the products. Groups of at least this
-/// many columns made AlexNet's 8×8 layers' weight gradients 7–10% faster (128, 256, 512 and
-/// 1024 measured, `BENCHMARKS.md`); the forward and input-gradient GEMMs, which write each
+/// many columns took 8–13% less time on AlexNet's 8×8 layers' weight gradients (128, 256,
+/// 512 and 1024 measured, `BENCHMARKS.md`); the forward and input-gradient GEMMs, which write each
 /// output once, keep [`MIN_COLUMNS`].
 const MIN_WEIGHT_COLUMNS: usize = 256;
 
@@ -598,8 +600,9 @@ pub fn forward_affine(
 
 /// Values of the unfolded input gradient computed at a time before they are folded back
 /// (256 KiB, in a core's 2 MiB L2 with room for the weights' panel). The whole of it for one
-/// 16×16 AlexNet image is 1.6 MiB, which the GEMM wrote out and [`col2im`] read back from
-/// further away: in slices, AlexNet's input gradients took 5–8% less time (`BENCHMARKS.md`).
+/// 16×16 AlexNet image is 1.6 MB (1,600 rows × 256 positions), which the GEMM wrote out and
+/// [`col2im`] read back from further away: in slices, the input gradients of AlexNet's 8×8
+/// layers took 4–9% less time (`BENCHMARKS.md`).
 const FOLD_CHUNK: usize = 65536;
 
 /// `dL/dx` from `dL/dy`: per group of images `Wᵀ · [dy_i …]`, folded back with [`col2im`].
@@ -607,14 +610,16 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     grad_input_folding(weight, dy, g, FOLD_CHUNK)
 }
 
-/// [`grad_input`], folding back at least `fold` values (and at least 16 rows) at a time.
+/// [`grad_input`], folding back slices of `max(⌈fold / columns⌉, 16)` rows, at most all
+/// of them; the last slice may be shorter.
 fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
     // `Wᵀ` laid out row-major once per batch where there are enough groups: the `gemm`
     // crate ran AlexNet's input-gradient products 18–45% faster (one thread, alone) from a
-    // row-major left operand than through a transposed view of `W` (`BENCHMARKS.md`).
+    // row-major left operand than through a transposed view of `W`, and the whole input
+    // gradients of its 8×8 layers took 12–26% less time (`BENCHMARKS.md`).
     let threads = rayon::current_num_threads();
     let w_t = worth_transposing(g, group_size(g, threads, MIN_COLUMNS))
         .then(|| transpose(weight, g.c_out, k));
@@ -727,8 +732,8 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 
 /// Whether the weight-sized operand of a batch's GEMMs is worth one transpose: the transpose
 /// costs about one pass over the weight, the faster orientation saves a little on each GEMM,
-/// one per group of images. Measured (`BENCHMARKS.md`): AlexNet's layers, 128 groups, gain
-/// 15–20% on their input gradients; ResNet-18's last layer on 1×1 planes, 2 groups of 64
+/// one per group of images. Measured (`BENCHMARKS.md`): AlexNet's 8×8 layers, 128 groups,
+/// gain 12–26% on their input gradients; ResNet-18's last layer on 1×1 planes, 2 groups of 64
 /// images, lost more in the transposes than its GEMMs took; 8 groups lost a little.
 fn worth_transposing(g: &Geometry, group: usize) -> bool {
     g.batch.div_ceil(group) >= 16
@@ -1066,25 +1071,68 @@ mod tests {
         });
     }
 
+    /// Planes of more than [`SMALL_PLANE`] positions that are strided or change width: the
+    /// row-by-row unfold and fold, under 1 to 4 threads.
+    const GENERAL: [Geometry; 3] = [
+        // 7×7 → 5×5 (no padding), 9×9 → 5×5 (stride 2), and per-axis everything: 6×9 →
+        // 6×3 with a 3×5 kernel, strides 1 and 2, paddings 1 and 0.
+        general(7, 7, [3, 3], [1, 1], [0, 0]),
+        general(9, 9, [3, 3], [2, 2], [1, 1]),
+        general(6, 9, [3, 5], [1, 2], [1, 0]),
+    ];
+
+    const fn general(
+        h: usize,
+        w: usize,
+        k: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> Geometry {
+        Geometry {
+            batch: 3,
+            c_in: 2,
+            h,
+            w,
+            c_out: 3,
+            kh: k[0],
+            kw: k[1],
+            stride,
+            pad,
+        }
+    }
+
+    #[test]
+    fn general_planes_match_the_definition() {
+        on_pools(|threads| {
+            for g in GENERAL {
+                assert!(!same_plane(&g) && g.out_hw() > SMALL_PLANE, "{g:?}");
+                check_against_definition(&g, &format!("{g:?} on {threads} threads"));
+            }
+        });
+    }
+
     /// The input gradient folded back 16 rows at a time (18 to 50 rows here: two to four
-    /// slices, the last one shorter) against the definition, by the adjoint identity.
+    /// slices, the last one shorter) against the definition, on every unfold path: small
+    /// planes, same-width planes and the general one.
     #[test]
     fn input_gradients_folded_in_slices_match_the_definition() {
+        let cases = CASES.into_iter().filter(|&(k, ..)| k > 2);
+        let shapes: Vec<Geometry> = cases
+            .map(|(k, s, p)| geometry(k, s, p))
+            .chain(GENERAL)
+            .collect();
         on_pools(|threads| {
-            for (k, s, p) in CASES.into_iter().filter(|&(k, ..)| k > 2) {
-                let g = geometry(k, s, p);
+            for g in &shapes {
                 assert!(g.k() > 16, "{g:?}");
+                let x = values(g.batch * g.in_len(), 14);
                 let w = values(g.c_out * g.k(), 9);
                 let r = values(g.batch * g.out_len(), 10);
-                let dx = grad_input_folding(&w, &r, &g, 1);
-                let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
-                for (i, got) in dx.iter().enumerate() {
-                    let mut e = vec![0.0; g.batch * g.in_len()];
-                    e[i] = 1.0;
-                    let want = dot(&naive(&e, &w, &g), &r);
+                let (want, _) = naive_grads(&x, &w, &r, g);
+                let dx = grad_input_folding(&w, &r, g, 1);
+                for (i, (a, b)) in dx.iter().zip(&want).enumerate() {
                     assert!(
-                        (got - want).abs() < 1e-4,
-                        "dx k{k} s{s} p{p} t{threads} at {i}: {got} vs {want}"
+                        (a - b).abs() < 1e-4,
+                        "dx {g:?} t{threads} at {i}: {a} vs {b}"
                     );
                 }
             }
@@ -1125,15 +1173,16 @@ mod tests {
         (dx, dw)
     }
 
-    /// Batches of 64 images of 8×8: enough groups that the input gradient reads a
-    /// row-major copy of `Wᵀ` and the weight gradient is summed transposed
-    /// ([`worth_transposing`]), under 1 to 4 threads.
+    /// Batches of 64 and 65 images of 8×8: at stride 1, enough groups that the input
+    /// gradient reads a row-major copy of `Wᵀ` and the weight gradient is summed transposed
+    /// ([`worth_transposing`]), under 1 to 4 threads (65 on 4: parts of 17, 17, 17, 14).
     #[test]
     fn transposed_gradients_match_the_definition() {
         // (kernel, stride, padding): a same-width plane, a wider kernel, a strided one.
-        for (k, s, p) in [(3, 1, 1), (5, 1, 2), (3, 2, 1)] {
+        let shapes = [(3, 1, 1), (5, 1, 2), (3, 2, 1)];
+        for ((k, s, p), batch) in shapes.into_iter().flat_map(|c| [(c, 64), (c, 65)]) {
             let g = Geometry {
-                batch: 64,
+                batch,
                 c_in: 2,
                 h: 8,
                 w: 8,
