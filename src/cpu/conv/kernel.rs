@@ -126,6 +126,11 @@ fn same_plane(g: &Geometry) -> bool {
 struct ShiftedSpan {
     dst: Range<usize>,
     src: usize,
+    /// The tap's output rows and columns that read inside the image ([`Tap`]'s), and the
+    /// plane's width.
+    ys: (usize, usize),
+    xs: (usize, usize),
+    ow: usize,
 }
 
 impl ShiftedSpan {
@@ -140,15 +145,27 @@ impl ShiftedSpan {
         Some(Self {
             dst: y0 * ow + x0..(y1 - 1) * ow + x1,
             src,
+            ys: t.ys,
+            xs: t.xs,
+            ow,
         })
     }
-}
 
-/// Zero a slice of a few values (most are one or two long) with a plain loop.
-#[inline(always)]
-fn zero(s: &mut [f32]) {
-    for v in s {
-        *v = 0.0;
+    /// Zero the entries of one image's unfolded row that the span runs over across row
+    /// ends: each row's columns outside `xs`, which read the padding. Most are one or two
+    /// values, so a plain loop rather than `fill`'s call. Inlined: it runs once per image and
+    /// tap, and as a call AlexNet's forward passes took 5–8% longer.
+    #[inline(always)]
+    fn zero_wrapped(&self, row: &mut [f32]) {
+        let ((y0, y1), (x0, x1)) = (self.ys, self.xs);
+        for line in row.chunks_exact_mut(self.ow).take(y1).skip(y0) {
+            for v in &mut line[..x0] {
+                *v = 0.0;
+            }
+            for v in &mut line[x1..] {
+                *v = 0.0;
+            }
+        }
     }
 }
 
@@ -221,12 +238,8 @@ fn im2col(x: &[f32], g: &Geometry, col: &mut [f32]) {
                 dst[..sp.dst.start].fill(0.0);
                 dst[sp.dst.end..].fill(0.0);
                 dst[sp.dst.clone()].copy_from_slice(&plane[sp.src..sp.src + sp.dst.len()]);
-                // The copy ran on across row ends: each row's columns outside `xs` read the
-                // neighbouring row and belong to the padding.
-                for row in dst.chunks_exact_mut(ow).take(y1).skip(y0) {
-                    zero(&mut row[..x0]);
-                    zero(&mut row[x1..]);
-                }
+                // The copy ran on across row ends, into the neighbouring row.
+                sp.zero_wrapped(dst);
             }
             continue;
         }
@@ -278,10 +291,7 @@ fn col2im(col: &mut [f32], g: &Geometry, rows: Range<usize>, x: &mut [f32]) {
             for (image, src) in images {
                 // The entries that read the padding go nowhere: zeroed, so that one add
                 // along the span (which runs on across row ends) leaves them out.
-                for row in src.chunks_exact_mut(ow).take(y1).skip(y0) {
-                    zero(&mut row[..x0]);
-                    zero(&mut row[x1..]);
-                }
+                sp.zero_wrapped(src);
                 let plane = &mut image[t.c * g.h * g.w..(t.c + 1) * g.h * g.w];
                 let dst = &mut plane[sp.src..sp.src + sp.dst.len()];
                 for (d, v) in dst.iter_mut().zip(&src[sp.dst.clone()]) {
@@ -342,10 +352,14 @@ impl View {
     }
     /// The transpose of a row-major `[rows, cols]` matrix.
     fn transposed(s: &[f32], cols: usize) -> Self {
+        Self::rows(s, cols).t()
+    }
+    /// This view's transpose.
+    fn t(self) -> Self {
         Self {
-            ptr: s.as_ptr(),
-            rs: 1,
-            cs: cols as isize,
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
         }
     }
 }
@@ -688,28 +702,16 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             let cols = images.len() * ohw;
             let dy = dy_side_by_side(dy, g, images.clone(), &mut s.dy);
             let unfolded = unfolded(x, g, images, &mut s.col);
-            if transposed {
-                // `dWᵀ = unfold(x) · dyᵀ`, `[k, c_out]`: the same products, which the `gemm`
-                // crate runs 4–19% faster on these shapes (a long `k` by a short reduction
-                // over positions; measured in `BENCHMARKS.md`).
-                matmul(
-                    [k, g.c_out, cols],
-                    &mut dw,
-                    j > 0,
-                    View::rows(unfolded, cols),
-                    View::transposed(dy, cols),
-                    inner,
-                );
+            let (unfolded, dy) = (View::rows(unfolded, cols), View::rows(dy, cols));
+            // `dWᵀ = unfold(x) · dyᵀ`, `[k, c_out]`, is the same products, which the `gemm`
+            // crate runs 4–19% faster on these shapes (a long `k` by a short reduction over
+            // positions; measured in `BENCHMARKS.md`).
+            let (dims, a, b) = if transposed {
+                ([k, g.c_out, cols], unfolded, dy.t())
             } else {
-                matmul(
-                    [g.c_out, k, cols],
-                    &mut dw,
-                    j > 0,
-                    View::rows(dy, cols),
-                    View::transposed(unfolded, cols),
-                    inner,
-                );
-            }
+                ([g.c_out, k, cols], dy, unfolded.t())
+            };
+            matmul(dims, &mut dw, j > 0, a, b, inner);
         }
         dw
     };
@@ -764,15 +766,15 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Direct 7-loop convolution, the definition itself.
-    fn naive(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+    /// The definition's 7 loops: `f(x index, w index, y index)` for every product of an
+    /// input and a weight that a convolution output sums (padding reads none).
+    fn products(g: &Geometry, mut f: impl FnMut(usize, usize, usize)) {
         let (oh, ow) = (g.out_h(), g.out_w());
-        let mut y = vec![0.0; g.batch * g.out_len()];
         for n in 0..g.batch {
             for o in 0..g.c_out {
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        let mut s = 0.0;
+                        let yi = ((n * g.c_out + o) * oh + oy) * ow + ox;
                         for c in 0..g.c_in {
                             for ki in 0..g.kh {
                                 for kj in 0..g.kw {
@@ -782,17 +784,22 @@ mod tests {
                                     {
                                         continue;
                                     }
-                                    s += x[((n * g.c_in + c) * g.h + iy as usize) * g.w
-                                        + ix as usize]
-                                        * w[((o * g.c_in + c) * g.kh + ki) * g.kw + kj];
+                                    let xi =
+                                        ((n * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize;
+                                    f(xi, ((o * g.c_in + c) * g.kh + ki) * g.kw + kj, yi);
                                 }
                             }
                         }
-                        y[((n * g.c_out + o) * oh + oy) * ow + ox] = s;
                     }
                 }
             }
         }
+    }
+
+    /// Direct convolution, the definition itself.
+    fn naive(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+        let mut y = vec![0.0; g.batch * g.out_len()];
+        products(g, |xi, wi, yi| y[yi] += x[xi] * w[wi]);
         y
     }
 
@@ -1142,34 +1149,11 @@ mod tests {
     /// `dL/dx` and `dL/dW` of `L = Σ y·r` straight from the definition: every product of
     /// the forward loops sends `r` back to its input and its weight.
     fn naive_grads(x: &[f32], w: &[f32], r: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
-        let (oh, ow) = (g.out_h(), g.out_w());
         let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-        for n in 0..g.batch {
-            for o in 0..g.c_out {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let ro = r[((n * g.c_out + o) * oh + oy) * ow + ox];
-                        for c in 0..g.c_in {
-                            for ki in 0..g.kh {
-                                for kj in 0..g.kw {
-                                    let iy = (oy * g.stride[0] + ki) as isize - g.pad[0] as isize;
-                                    let ix = (ox * g.stride[1] + kj) as isize - g.pad[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xi =
-                                        ((n * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize;
-                                    let wi = ((o * g.c_in + c) * g.kh + ki) * g.kw + kj;
-                                    dx[xi] += w[wi] * ro;
-                                    dw[wi] += x[xi] * ro;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        products(g, |xi, wi, yi| {
+            dx[xi] += w[wi] * r[yi];
+            dw[wi] += x[xi] * r[yi];
+        });
         (dx, dw)
     }
 
