@@ -338,8 +338,9 @@ pub fn run(
     };
     if let Some(peak) = &peak {
         println!(
-            "machine peak: {:.1} GFLOP/s (f32 GEMM of the `gemm` crate our convolutions call, {n}×{n}×{n}, {} threads, median of 7)\n",
+            "machine peak: {:.1} GFLOP/s (f32 GEMM our convolutions call, {}, {n}×{n}×{n}, {} threads, median of 7)\n",
             peak.gflops,
+            crate::cpu::conv::kernel::gemm_name(),
             peak.threads,
             n = peak.n
         );

@@ -15,6 +15,7 @@ pub mod batch_norm;
 pub mod conv;
 mod fill;
 pub mod flops;
+pub mod gemm;
 pub mod pool;
 
 use std::borrow::Cow;

@@ -14,10 +14,11 @@
 
 use std::ops::Range;
 
-use gemm::{Parallelism, gemm};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::fill::{self, Uninit, Written};
+use crate::cpu::gemm::{self as ours, Mat};
 
 /// Shapes and hyper-parameters of one convolution (groups 1, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,33 +335,12 @@ fn col2im(col: &mut [f32], g: &Geometry, rows: Range<usize>, x: &mut [f32]) {
     }
 }
 
-/// A row-major matrix view for [`matmul`]: element (i, j) is at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl View {
-    fn rows(s: &[f32], cols: usize) -> Self {
-        Self {
-            ptr: s.as_ptr(),
-            rs: cols as isize,
-            cs: 1,
-        }
-    }
-    /// The transpose of a row-major `[rows, cols]` matrix.
-    fn transposed(s: &[f32], cols: usize) -> Self {
-        Self::rows(s, cols).t()
-    }
-    /// This view's transpose.
-    fn t(self) -> Self {
-        Self {
-            ptr: self.ptr,
-            rs: self.cs,
-            cs: self.rs,
-        }
+/// Which GEMM the convolutions call, in words, for `pretext bench`'s peak line.
+pub fn gemm_name() -> &'static str {
+    if our_gemm() {
+        "our AVX2 GEMM (PRETEXT_GEMM=ours)"
+    } else {
+        "the `gemm` crate's"
     }
 }
 
@@ -373,14 +353,18 @@ pub fn square_product(n: usize, a: &[f32], b: &[f32], dst: &mut [f32], threads: 
     } else {
         Parallelism::None
     };
-    matmul(
-        [n, n, n],
-        dst,
-        false,
-        View::rows(a, n),
-        View::rows(b, n),
-        par,
-    );
+    matmul([n, n, n], dst, false, Mat::rows(a, n), Mat::rows(b, n), par);
+}
+
+/// Whether the convolutions' GEMMs run on our own ([`crate::cpu::gemm`]) rather than the
+/// `gemm` crate's: only when `PRETEXT_GEMM=ours` asks for it and the CPU has AVX2 and FMA.
+/// Not the default yet: on the 2-core EPYC it was faster on NIN-192 and AlexNet but slower
+/// on NIN-32 and ResNet-18 with the ImageNet stem (`BENCHMARKS.md`).
+fn our_gemm() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        ours::available() && std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "ours")
+    })
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major and contiguous.
@@ -388,16 +372,41 @@ fn matmul(
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
     accumulate: bool,
-    a: View,
-    b: View,
+    a: Mat,
+    b: Mat,
+    par: Parallelism,
+) {
+    if our_gemm() {
+        ours::matmul([m, n, k], dst, accumulate, a, b, threads_of(par));
+    } else {
+        crate_matmul([m, n, k], dst, accumulate, a, b, par);
+    }
+}
+
+/// Rayon threads a [`Parallelism`] asks for.
+fn threads_of(par: Parallelism) -> usize {
+    match par {
+        Parallelism::Rayon(t) => t.max(1),
+        _ => 1,
+    }
+}
+
+/// [`matmul`] on the `gemm` crate.
+fn crate_matmul(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
     par: Parallelism,
 ) {
     assert!(dst.len() >= m * n);
-    // SAFETY: `dst` holds m·n elements (checked above) and does not alias the inputs (it is a
-    // `&mut`); every caller builds `a` and `b` from slices that hold the m·k and k·n elements
-    // addressed by their strides.
+    a.check(m, k);
+    b.check(k, n);
+    // SAFETY: `dst` holds m·n elements and the operands' slices hold every element their
+    // strides address (both asserted above); `dst` does not alias them (it is a `&mut`).
     unsafe {
-        gemm(
+        gemm::gemm(
             m,
             n,
             k,
@@ -405,12 +414,12 @@ fn matmul(
             1,
             n as isize,
             accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
+            a.s.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.s.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
             if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
@@ -418,6 +427,50 @@ fn matmul(
             false,
             par,
         )
+    }
+}
+
+/// A left operand `[m, k]` shared by every group's product in a batch (a convolution's
+/// weight, or its transpose): packed once for our GEMM, or read in place by the `gemm` crate.
+struct Left<'a> {
+    k: usize,
+    a: Operand<'a>,
+}
+
+enum Operand<'a> {
+    Packed(ours::Packed),
+    Plain(Mat<'a>),
+}
+
+impl<'a> Left<'a> {
+    fn new(a: Mat<'a>, m: usize, k: usize) -> Self {
+        Self::on(our_gemm(), a, m, k)
+    }
+
+    /// On our GEMM if `ours`, else on the `gemm` crate.
+    fn on(ours: bool, a: Mat<'a>, m: usize, k: usize) -> Self {
+        a.check(m, k);
+        let a = if ours {
+            Operand::Packed(ours::Packed::new(a, m, k))
+        } else {
+            Operand::Plain(a)
+        };
+        Self { k, a }
+    }
+
+    /// `dst[rows.len(), n] = self[rows, :] · b[k, n]`; `rows` starts at a multiple of 6 (a
+    /// packed panel's edge).
+    fn product(&self, rows: Range<usize>, n: usize, dst: &mut [f32], b: Mat, par: Parallelism) {
+        match &self.a {
+            Operand::Packed(a) => ours::matmul_packed(a, rows, n, dst, false, b, threads_of(par)),
+            Operand::Plain(a) => {
+                let a = Mat {
+                    s: &a.s[rows.start * a.rs..],
+                    ..*a
+                };
+                crate_matmul([rows.len(), n, self.k], dst, false, a, b, par)
+            }
+        }
     }
 }
 
@@ -501,18 +554,19 @@ where
 pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
+    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k());
     per_group(g, g.out_len(), |images, y, scratch, par| {
         if images.len() == 1 {
             // One image's output is already laid out as the GEMM writes it.
             let (y, written) = y.zeroed();
-            group_product(x, weight, g, images, y, &mut scratch.col, par);
+            group_product(x, &weight, g, images, y, &mut scratch.col, par);
             written
         } else {
             let n = images.len();
             scratch.out.resize(n * g.out_len(), 0.0);
             group_product(
                 x,
-                weight,
+                &weight,
                 g,
                 images,
                 &mut scratch.out,
@@ -563,23 +617,16 @@ fn dy_side_by_side<'a>(
 /// written (the GEMM does not read it).
 fn group_product(
     x: &[f32],
-    weight: &[f32],
+    weight: &Left,
     g: &Geometry,
     images: Range<usize>,
     out: &mut [f32],
     col: &mut Vec<f32>,
     par: Parallelism,
 ) {
-    let (k, cols) = (g.k(), images.len() * g.out_hw());
+    let cols = images.len() * g.out_hw();
     let rhs = unfolded(x, g, images, col);
-    matmul(
-        [g.c_out, cols, k],
-        out,
-        false,
-        View::rows(weight, k),
-        View::rows(rhs, cols),
-        par,
-    );
+    weight.product(0..g.c_out, cols, out, Mat::rows(rhs, cols), par);
 }
 
 /// `y = act(a_o · conv(x, weight) + b_o)` for each output channel `o`, `(a_o, b_o) =
@@ -596,12 +643,13 @@ pub fn forward_affine(
 ) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
+    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k());
     per_group(g, g.out_len(), |images, y, scratch, par| {
         // Every value is written by the GEMM before it is read.
         scratch.out.resize(images.len() * g.out_len(), 0.0);
         group_product(
             x,
-            weight,
+            &weight,
             g,
             images,
             &mut scratch.out,
@@ -624,23 +672,23 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     grad_input_folding(weight, dy, g, FOLD_CHUNK)
 }
 
-/// [`grad_input`], folding back slices of `max(⌈fold / columns⌉, 16)` rows, at most all
-/// of them; the last slice may be shorter.
+/// [`grad_input`], folding back slices of `max(⌈fold / columns⌉, 16)` rows rounded up to a
+/// multiple of 6, at most all of them; the last slice may be shorter.
 fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
     let (ohw, k) = (g.out_hw(), g.k());
-    // `Wᵀ` laid out row-major once per batch where there are enough groups: the `gemm`
-    // crate ran AlexNet's input-gradient products 18–45% faster (one thread, alone) from a
-    // row-major left operand than through a transposed view of `W`, and the whole input
-    // gradients of its 8×8 layers took 12–26% less time (`BENCHMARKS.md`).
+    // `Wᵀ` packed once per batch for our GEMM. For the `gemm` crate, laid out row-major
+    // where there are enough groups: it ran AlexNet's input-gradient products 18–45% faster
+    // (one thread, alone) from a row-major left operand than through a transposed view of
+    // `W`, and the whole input gradients of its 8×8 layers took 12–26% less time
+    // (`BENCHMARKS.md`).
     let threads = rayon::current_num_threads();
-    let w_t = worth_transposing(g, group_size(g, threads, MIN_COLUMNS))
+    let w_t = (!our_gemm() && worth_transposing(g, group_size(g, threads, MIN_COLUMNS)))
         .then(|| transpose(weight, g.c_out, k));
-    // Rows `r0..` of `Wᵀ`: of the row-major copy, or a transposed view of `W`.
-    let w_t_rows = |r0: usize| match &w_t {
-        Some(t) => View::rows(&t[r0 * g.c_out..], g.c_out),
-        None => View::transposed(&weight[r0..], k),
+    let w_t = match &w_t {
+        Some(t) => Left::new(Mat::rows(t, g.c_out), k, g.c_out),
+        None => Left::new(Mat::transposed(weight, k), k, g.c_out),
     };
     per_group(g, g.in_len(), |images, dx, scratch, par| {
         let n = images.len();
@@ -649,25 +697,17 @@ fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> 
         let pointwise_image = n == 1 && g.pointwise();
         let dy = dy_side_by_side(dy, g, images, &mut scratch.dy);
         if pointwise_image {
-            let wt = w_t_rows(0);
-            matmul([k, ohw, g.c_out], dx, false, wt, View::rows(dy, ohw), par);
+            w_t.product(0..k, ohw, dx, Mat::rows(dy, ohw), par);
         } else {
             // The unfolded gradient a slice of rows at a time, each folded back while it is
-            // still in cache.
-            let per = fold.div_ceil(cols).max(16).min(k);
+            // still in cache; slices start at a packed panel's edge (a multiple of 6 rows).
+            let per = fold.div_ceil(cols).max(16).next_multiple_of(6).min(k);
             let col = &mut scratch.col;
             col.resize(per * cols, 0.0);
             for r0 in (0..k).step_by(per) {
                 let rows = r0..(r0 + per).min(k);
                 let chunk = &mut col[..rows.len() * cols];
-                matmul(
-                    [rows.len(), cols, g.c_out],
-                    chunk,
-                    false,
-                    w_t_rows(r0),
-                    View::rows(dy, cols),
-                    par,
-                );
+                w_t.product(rows.clone(), cols, chunk, Mat::rows(dy, cols), par);
                 col2im(chunk, g, rows, dx);
             }
         }
@@ -702,7 +742,7 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             let cols = images.len() * ohw;
             let dy = dy_side_by_side(dy, g, images.clone(), &mut s.dy);
             let unfolded = unfolded(x, g, images, &mut s.col);
-            let (unfolded, dy) = (View::rows(unfolded, cols), View::rows(dy, cols));
+            let (unfolded, dy) = (Mat::rows(unfolded, cols), Mat::rows(dy, cols));
             // `dWᵀ = unfold(x) · dyᵀ`, `[k, c_out]`, is the same products, which the `gemm`
             // crate runs 4–19% faster on these shapes (a long `k` by a short reduction over
             // positions; measured in `BENCHMARKS.md`).
@@ -1205,6 +1245,46 @@ mod tests {
                     );
                 }
             });
+        }
+    }
+
+    /// A shared left operand gives the same products packed for our GEMM as read in place by
+    /// the `gemm` crate, over row slices starting at panel edges (as the input gradient
+    /// folds), both orientations, on 1 and 2 threads.
+    #[test]
+    fn a_packed_left_operand_matches_the_crates_products() {
+        if !ours::available() {
+            return;
+        }
+        let (m, k, n) = (50, 37, 45);
+        let w: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0)
+            .collect();
+        for transposed in [false, true] {
+            // `w` as `[m, k]`, or as the transpose of a `[k, m]` matrix.
+            let a = if transposed {
+                Mat::transposed(&w, m)
+            } else {
+                Mat::rows(&w, k)
+            };
+            let (packed, plain) = (Left::on(true, a, m, k), Left::on(false, a, m, k));
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                for rows in [0..m, 0..6, 12..30, 48..50] {
+                    let mut got = vec![f32::NAN; rows.len() * n];
+                    let mut want = vec![f32::NAN; rows.len() * n];
+                    packed.product(rows.clone(), n, &mut got, Mat::rows(&b, n), par);
+                    plain.product(rows.clone(), n, &mut want, Mat::rows(&b, n), par);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{rows:?}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
         }
     }
 
