@@ -1,18 +1,21 @@
-//! `dst (+)= a · b` in f32 for AVX2 + FMA machines: the GEMM under our convolutions where
-//! the CPU has those instructions, the `gemm` crate's everywhere else.
+//! `dst (+)= a · b` in f32 for AVX2 + FMA machines: the GEMM under our convolutions'
+//! forward and input gradients where the CPU has those instructions (see
+//! `conv::kernel::packs_weight`), the `gemm` crate's everywhere else.
 //!
-//! Why our own: on the project's AMD EPYC (Zen 3, AVX2, no AVX-512) the `gemm` crate's
-//! 16×6 micro-kernel took 82% of an AlexNet layer's time and ran at about two thirds of the
-//! cores' FMA peak. Its inner loop reaches the unpacked right operand through a stride held
-//! in a register (an add per broadcast), and the convolutions ran at 62–97 GFLOP/s on two
-//! cores where oneDNN's reached 142–157 on the same layers (`BENCHMARKS.md`). This is the
-//! textbook layout (Goto and van de Geijn, "Anatomy of high-performance matrix
-//! multiplication", 2008; BLIS): both operands packed into panels, a 6×16 register tile of
-//! 12 accumulators, constant offsets in the inner loop.
+//! Why our own: on the project's 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) the `gemm`
+//! crate's 16×6 micro-kernel took 82% of AlexNet's convolution time (perf), at about two
+//! thirds of the cores' FMA peak (90 GFLOP/s per core, measured by a loop of independent
+//! FMAs). Its inner loop reaches the unpacked right operand through a stride held in a
+//! register, an add per broadcast. AlexNet's layers ran at 46–97 GFLOP/s on two cores,
+//! oneDNN's forward and input gradients at 122–157 (`BENCHMARKS.md`). This is the textbook
+//! layout (Goto and van de Geijn, "Anatomy of high-performance matrix multiplication", 2008;
+//! BLIS): both operands packed into panels, a 6×16 register tile of 12 accumulators,
+//! constant offsets in the inner loop; alone, on packed panels in cache, it ran at 70–74
+//! GFLOP/s on one core.
 //!
 //! Safety rests on slices: every operand is a slice whose extent is asserted against the
-//! dimensions and strides before any raw load, and the micro-kernel asserts its panels'
-//! and tile's lengths at entry.
+//! dimensions and strides before it is read, and the lengths the micro-kernel reads and
+//! writes are asserted before each call.
 
 use std::ops::Range;
 
@@ -121,38 +124,49 @@ impl Packed {
         a.check(m, k);
         let mut data = vec![0.0; m.div_ceil(MR) * MR * k];
         if k > 0 {
-            for (ps, panel) in data.chunks_exact_mut(MR * k).enumerate() {
-                let r0 = ps * MR;
-                let rows = MR.min(m - r0);
-                if a.rs == 1 {
-                    // Each column's MR values lie side by side (a transposed view).
-                    for (p, out) in panel.chunks_exact_mut(MR).enumerate() {
-                        let at = r0 + p * a.cs;
-                        out[..rows].copy_from_slice(&a.s[at..at + rows]);
-                    }
-                } else if a.cs == 1 {
-                    // Row-major: the panel's rows, read side by side.
-                    let lines: Vec<&[f32]> =
-                        (0..rows).map(|r| &a.s[(r0 + r) * a.rs..][..k]).collect();
-                    for (p, out) in panel.chunks_exact_mut(MR).enumerate() {
-                        for (o, line) in out.iter_mut().zip(&lines) {
-                            *o = line[p];
-                        }
-                    }
-                } else {
-                    for r in 0..rows {
-                        for (p, v) in panel.iter_mut().skip(r).step_by(MR).enumerate() {
-                            *v = a.at(r0 + r, p);
-                        }
-                    }
-                }
-            }
+            // In parallel over panels: a large weight on small planes (ResNet-18's 512
+            // channels on 1×1) is packed in about the time of its products.
+            data.par_chunks_mut(MR * k)
+                .enumerate()
+                .for_each(|(ps, panel)| pack_panel(a, ps * MR, MR.min(m - ps * MR), k, panel));
         }
         Self { data, m, k }
     }
     /// Rows `MR·ps..` of the packed matrix, depth `p0..p0+kc`.
     fn panel(&self, ps: usize, p0: usize, kc: usize) -> &[f32] {
         &self.data[ps * MR * self.k + p0 * MR..][..kc * MR]
+    }
+}
+
+/// `panel` ← rows `r0..r0+rows` of `a` (at most [`MR`]), columns `0..k`, column by column;
+/// rows past `rows` are left as they are (zero).
+fn pack_panel(a: Mat, r0: usize, rows: usize, k: usize, panel: &mut [f32]) {
+    if a.rs == 1 {
+        // Each column's MR values lie side by side (a transposed view).
+        for (p, out) in panel.chunks_exact_mut(MR).enumerate() {
+            let at = r0 + p * a.cs;
+            if rows == MR {
+                // A fixed-size copy, inlined: a `memcpy` call per 24 bytes took longer.
+                let out: &mut [f32; MR] = out.try_into().expect("MR values");
+                *out = a.s[at..at + MR].try_into().expect("MR values");
+            } else {
+                out[..rows].copy_from_slice(&a.s[at..at + rows]);
+            }
+        }
+    } else if a.cs == 1 {
+        // Row-major: the panel's rows, read side by side.
+        let lines: Vec<&[f32]> = (0..rows).map(|r| &a.s[(r0 + r) * a.rs..][..k]).collect();
+        for (p, out) in panel.chunks_exact_mut(MR).enumerate() {
+            for (o, line) in out.iter_mut().zip(&lines) {
+                *o = line[p];
+            }
+        }
+    } else {
+        for r in 0..rows {
+            for (p, v) in panel.iter_mut().skip(r).step_by(MR).enumerate() {
+                *v = a.at(r0 + r, p);
+            }
+        }
     }
 }
 
@@ -284,7 +298,13 @@ fn pack_b(b: Mat, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]) {
         if b.cs == 1 {
             for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
                 let at = (p0 + p) * b.rs + j0 + c0;
-                out[..cols].copy_from_slice(&b.s[at..at + cols]);
+                if cols == NR {
+                    // A fixed-size copy, inlined: a `memcpy` call per 64 bytes took longer.
+                    let out: &mut [f32; NR] = out.try_into().expect("NR values");
+                    *out = b.s[at..at + NR].try_into().expect("NR values");
+                } else {
+                    out[..cols].copy_from_slice(&b.s[at..at + cols]);
+                }
             }
         } else if b.rs == 1 {
             // Each column lies contiguous (a transposed view).

@@ -1,6 +1,9 @@
 //! 2-D convolution on plain `f32` slices in NCHW layout: forward, input gradient and weight
-//! gradient, each one GEMM per image on the `gemm` crate (per group of images where an
-//! image's output plane is small, see [`MIN_COLUMNS`]), parallel over the batch.
+//! gradient, each one GEMM per image (per group of images where an image's output plane is
+//! small, see [`MIN_COLUMNS`]), parallel over the batch. The forward and input-gradient
+//! GEMMs run on our own ([`crate::cpu::gemm`], the weight packed once per batch) where the
+//! CPU has AVX2 and FMA and the batch has enough output positions ([`packs_weight`]); the
+//! rest on the `gemm` crate.
 //!
 //! Why not burn's path: Flex's forward converts every input to NHWC and its backward goes
 //! through burn's generic transposes and `conv_transpose`, so a training step spent a third of
@@ -338,7 +341,7 @@ fn col2im(col: &mut [f32], g: &Geometry, rows: Range<usize>, x: &mut [f32]) {
 /// Which GEMM the convolutions call, in words, for `pretext bench`'s peak line.
 pub fn gemm_name() -> &'static str {
     if our_gemm() {
-        "our AVX2 GEMM (PRETEXT_GEMM=ours)"
+        "ours, AVX2 (PRETEXT_GEMM=crate for the `gemm` crate's)"
     } else {
         "the `gemm` crate's"
     }
@@ -356,15 +359,31 @@ pub fn square_product(n: usize, a: &[f32], b: &[f32], dst: &mut [f32], threads: 
     matmul([n, n, n], dst, false, Mat::rows(a, n), Mat::rows(b, n), par);
 }
 
-/// Whether the convolutions' GEMMs run on our own ([`crate::cpu::gemm`]) rather than the
-/// `gemm` crate's: only when `PRETEXT_GEMM=ours` asks for it and the CPU has AVX2 and FMA.
-/// Not the default yet: on the 2-core EPYC it was faster on NIN-192 and AlexNet but slower
-/// on NIN-32 and ResNet-18 with the ImageNet stem (`BENCHMARKS.md`).
+/// Whether the convolutions' forward and input-gradient GEMMs may run on our own
+/// ([`crate::cpu::gemm`]): where the CPU has AVX2 and FMA, unless `PRETEXT_GEMM=crate` in
+/// the environment asks for the `gemm` crate's everywhere (to compare the two in one build).
 fn our_gemm() -> bool {
     static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OURS.get_or_init(|| {
-        ours::available() && std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "ours")
+        ours::available() && !std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "crate")
     })
+}
+
+/// Output positions over a batch (its columns, summed over every group's product) from
+/// which a weight is packed for our GEMM. Packing costs about one pass over the weight, the
+/// products `2·columns` FLOPs per weight value: at 1,024 columns the packing is ~1–2% of
+/// them, at 128 (ResNet-18's 512-channel layer on 1×1 planes) ~12%, and there the `gemm`
+/// crate, which reads the weight in place, ran its forward in 6.5–6.6 ms against our
+/// 8.4–10.1 (`BENCHMARKS.md`).
+const MIN_PACKED_COLUMNS: usize = 1024;
+
+/// Whether `g`'s weight is packed for our GEMM (see [`MIN_PACKED_COLUMNS`]).
+fn packs_weight(g: &Geometry) -> bool {
+    #[cfg(test)]
+    if let Some(pack) = tests::PACK.get() {
+        return pack;
+    }
+    our_gemm() && g.batch * g.out_hw() >= MIN_PACKED_COLUMNS
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major and contiguous.
@@ -443,8 +462,9 @@ enum Operand<'a> {
 }
 
 impl<'a> Left<'a> {
-    fn new(a: Mat<'a>, m: usize, k: usize) -> Self {
-        Self::on(our_gemm(), a, m, k)
+    /// `g`'s weight (or its transpose) `a`, `[m, k]`.
+    fn new(a: Mat<'a>, m: usize, k: usize, g: &Geometry) -> Self {
+        Self::on(packs_weight(g), a, m, k)
     }
 
     /// On our GEMM if `ours`, else on the `gemm` crate.
@@ -554,7 +574,7 @@ where
 pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k());
+    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k(), g);
     per_group(g, g.out_len(), |images, y, scratch, par| {
         if images.len() == 1 {
             // One image's output is already laid out as the GEMM writes it.
@@ -643,7 +663,7 @@ pub fn forward_affine(
 ) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k());
+    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k(), g);
     per_group(g, g.out_len(), |images, y, scratch, par| {
         // Every value is written by the GEMM before it is read.
         scratch.out.resize(images.len() * g.out_len(), 0.0);
@@ -684,11 +704,11 @@ fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> 
     // `W`, and the whole input gradients of its 8×8 layers took 12–26% less time
     // (`BENCHMARKS.md`).
     let threads = rayon::current_num_threads();
-    let w_t = (!our_gemm() && worth_transposing(g, group_size(g, threads, MIN_COLUMNS)))
+    let w_t = (!packs_weight(g) && worth_transposing(g, group_size(g, threads, MIN_COLUMNS)))
         .then(|| transpose(weight, g.c_out, k));
     let w_t = match &w_t {
-        Some(t) => Left::new(Mat::rows(t, g.c_out), k, g.c_out),
-        None => Left::new(Mat::transposed(weight, k), k, g.c_out),
+        Some(t) => Left::new(Mat::rows(t, g.c_out), k, g.c_out, g),
+        None => Left::new(Mat::transposed(weight, k), k, g.c_out, g),
     };
     per_group(g, g.in_len(), |images, dx, scratch, par| {
         let n = images.len();
@@ -751,7 +771,9 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             } else {
                 ([g.c_out, k, cols], dy, unfolded.t())
             };
-            matmul(dims, &mut dw, j > 0, a, b, inner);
+            // On the `gemm` crate either way: our GEMM would pack both operands anew for
+            // each group, and took longer on ResNet-18's layers (`BENCHMARKS.md`).
+            crate_matmul(dims, &mut dw, j > 0, a, b, inner);
         }
         dw
     };
@@ -893,15 +915,30 @@ mod tests {
         (3, 1, 0),
     ];
 
+    thread_local! {
+        /// Whether the thread's convolutions pack their weight for our GEMM ([`packs_weight`]),
+        /// when set: the test geometries are too small for the rule to pick it.
+        pub(super) static PACK: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    }
+
     /// `f` under pools of 1 to 4 threads: with 3 images of at most 20 output positions each,
-    /// one group of 3 on 1 thread, single images on more (see [`group_size`]).
+    /// one group of 3 on 1 thread, single images on more (see [`group_size`]). Each pool
+    /// runs `f` with the weight read in place by the `gemm` crate, then packed for our GEMM
+    /// where the CPU runs it.
     fn on_pools(f: impl Fn(usize) + Sync) {
         for threads in [1, 2, 3, 4] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| f(threads));
+            for pack in [false, ours::available()] {
+                pool.install(|| {
+                    // `f` runs on this thread, where the convolutions choose their GEMM.
+                    PACK.set(Some(pack));
+                    f(threads);
+                    PACK.set(None);
+                });
+            }
         }
     }
 
@@ -1222,13 +1259,14 @@ mod tests {
             let (want_dx, want_dw) = naive_grads(&x, &w, &r, &g);
             on_pools(|threads| {
                 if s == 1 {
+                    // Without packing, the copy of `Wᵀ` is the left operand.
                     assert!(worth_transposing(&g, group_size(&g, threads, MIN_COLUMNS)));
                     assert!(worth_transposing(
                         &g,
                         group_size(&g, threads, MIN_WEIGHT_COLUMNS)
                     ));
                 }
-                // Folded back whole, and 16 rows at a time (rows 16.. of the copy of `Wᵀ`).
+                // Folded back whole, and 18 rows at a time (rows 18.. of `Wᵀ`, copied or packed).
                 for fold in [FOLD_CHUNK, 1] {
                     let dx = grad_input_folding(&w, &r, &g, fold);
                     for (i, (a, b)) in dx.iter().zip(&want_dx).enumerate() {
