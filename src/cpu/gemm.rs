@@ -61,7 +61,12 @@ impl<'a> Mat<'a> {
     /// Asserts that a `rows × cols` matrix lies inside the slice.
     pub fn check(&self, rows: usize, cols: usize) {
         if rows > 0 && cols > 0 {
-            let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+            // Checked: in release an overflow would wrap and pass the test below.
+            let last = (rows - 1)
+                .checked_mul(self.rs)
+                .zip((cols - 1).checked_mul(self.cs))
+                .and_then(|(a, b)| a.checked_add(b))
+                .expect("a matrix's extent overflows usize");
             assert!(
                 last < self.s.len(),
                 "a {rows}×{cols} matrix with strides ({}, {}) needs {} values, the slice holds {}",
@@ -187,8 +192,12 @@ pub fn matmul_packed(
         "rows {rows:?} of a packed {}-row matrix",
         a.m
     );
-    assert!(dst.len() >= m * n);
+    let len = m.checked_mul(n).expect("dst's size overflows usize");
+    assert!(dst.len() >= len);
     b.check(k, n);
+    // Every product's tile starts inside `dst` and ends `(MR−1)·n + NR` values on at most:
+    // the bound [`kernel`] checks, which must not overflow.
+    assert!(n.checked_mul(MR).is_some(), "dst's rows overflow usize");
     assert!(
         available(),
         "our GEMM runs only where the CPU has AVX2 and FMA"
@@ -196,7 +205,7 @@ pub fn matmul_packed(
     if m == 0 || n == 0 {
         return;
     }
-    let dst = &mut dst[..m * n];
+    let dst = &mut dst[..len];
     if k == 0 {
         if !accumulate {
             dst.fill(0.0);
@@ -336,17 +345,12 @@ fn tile_product(
     [rows, cols]: [usize; 2],
     add: bool,
 ) {
-    assert!(pa.len() >= kc * MR && pb.len() >= kc * NR);
     if rows == MR && cols == NR {
-        assert!(c.len() >= (MR - 1) * ldc + NR);
-        // SAFETY: AVX2 and FMA were detected ([`matmul`] asserts [`available`]); the
-        // lengths the kernel reads and writes are asserted just above.
-        unsafe { x86::kernel(kc, pa, pb, c, ldc, add) };
+        kernel(kc, pa, pb, c, ldc, add);
         return;
     }
     let mut tmp = [0.0f32; MR * NR];
-    // SAFETY: as above; `tmp` is a whole tile with row stride NR.
-    unsafe { x86::kernel(kc, pa, pb, &mut tmp, NR, false) };
+    kernel(kc, pa, pb, &mut tmp, NR, false);
     for (r, line) in tmp.chunks_exact(NR).take(rows).enumerate() {
         let out = &mut c[r * ldc..r * ldc + cols];
         if add {
@@ -357,6 +361,29 @@ fn tile_product(
             out.copy_from_slice(&line[..cols]);
         }
     }
+}
+
+/// `c[MR][NR]` (row stride `ldc`) (+)= `pa[kc][MR] · pb[kc][NR]` on the micro-kernel, after
+/// asserting what it relies on: the CPU's AVX2 and FMA, and the lengths it reads and writes.
+fn kernel(kc: usize, pa: &[f32], pb: &[f32], c: &mut [f32], ldc: usize, add: bool) {
+    assert!(
+        available(),
+        "our GEMM runs only where the CPU has AVX2 and FMA"
+    );
+    assert!(pa.len() >= kc * MR && pb.len() >= kc * NR);
+    let tile = ldc.checked_mul(MR - 1).and_then(|v| v.checked_add(NR));
+    assert!(
+        tile.is_some_and(|t| c.len() >= t),
+        "a tile outside its matrix"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA were detected, and every length `x86::kernel` reads and writes is
+    // asserted just above.
+    unsafe {
+        x86::kernel(kc, pa, pb, c, ldc, add)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("`available` is false off x86-64");
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -499,6 +526,22 @@ mod tests {
         let mut dst = vec![7.0; 12];
         matmul([4, 3, 0], &mut dst, false, a, b, 2);
         assert!(dst.iter().all(|&v| v == 0.0));
+    }
+
+    /// Sizes whose products wrap in `usize` (in release, unchecked) are refused rather than
+    /// let through to the micro-kernel's raw stores: 10 rows of `n` columns wrap to 48.
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn sizes_that_overflow_are_refused() {
+        let n = (((1u128 << 64) + 24) / 5) as usize;
+        let (a, b) = (vec![0.0; 10], [1.0]);
+        let mut dst = vec![0.0; 48];
+        let b = Mat {
+            s: &b,
+            rs: 1,
+            cs: 0,
+        };
+        matmul([10, n, 1], &mut dst, false, Mat::rows(&a, 1), b, 1);
     }
 
     #[test]

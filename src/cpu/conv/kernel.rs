@@ -1195,19 +1195,25 @@ mod tests {
         });
     }
 
-    /// The input gradient folded back 16 rows at a time (18 to 50 rows here: two to four
-    /// slices, the last one shorter) against the definition, on every unfold path: small
-    /// planes, same-width planes and the general one.
+    /// The input gradient folded back 18 rows at a time (the least slice, 16 rounded up to
+    /// a packed panel's edge) against the definition, on every unfold path: small planes,
+    /// same-width planes and the general one, with enough input channels for 41 to 50 rows:
+    /// three slices, the last one shorter.
     #[test]
     fn input_gradients_folded_in_slices_match_the_definition() {
         let cases = CASES.into_iter().filter(|&(k, ..)| k > 2);
+        let more_channels = |g: Geometry| Geometry {
+            c_in: g.c_in.max(40 / (g.kh * g.kw) + 1),
+            ..g
+        };
         let shapes: Vec<Geometry> = cases
             .map(|(k, s, p)| geometry(k, s, p))
             .chain(GENERAL)
+            .map(more_channels)
             .collect();
         on_pools(|threads| {
             for g in &shapes {
-                assert!(g.k() > 16, "{g:?}");
+                assert!(g.k() > 36, "{g:?}");
                 let x = values(g.batch * g.in_len(), 14);
                 let w = values(g.c_out * g.k(), 9);
                 let r = values(g.batch * g.out_len(), 10);
@@ -1237,6 +1243,8 @@ mod tests {
     /// Batches of 64 and 65 images of 8×8: at stride 1, enough groups that the input
     /// gradient reads a row-major copy of `Wᵀ` and the weight gradient is summed transposed
     /// ([`worth_transposing`]), under 1 to 4 threads (65 on 4: parts of 17, 17, 17, 14).
+    /// Seven output channels, so that the forward's packed weight has a whole panel of 6 rows
+    /// (full register tiles) and a partial one.
     #[test]
     fn transposed_gradients_match_the_definition() {
         // (kernel, stride, padding): a same-width plane, a wider kernel, a strided one.
@@ -1247,7 +1255,7 @@ mod tests {
                 c_in: 2,
                 h: 8,
                 w: 8,
-                c_out: 3,
+                c_out: 7,
                 kh: k,
                 kw: k,
                 stride: [s, s],
@@ -1257,7 +1265,14 @@ mod tests {
             let w = values(g.c_out * g.k(), 12);
             let r = values(g.batch * g.out_len(), 13);
             let (want_dx, want_dw) = naive_grads(&x, &w, &r, &g);
+            let want_y = naive(&x, &w, &g);
             on_pools(|threads| {
+                for (i, (a, b)) in forward(&x, &w, &g).iter().zip(&want_y).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "y k{k} s{s} t{threads} at {i}: {a} vs {b}"
+                    );
+                }
                 if s == 1 {
                     // Without packing, the copy of `Wᵀ` is the left operand.
                     assert!(worth_transposing(&g, group_size(&g, threads, MIN_COLUMNS)));
