@@ -1,6 +1,6 @@
 //! `dst (+)= a · b` in f32 for AVX2 + FMA machines: the GEMM under our convolutions'
-//! forward and input gradients where the CPU has those instructions (see
-//! `conv::kernel::packs_weight`), the `gemm` crate's everywhere else.
+//! forward and input gradients where the CPU has those instructions but no AVX-512 (see
+//! [`preferred`] and `conv::kernel::packs_weight`), the `gemm` crate's everywhere else.
 //!
 //! Why our own: on the project's 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) the `gemm`
 //! crate's 16×6 micro-kernel took 82% of AlexNet's convolution time (perf), at about two
@@ -92,6 +92,20 @@ pub fn available() -> bool {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
         })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`matmul`] should be preferred to the `gemm` crate here: AVX2 and FMA but no
+/// AVX-512F. With AVX-512 the crate runs 512-bit kernels (up to ~376 GFLOP/s on two cores
+/// of the project's Intel machine, `BENCHMARKS.md`), twice the width of our tile.
+pub fn preferred() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        available() && !std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -233,6 +247,12 @@ pub fn matmul_packed(
         });
 }
 
+thread_local! {
+    /// A thread's packed right block, kept across products rather than allocated and zeroed
+    /// for each: a convolution runs one product per group of images.
+    static PANEL_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// [`matmul_packed`] on the calling thread, for the `m` rows of `a` from panel `panel0`.
 fn serial(
     a: &Packed,
@@ -245,22 +265,14 @@ fn serial(
     let k = a.k;
     PANEL_B.with_borrow_mut(|pb| {
         // Every value a product reads is packed first: no need to clear.
-        pb.resize(
-            pb.len().max(NC.min(n.next_multiple_of(NR)) * KC.min(k)),
-            0.0,
-        );
-        serial_in(a, panel0, [m, n], dst, accumulate, b, pb)
+        let need = NC.min(n.next_multiple_of(NR)) * KC.min(k);
+        pb.resize(pb.len().max(need), 0.0);
+        blocks(a, panel0, [m, n], dst, accumulate, b, pb)
     })
 }
 
-thread_local! {
-    /// A thread's packed right block, kept across products: a convolution runs one per group
-    /// of images, and on small layers allocating it each time cost more than packing it.
-    static PANEL_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// [`serial`] with the packed right block's buffer.
-fn serial_in(
+/// [`serial`]'s loops over blocks, with the packed right block's buffer `pb`.
+fn blocks(
     a: &Packed,
     panel0: usize,
     [m, n]: [usize; 2],

@@ -2,8 +2,8 @@
 //! gradient, each one GEMM per image (per group of images where an image's output plane is
 //! small, see [`MIN_COLUMNS`]), parallel over the batch. The forward and input-gradient
 //! GEMMs run on our own ([`crate::cpu::gemm`], the weight packed once per batch) where the
-//! CPU has AVX2 and FMA and the batch has enough output positions ([`packs_weight`]); the
-//! rest on the `gemm` crate.
+//! CPU has AVX2 and FMA but no AVX-512 and the batch has enough output positions
+//! ([`packs_weight`]); the rest on the `gemm` crate.
 //!
 //! Why not burn's path: Flex's forward converts every input to NHWC and its backward goes
 //! through burn's generic transposes and `conv_transpose`, so a training step spent a third of
@@ -360,12 +360,13 @@ pub fn square_product(n: usize, a: &[f32], b: &[f32], dst: &mut [f32], threads: 
 }
 
 /// Whether the convolutions' forward and input-gradient GEMMs may run on our own
-/// ([`crate::cpu::gemm`]): where the CPU has AVX2 and FMA, unless `PRETEXT_GEMM=crate` in
-/// the environment asks for the `gemm` crate's everywhere (to compare the two in one build).
+/// ([`crate::cpu::gemm`]): where the CPU has AVX2 and FMA but no AVX-512
+/// ([`ours::preferred`]), unless `PRETEXT_GEMM=crate` in the environment asks for the `gemm`
+/// crate's everywhere (to compare the two in one build).
 fn our_gemm() -> bool {
     static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OURS.get_or_init(|| {
-        ours::available() && !std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "crate")
+        ours::preferred() && !std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "crate")
     })
 }
 
