@@ -267,44 +267,31 @@ fn serial(
         // Every value a product reads is packed first: no need to clear.
         let need = NC.min(n.next_multiple_of(NR)) * KC.min(k);
         pb.resize(pb.len().max(need), 0.0);
-        blocks(a, panel0, [m, n], dst, accumulate, b, pb)
-    })
-}
-
-/// [`serial`]'s loops over blocks, with the packed right block's buffer `pb`.
-fn blocks(
-    a: &Packed,
-    panel0: usize,
-    [m, n]: [usize; 2],
-    dst: &mut [f32],
-    accumulate: bool,
-    b: Mat,
-    pb: &mut [f32],
-) {
-    let k = a.k;
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let add = accumulate || p0 > 0;
-            let pb = &mut pb[..nc.next_multiple_of(NR) * kc];
-            pack_b(b, p0, kc, j0, nc, pb);
-            // A block of `MC` rows stays in L2 while every right panel streams past it.
-            for i0 in (0..m).step_by(MC) {
-                let mc = MC.min(m - i0);
-                for (js, panel_b) in pb.chunks_exact(NR * kc).enumerate() {
-                    let j = j0 + js * NR;
-                    let cols = NR.min(n - j);
-                    for i in (i0..i0 + mc).step_by(MR) {
-                        let panel_a = a.panel(panel0 + i / MR, p0, kc);
-                        let rows = MR.min(m - i);
-                        let tile = &mut dst[i * n + j..];
-                        tile_product(kc, panel_a, panel_b, tile, n, [rows, cols], add);
+        let pb = &mut pb[..];
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let add = accumulate || p0 > 0;
+                let pb = &mut pb[..nc.next_multiple_of(NR) * kc];
+                pack_b(b, p0, kc, j0, nc, pb);
+                // A block of `MC` rows stays in L2 while every right panel streams past it.
+                for i0 in (0..m).step_by(MC) {
+                    let mc = MC.min(m - i0);
+                    for (js, panel_b) in pb.chunks_exact(NR * kc).enumerate() {
+                        let j = j0 + js * NR;
+                        let cols = NR.min(n - j);
+                        for i in (i0..i0 + mc).step_by(MR) {
+                            let panel_a = a.panel(panel0 + i / MR, p0, kc);
+                            let rows = MR.min(m - i);
+                            let tile = &mut dst[i * n + j..];
+                            tile_product(kc, panel_a, panel_b, tile, n, [rows, cols], add);
+                        }
                     }
                 }
             }
         }
-    }
+    })
 }
 
 /// `pb` ← rows `p0..p0+kc`, columns `j0..j0+nc` of `b`, as panels of [`NR`] columns, each
