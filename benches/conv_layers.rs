@@ -3,13 +3,18 @@
 //! by hand, beside `bench/pytorch/conv_layers.py` (the same layers in PyTorch) in the same
 //! sitting, to see which layer and which pass is behind:
 //!
-//!     cargo bench --bench conv_layers -- [alexnet|resnet18-cifar|resnet18] [threads]
+//!     cargo bench --bench conv_layers -- [alexnet|resnet18-cifar|resnet18] [threads] [ab]
+//!
+//! With `ab`, each pass runs on our GEMM and on the `gemm` crate's in turns, 7 rounds
+//! (the order swapped every round), and the table gives both medians and the median of the
+//! rounds' ratios (ours ÷ crate): this machine drifts by more between runs than the two
+//! GEMMs differ, and pairs timed seconds apart cancel most of the drift.
 //!
 //! `pretext bench` times whole training steps; this one says where in them the time goes.
 
 use std::time::Instant;
 
-use pretext::cpu::conv::kernel::{self, Geometry};
+use pretext::cpu::conv::kernel::{self, Gemm, Geometry};
 
 // The same allocator as the `pretext` binary: glibc's hands large buffers back to the
 // kernel and faults them in again on every call, which would be timed here too.
@@ -66,6 +71,7 @@ fn main() {
     let threads: usize = args
         .get(1)
         .map_or(2, |t| t.parse().expect("threads: a number"));
+    let ab = args.get(2).is_some_and(|a| a == "ab");
     let Some(layers) = layers(network) else {
         eprintln!("unknown network {network:?}: alexnet, resnet18-cifar or resnet18");
         std::process::exit(2);
@@ -74,27 +80,17 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .expect("the first rayon pool");
+    if ab {
+        return compare(network, &layers, threads);
+    }
     println!("{network}, batch 128, {threads} threads, median of 5 (ms, and GFLOP/s)");
     println!("| layer | forward | input gradient | weight gradient |");
     println!("|---|---|---|---|");
     let mut total = [0.0; 3];
-    for [c_in, side, c_out, k, stride, pad] in layers {
-        let g = Geometry {
-            batch: 128,
-            c_in,
-            h: side,
-            w: side,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: [stride, stride],
-            pad: [pad, pad],
-        };
-        let ohw = g.out_h() * g.out_w();
-        let x = values(g.batch * c_in * side * side, 1);
-        let w = values(c_out * c_in * k * k, 2);
-        let dy = values(g.batch * c_out * ohw, 3);
-        let flop = 2.0 * (g.batch * c_out * ohw * c_in * k * k) as f64;
+    for layer in layers {
+        let (g, [x, w, dy]) = setup(layer);
+        let [c_in, side, c_out, k, stride, _] = layer;
+        let flop = 2.0 * (g.batch * c_out * g.out_h() * g.out_w() * c_in * k * k) as f64;
         let mut times = [vec![], vec![], vec![]];
         for _ in 0..5 {
             let t = Instant::now();
@@ -123,4 +119,77 @@ fn main() {
     }
     let [f, dx, dw] = total.map(|t| format!("{:.1}", t * 1e3));
     println!("| all | {f} | {dx} | {dw} |");
+}
+
+/// A layer's geometry at batch 128, and its input, weight and output gradient.
+fn setup([c_in, side, c_out, k, stride, pad]: [usize; 6]) -> (Geometry, [Vec<f32>; 3]) {
+    let g = Geometry {
+        batch: 128,
+        c_in,
+        h: side,
+        w: side,
+        c_out,
+        kh: k,
+        kw: k,
+        stride: [stride, stride],
+        pad: [pad, pad],
+    };
+    let ohw = g.out_h() * g.out_w();
+    let x = values(g.batch * c_in * side * side, 1);
+    let w = values(c_out * c_in * k * k, 2);
+    let dy = values(g.batch * c_out * ohw, 3);
+    (g, [x, w, dy])
+}
+
+/// The `ab` table: each pass of each layer on both GEMMs in turns (see the header).
+fn compare(network: &str, layers: &[[usize; 6]], threads: usize) {
+    const ROUNDS: usize = 7;
+    println!(
+        "{network}, batch 128, {threads} threads, {ROUNDS} rounds of ours and the crate's in turns: \
+         median ms ours / crate (median ratio)"
+    );
+    println!("| layer | forward | input gradient | weight gradient |");
+    println!("|---|---|---|---|");
+    let mut totals = [[0.0; 2]; 3];
+    for &layer in layers {
+        let (g, [x, w, dy]) = setup(layer);
+        let passes: [&dyn Fn(); 3] = [
+            &|| drop(std::hint::black_box(kernel::forward(&x, &w, &g))),
+            &|| drop(std::hint::black_box(kernel::grad_input(&w, &dy, &g))),
+            &|| drop(std::hint::black_box(kernel::grad_weight(&x, &dy, &g))),
+        ];
+        let mut cells = vec![];
+        for (pass, total) in passes.iter().zip(&mut totals) {
+            let mut t = [vec![], vec![]];
+            let mut ratios = vec![];
+            for round in 0..ROUNDS {
+                let mut pair = [0.0; 2];
+                for i in [round % 2, 1 - round % 2] {
+                    kernel::pin_gemm(Some([Gemm::Ours, Gemm::Crate][i]));
+                    let start = Instant::now();
+                    pass();
+                    pair[i] = start.elapsed().as_secs_f64();
+                    t[i].push(pair[i]);
+                }
+                ratios.push(pair[0] / pair[1]);
+            }
+            let [ours, theirs] = t.map(median);
+            total[0] += ours;
+            total[1] += theirs;
+            cells.push(format!(
+                "{:.1} / {:.1} ({:.2})",
+                ours * 1e3,
+                theirs * 1e3,
+                median(ratios)
+            ));
+        }
+        kernel::pin_gemm(None);
+        let [c_in, side, c_out, k, stride, _] = layer;
+        println!(
+            "| {c_in}→{c_out} {k}×{k}/{stride} on {side}×{side} | {} |",
+            cells.join(" | ")
+        );
+    }
+    let cells = totals.map(|[a, b]| format!("{:.1} / {:.1} ({:.2})", a * 1e3, b * 1e3, a / b));
+    println!("| sum of medians | {} |", cells.join(" | "));
 }

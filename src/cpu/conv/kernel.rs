@@ -3,7 +3,8 @@
 //! small, see [`MIN_COLUMNS`]), parallel over the batch. The forward and input-gradient
 //! GEMMs run on our own ([`crate::cpu::gemm`], the weight packed once per batch) where the
 //! CPU has AVX2 and FMA but no AVX-512 and the batch has enough output positions
-//! ([`packs_weight`]); the rest on the `gemm` crate.
+//! ([`packs_weight`]), and so do the weight gradients of layers with enough output
+//! channels ([`MIN_PACKED_GRAD_ROWS`]); the rest on the `gemm` crate.
 //!
 //! Why not burn's path: Flex's forward converts every input to NHWC and its backward goes
 //! through burn's generic transposes and `conv_transpose`, so a training step spent a third of
@@ -359,15 +360,48 @@ pub fn square_product(n: usize, a: &[f32], b: &[f32], dst: &mut [f32], threads: 
     matmul([n, n, n], dst, false, Mat::rows(a, n), Mat::rows(b, n), par);
 }
 
-/// Whether the convolutions' forward and input-gradient GEMMs may run on our own
-/// ([`crate::cpu::gemm`]): where the CPU has AVX2 and FMA but no AVX-512
+/// A GEMM the convolutions can be pinned to ([`pin_gemm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gemm {
+    /// [`crate::cpu::gemm`].
+    Ours,
+    /// The `gemm` crate's.
+    Crate,
+}
+
+/// 0: not pinned; 1: ours; 2: the crate's.
+static PINNED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Pins every convolution of the process to one GEMM from now on (`None`: back to the
+/// default, [`our_gemm`]'s rule), so that a benchmark can time both in turns in one run: on
+/// this project's noisy machines, runs of two processes minutes apart differed by more than
+/// the GEMMs do. Panics for [`Gemm::Ours`] where the CPU lacks AVX2 or FMA.
+pub fn pin_gemm(gemm: Option<Gemm>) {
+    assert!(
+        gemm != Some(Gemm::Ours) || ours::available(),
+        "our GEMM runs only where the CPU has AVX2 and FMA"
+    );
+    let v = match gemm {
+        None => 0,
+        Some(Gemm::Ours) => 1,
+        Some(Gemm::Crate) => 2,
+    };
+    PINNED.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the convolutions' GEMMs may run on our own ([`crate::cpu::gemm`]): if pinned
+/// ([`pin_gemm`]), as pinned; else where the CPU has AVX2 and FMA but no AVX-512
 /// ([`ours::preferred`]), unless `PRETEXT_GEMM=crate` in the environment asks for the `gemm`
 /// crate's everywhere (to compare the two in one build).
 fn our_gemm() -> bool {
     static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OURS.get_or_init(|| {
-        ours::preferred() && !std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "crate")
-    })
+    match PINNED.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *OURS.get_or_init(|| {
+            ours::preferred() && !std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "crate")
+        }),
+    }
 }
 
 /// Output positions over a batch (its columns, summed over every group's product) from
@@ -736,6 +770,22 @@ fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> 
     })
 }
 
+/// Output channels from which a weight gradient runs on our GEMM (where [`packs_weight`]).
+/// Ours packs each group's unfolded images, `k × columns` values, for `2·c_out` FLOPs per
+/// value; the `gemm` crate reads them in place. Measured in turns in one process
+/// (`conv_layers … ab`, ours ÷ crate, `BENCHMARKS.md`): 1.14 and 1.19 on 64 channels
+/// (AlexNet's first layer, ResNet-18's on 32×32), 1.01 on 128, 0.76–0.92 from 192 up.
+const MIN_PACKED_GRAD_ROWS: usize = 192;
+
+/// Whether `g`'s weight gradient runs on our GEMM (see [`MIN_PACKED_GRAD_ROWS`]).
+fn packs_grad_weight(g: &Geometry) -> bool {
+    #[cfg(test)]
+    if let Some(pack) = tests::PACK.get() {
+        return pack;
+    }
+    packs_weight(g) && g.c_out >= MIN_PACKED_GRAD_ROWS
+}
+
 /// `dL/dW` from `dL/dy`: `Σ_n dy_n · unfold(x_n)ᵀ`, one GEMM per group of images. The batch
 /// is split into one slice per thread, each summing into its own copy of the gradient; the
 /// copies are added at the end.
@@ -748,8 +798,11 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let parts = threads.min(g.batch);
     let per = g.batch.div_ceil(parts);
     let size = group_size(g, threads, MIN_WEIGHT_COLUMNS);
-    // The sum is built transposed, and turned round once at the end, where it pays.
-    let transposed = worth_transposing(g, size);
+    // Read here, on the calling thread (the tests choose per thread).
+    let ours = packs_grad_weight(g);
+    // On the `gemm` crate, the sum is built transposed, and turned round once at the end,
+    // where it pays.
+    let transposed = !ours && worth_transposing(g, size);
     let inner = if parts == 1 && threads > 1 {
         Parallelism::Rayon(threads)
     } else {
@@ -764,6 +817,21 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             let dy = dy_side_by_side(dy, g, images.clone(), &mut s.dy);
             let unfolded = unfolded(x, g, images, &mut s.col);
             let (unfolded, dy) = (Mat::rows(unfolded, cols), Mat::rows(dy, cols));
+            if ours {
+                // `dy` packed (`c_out` rows, as deep as the group's positions), the
+                // unfolded images packed by our GEMM's blocks as it goes.
+                let a = ours::Packed::new(dy, g.c_out, cols);
+                ours::matmul_packed(
+                    &a,
+                    0..g.c_out,
+                    k,
+                    &mut dw,
+                    j > 0,
+                    unfolded.t(),
+                    threads_of(inner),
+                );
+                continue;
+            }
             // `dWᵀ = unfold(x) · dyᵀ`, `[k, c_out]`, is the same products, which the `gemm`
             // crate runs 4–19% faster on these shapes (a long `k` by a short reduction over
             // positions; measured in `BENCHMARKS.md`).
@@ -772,8 +840,6 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
             } else {
                 ([g.c_out, k, cols], dy, unfolded.t())
             };
-            // On the `gemm` crate either way: our GEMM would pack both operands anew for
-            // each group, and took longer on ResNet-18's layers (`BENCHMARKS.md`).
             crate_matmul(dims, &mut dw, j > 0, a, b, inner);
         }
         dw
