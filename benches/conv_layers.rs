@@ -3,9 +3,10 @@
 //! by hand, beside `bench/pytorch/conv_layers.py` (the same layers in PyTorch) in the same
 //! sitting, to see which layer and which pass is behind:
 //!
-//!     cargo bench --bench conv_layers -- [alexnet|resnet18-cifar|resnet18] [threads] [ab]
+//!     cargo bench --bench conv_layers -- [alexnet|resnet18-cifar|resnet18|nin<width>] [threads] [ab]
 //!
-//! With `ab`, each pass runs on our GEMM and on the `gemm` crate's in turns, 7 rounds
+//! With `ab`, each pass runs on our GEMM and on the `gemm` crate's in turns (each pinned
+//! for every layer, whatever the default rules would pick: `kernel::pin_gemm`), 7 rounds
 //! (the order swapped every round), and the table gives both medians and the median of the
 //! rounds' ratios (ours ÷ crate): this machine drifts by more between runs than the two
 //! GEMMs differ, and pairs timed seconds apart cancel most of the drift.
@@ -24,6 +25,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (input channels, input side, output channels, kernel, stride, padding) per layer, at the
 /// bench's 32-pixel inputs.
 fn layers(network: &str) -> Option<Vec<[usize; 6]>> {
+    if let Some(width) = network.strip_prefix("nin") {
+        return width.parse().ok().filter(|&w| w > 0).map(nin);
+    }
     Some(match network {
         "alexnet" => vec![
             [3, 32, 64, 5, 1, 2],
@@ -73,7 +77,7 @@ fn main() {
         .map_or(2, |t| t.parse().expect("threads: a number"));
     let ab = args.get(2).is_some_and(|a| a == "ab");
     let Some(layers) = layers(network) else {
-        eprintln!("unknown network {network:?}: alexnet, resnet18-cifar or resnet18");
+        eprintln!("unknown network {network:?}: alexnet, resnet18-cifar, resnet18 or nin<width>");
         std::process::exit(2);
     };
     rayon::ThreadPoolBuilder::new()
@@ -119,6 +123,28 @@ fn main() {
     }
     let [f, dx, dw] = total.map(|t| format!("{:.1}", t * 1e3));
     println!("| all | {f} | {dx} | {dw} |");
+}
+
+/// RotNet's NIN at `width` with the bench's 4 blocks (`src/models/nin.rs`): 5×5, 1×1,
+/// 1×1 on 32×32; the same on 16×16; then two blocks of 3×3, 1×1, 1×1 on 8×8.
+fn nin(width: usize) -> Vec<[usize; 6]> {
+    let (w1, w2, w3) = (width, (width * 160 / 192).max(1), (width / 2).max(1));
+    let mut v = vec![
+        [3, 32, w1, 5, 1, 2],
+        [w1, 32, w2, 1, 1, 0],
+        [w2, 32, w3, 1, 1, 0],
+        [w3, 16, w1, 5, 1, 2],
+        [w1, 16, w1, 1, 1, 0],
+        [w1, 16, w1, 1, 1, 0],
+    ];
+    for _ in 0..2 {
+        v.extend([
+            [w1, 8, w1, 3, 1, 1],
+            [w1, 8, w1, 1, 1, 0],
+            [w1, 8, w1, 1, 1, 0],
+        ]);
+    }
+    v
 }
 
 /// A layer's geometry at batch 128, and its input, weight and output gradient.

@@ -1,6 +1,7 @@
 //! `dst (+)= a · b` in f32 for AVX2 + FMA machines: the GEMM under our convolutions
-//! where the CPU has those instructions but no AVX-512 (see [`preferred`] and
-//! `conv::kernel::packs_weight`), the `gemm` crate's everywhere else.
+//! where the CPU has those instructions but no AVX-512 ([`preferred`]) and a layer's shapes
+//! pay for the packing (`conv::kernel::packs_weight` and `packs_grad_weight`, or pinned by
+//! `conv::kernel::pin_gemm`), the `gemm` crate's everywhere else.
 //!
 //! Why our own: on the project's 2-core AMD EPYC (Zen 3, AVX2, no AVX-512) the `gemm`
 //! crate's 16×6 micro-kernel took 82% of AlexNet's convolution time (perf), at about two

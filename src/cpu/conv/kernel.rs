@@ -13,8 +13,8 @@
 //! unfold one image (or group) at a time into a buffer the worker thread keeps (im2col, rows
 //! ordered like the weight's `[c, kh, kw]`), so the GEMMs read the weight and the gradients
 //! in place, transposed by strides; only where a batch has many groups
-//! ([`worth_transposing`]) is the weight copied transposed once per batch, and the weight
-//! gradient summed transposed and turned round once.
+//! ([`worth_transposing`]) is the weight copied transposed once per batch, and, on the
+//! `gemm` crate, the weight gradient summed transposed and turned round once.
 
 use std::ops::Range;
 
@@ -372,10 +372,12 @@ pub enum Gemm {
 /// 0: not pinned; 1: ours; 2: the crate's.
 static PINNED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Pins every convolution of the process to one GEMM from now on (`None`: back to the
-/// default, [`our_gemm`]'s rule), so that a benchmark can time both in turns in one run: on
-/// this project's noisy machines, runs of two processes minutes apart differed by more than
-/// the GEMMs do. Panics for [`Gemm::Ours`] where the CPU lacks AVX2 or FMA.
+/// Pins every convolution product of the process to one GEMM from now on, whatever the
+/// layer (`None`: back to the default rules, [`our_gemm`], [`packs_weight`] and
+/// [`packs_grad_weight`], which pick per layer), so that a benchmark can time both in turns
+/// in one run: on this project's noisy machines, runs of two processes minutes apart
+/// differed by more than the GEMMs do. Panics for [`Gemm::Ours`] where the CPU lacks AVX2
+/// or FMA.
 pub fn pin_gemm(gemm: Option<Gemm>) {
     assert!(
         gemm != Some(Gemm::Ours) || ours::available(),
@@ -389,16 +391,24 @@ pub fn pin_gemm(gemm: Option<Gemm>) {
     PINNED.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The GEMM [`pin_gemm`] pinned, if any.
+fn pinned() -> Option<Gemm> {
+    match PINNED.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(Gemm::Ours),
+        2 => Some(Gemm::Crate),
+        _ => None,
+    }
+}
+
 /// Whether the convolutions' GEMMs may run on our own ([`crate::cpu::gemm`]): if pinned
 /// ([`pin_gemm`]), as pinned; else where the CPU has AVX2 and FMA but no AVX-512
 /// ([`ours::preferred`]), unless `PRETEXT_GEMM=crate` in the environment asks for the `gemm`
 /// crate's everywhere (to compare the two in one build).
 fn our_gemm() -> bool {
     static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match PINNED.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => *OURS.get_or_init(|| {
+    match pinned() {
+        Some(gemm) => gemm == Gemm::Ours,
+        None => *OURS.get_or_init(|| {
             ours::preferred() && !std::env::var("PRETEXT_GEMM").is_ok_and(|v| v == "crate")
         }),
     }
@@ -418,7 +428,10 @@ fn packs_weight(g: &Geometry) -> bool {
     if let Some(pack) = tests::PACK.get() {
         return pack;
     }
-    our_gemm() && g.batch * g.out_hw() >= MIN_PACKED_COLUMNS
+    match pinned() {
+        Some(gemm) => gemm == Gemm::Ours,
+        None => our_gemm() && g.batch * g.out_hw() >= MIN_PACKED_COLUMNS,
+    }
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major and contiguous.
@@ -783,7 +796,10 @@ fn packs_grad_weight(g: &Geometry) -> bool {
     if let Some(pack) = tests::PACK.get() {
         return pack;
     }
-    packs_weight(g) && g.c_out >= MIN_PACKED_GRAD_ROWS
+    match pinned() {
+        Some(gemm) => gemm == Gemm::Ours,
+        None => packs_weight(g) && g.c_out >= MIN_PACKED_GRAD_ROWS,
+    }
 }
 
 /// `dL/dW` from `dL/dy`: `Σ_n dy_n · unfold(x_n)ᵀ`, one GEMM per group of images. The batch
@@ -983,8 +999,9 @@ mod tests {
     ];
 
     thread_local! {
-        /// Whether the thread's convolutions pack their weight for our GEMM ([`packs_weight`]),
-        /// when set: the test geometries are too small for the rule to pick it.
+        /// Whether the thread's convolutions run every product on our GEMM ([`packs_weight`],
+        /// [`packs_grad_weight`]), when set: the test geometries are too small for the rules
+        /// to pick it.
         pub(super) static PACK: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
     }
 
@@ -1262,6 +1279,37 @@ mod tests {
         });
     }
 
+    /// The weight gradient's two shapes the other tests miss, on our GEMM and the crate's:
+    /// one image (the batch is not split, the GEMM itself runs on every thread: 25 output
+    /// channels give our GEMM up to 3 row parts), and groups deeper than one `KC` block
+    /// (6×10 planes in groups of 5, 300 columns, on 1 thread; 7 images, so the second
+    /// group adds a shorter one into the first's sum).
+    #[test]
+    fn weight_gradients_of_one_image_and_of_deep_groups_match_the_definition() {
+        let g = |batch, h, w| Geometry {
+            batch,
+            c_in: 2,
+            h,
+            w,
+            c_out: 25,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+        };
+        on_pools(|threads| {
+            check_against_definition(&g(1, 5, 4), &format!("one image on {threads} threads"));
+            if threads == 1 {
+                let deep = g(7, 6, 10);
+                assert_eq!(
+                    group_size(&deep, 1, MIN_WEIGHT_COLUMNS) * deep.out_hw(),
+                    300
+                );
+                check_against_definition(&deep, "groups of 300 columns");
+            }
+        });
+    }
+
     /// The input gradient folded back 18 rows at a time (the least slice, 16 rounded up to
     /// a packed panel's edge) against the definition, on every unfold path: small planes,
     /// same-width planes and the general one, with enough input channels for 41 to 50 rows:
@@ -1309,7 +1357,7 @@ mod tests {
 
     /// Batches of 64 and 65 images of 8×8: at stride 1, enough groups that the input
     /// gradient reads a row-major copy of `Wᵀ` and the weight gradient is summed transposed
-    /// ([`worth_transposing`]), under 1 to 4 threads (65 on 4: parts of 17, 17, 17, 14).
+    /// ([`worth_transposing`]; on the `gemm` crate's turn of [`on_pools`]), under 1 to 4 threads (65 on 4: parts of 17, 17, 17, 14).
     /// Seven output channels, so that the forward's packed weight has a whole panel of 6 rows
     /// (full register tiles) and a partial one.
     #[test]
