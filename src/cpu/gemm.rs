@@ -25,7 +25,7 @@ use rayon::prelude::*;
 /// Rows of the register tile (broadcast from the packed left operand).
 const MR: usize = 6;
 /// Columns of the register tile: two 8-lane vectors of the packed right operand.
-const NR: usize = 16;
+pub const NR: usize = 16;
 /// Depth of a packed block: a right panel `KC × NR` is 16 KiB, half of L1.
 const KC: usize = 256;
 /// Rows of a packed left block: `MC × KC` is 144 KiB, kept in L2 (512 KiB per core on the
@@ -190,6 +190,21 @@ fn pack_panel(a: Mat, r0: usize, rows: usize, k: usize, panel: &mut [f32]) {
     }
 }
 
+/// A right operand `[k, n]` that packs its own blocks for [`matmul_right`]: one that is
+/// never laid out whole (a convolution's unfolded images, packed from the images).
+pub trait Right: Sync {
+    /// `pb` ← rows `p0..p0+kc`, columns `j0..j0+nc` as panels of [`NR`] columns, each row
+    /// by row (`pb[panel][p][c]`), the columns past `nc` zero; `pb` holds
+    /// `nc.next_multiple_of(NR)·kc` values.
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]);
+}
+
+impl Right for Mat<'_> {
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]) {
+        pack_b(*self, p0, kc, j0, nc, pb)
+    }
+}
+
 /// `dst[rows.len(), n] (+)= a[rows, :] · b[k, n]` for a packed `a` (see [`matmul`]); `rows`
 /// must start at a multiple of 6 (a panel's edge).
 pub fn matmul_packed(
@@ -201,6 +216,20 @@ pub fn matmul_packed(
     b: Mat,
     threads: usize,
 ) {
+    b.check(a.k, n);
+    matmul_right(a, rows, n, dst, accumulate, &b, threads)
+}
+
+/// [`matmul_packed`] for a right operand `[a.k, n]` that packs itself.
+pub fn matmul_right(
+    a: &Packed,
+    rows: Range<usize>,
+    n: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    b: &impl Right,
+    threads: usize,
+) {
     let (m, k) = (rows.len(), a.k);
     assert!(
         rows.end <= a.m && rows.start.is_multiple_of(MR),
@@ -209,7 +238,6 @@ pub fn matmul_packed(
     );
     let len = m.checked_mul(n).expect("dst's size overflows usize");
     assert!(dst.len() >= len);
-    b.check(k, n);
     // Every product's tile starts inside `dst` and ends `(MR−1)·n + NR` values on at most:
     // the bound [`kernel`] checks, which must not overflow.
     assert!(n.checked_mul(MR).is_some(), "dst's rows overflow usize");
@@ -261,7 +289,7 @@ fn serial(
     [m, n]: [usize; 2],
     dst: &mut [f32],
     accumulate: bool,
-    b: Mat,
+    b: &impl Right,
 ) {
     let k = a.k;
     PANEL_B.with_borrow_mut(|pb| {
@@ -275,7 +303,7 @@ fn serial(
                 let kc = KC.min(k - p0);
                 let add = accumulate || p0 > 0;
                 let pb = &mut pb[..nc.next_multiple_of(NR) * kc];
-                pack_b(b, p0, kc, j0, nc, pb);
+                b.pack(p0, kc, j0, nc, pb);
                 // A block of `MC` rows stays in L2 while every right panel streams past it.
                 for i0 in (0..m).step_by(MC) {
                     let mc = MC.min(m - i0);

@@ -680,6 +680,83 @@ fn dy_side_by_side<'a>(
     buf
 }
 
+/// Whether [`Shifted`] packs `g`'s unfolded images for our GEMM: a [`same_plane`]
+/// geometry whose rows are whole panels (the width a multiple of [`ours::NR`], 16, 32…),
+/// so that each panel's 16 columns lie in one output row of one image. Not a 1×1
+/// convolution, whose image is its unfolded matrix as it lies: there is no im2col pass to
+/// save, and `pack_b`'s plain copies cost less than the taps' bookkeeping.
+fn packs_shifted(g: &Geometry) -> bool {
+    same_plane(g) && g.w.is_multiple_of(ours::NR) && !g.pointwise()
+}
+
+/// The unfolded matrix `[c·kh·kw, n·oh·ow]` of the images `x` ([`im2col`]'s) for a
+/// [`packs_shifted`] geometry, packed by our GEMM straight from the images a block at a
+/// time ([`ours::Right`]), never laid out whole. A tap reads the input plane shifted by one
+/// offset, so a panel's row is 16 neighbouring values of one input row, the columns that
+/// fall in the padding zeroed. Laid out, an unfolded 32×32 image has 4 KiB rows (2.3 MB for
+/// ResNet-18's 64 channels): im2col wrote it out of L2 and `pack_b` read it back, each row
+/// a page from the last, and waited on those reads for half its time (perf).
+struct Shifted<'a> {
+    x: &'a [f32],
+    g: &'a Geometry,
+}
+
+impl ours::Right for Shifted<'_> {
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]) {
+        const NR: usize = ours::NR;
+        let g = self.g;
+        let (w, ohw, plane) = (g.w, g.out_hw(), g.h * g.w);
+        let taps: Vec<Tap> = taps(g, p0..p0 + kc).collect();
+        for (js, panel) in pb.chunks_exact_mut(NR * kc).enumerate() {
+            let q = j0 + js * NR;
+            // Every product's columns are whole images of whole rows, and its blocks start
+            // at multiples of 16 columns: no partial panel, none across a row's end.
+            assert!(
+                q.is_multiple_of(NR) && q + NR <= j0 + nc,
+                "a panel across an output row"
+            );
+            let (image, r) = (q / ohw, q % ohw);
+            let (oy, ox0) = (r / w, r % w);
+            let image = image * g.in_len();
+            for (t, out) in taps.iter().zip(panel.chunks_exact_mut(NR)) {
+                let out: &mut [f32; NR] = out.try_into().expect("NR values");
+                if oy < t.ys.0 || oy >= t.ys.1 {
+                    *out = [0.0; NR];
+                    continue;
+                }
+                // `ys`/`xs` start where `o + k >= pad`: no underflow.
+                let row = image + t.c * plane + (oy + t.ki - g.pad[0]) * w;
+                // The lanes `lo..hi` read inside the image.
+                let lo = t.xs.0.saturating_sub(ox0).min(NR);
+                let hi = t.xs.1.saturating_sub(ox0).clamp(lo, NR);
+                // Lane `i` reads `x[start + i]`: one fixed-size copy, then the lanes outside
+                // the image (which read the neighbouring row, or nothing) zeroed.
+                let start = (row + ox0 + t.kj).checked_sub(g.pad[1]);
+                match start.filter(|s| s + NR <= self.x.len()) {
+                    Some(s) => {
+                        *out = self.x[s..s + NR].try_into().expect("NR values");
+                        if lo > 0 || hi < NR {
+                            // A fixed 16 lanes, not `fill` on a slice (a call each).
+                            for (i, v) in out.iter_mut().enumerate() {
+                                if i < lo || i >= hi {
+                                    *v = 0.0;
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        // At the very start or end of `x`: lane by lane.
+                        *out = [0.0; NR];
+                        for (i, v) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                            *v = self.x[row + ox0 + i + t.kj - g.pad[1]];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `out = W · [unfold(x_i) …]` for the images `images` side by side: `out` is
 /// `[c_out, n·oh·ow]`, image `j`'s positions in columns `j·oh·ow..`. Every value of `out` is
 /// written (the GEMM does not read it).
@@ -693,6 +770,14 @@ fn group_product(
     par: Parallelism,
 ) {
     let cols = images.len() * g.out_hw();
+    if let Operand::Packed(w) = &weight.a
+        && packs_shifted(g)
+    {
+        let x = &x[images.start * g.in_len()..images.end * g.in_len()];
+        let b = Shifted { x, g };
+        ours::matmul_right(w, 0..g.c_out, cols, out, false, &b, threads_of(par));
+        return;
+    }
     let rhs = unfolded(x, g, images, col);
     weight.product(0..g.c_out, cols, out, Mat::rows(rhs, cols), par);
 }
@@ -1137,6 +1222,10 @@ mod tests {
             (5, 5, 5, 1, [2, 0]),
             (3, 9, 1, 7, [0, 3]),
             (4, 5, 1, 5, [0, 2]),
+            // Rows of whole panels: our GEMM's forward packs these from the images
+            // ([`Shifted`]).
+            (2, 16, 3, 3, [1, 1]),
+            (3, 32, 5, 5, [1, 2]),
         ];
         on_pools(|threads| {
             for (h, w, kh, kw, pad) in shapes {
@@ -1413,6 +1502,60 @@ mod tests {
                     );
                 }
             });
+        }
+    }
+
+    /// [`Shifted`]'s packed blocks are the packed blocks of [`im2col`]'s matrix, value for
+    /// value, for blocks of rows and columns as our GEMM asks for them (columns from and in
+    /// multiples of 16): deep unfolded matrices (past one `KC` block of 256 rows), taps
+    /// reading before the first value of `x` and past its last, padding on one side only,
+    /// kernels of one row or one column, rows of 16 and 32.
+    #[test]
+    fn shifted_blocks_pack_like_the_laid_out_matrix() {
+        use ours::Right;
+        let shapes = [
+            // (c, h, w, kh, kw, pad)
+            (30, 2, 16, 3, 3, [1, 1]),
+            (2, 3, 32, 5, 5, [1, 2]),
+            (3, 4, 16, 3, 1, [0, 0]),
+            (2, 3, 16, 1, 3, [0, 1]),
+        ];
+        for (c_in, h, w, kh, kw, pad) in shapes {
+            let g = Geometry {
+                batch: 3,
+                c_in,
+                h,
+                w,
+                c_out: 1,
+                kh,
+                kw,
+                stride: [1, 1],
+                pad,
+            };
+            assert!(packs_shifted(&g), "{g:?}");
+            let x = values(g.batch * g.in_len(), 4);
+            let (k, n) = (g.k(), g.batch * g.out_hw());
+            let mut col = vec![f32::NAN; k * n];
+            im2col(&x, &g, &mut col);
+            let laid_out = Mat::rows(&col, n);
+            let shifted = Shifted { x: &x, g: &g };
+            let depths = [(0, k), (0, k.min(7)), (k / 2, k - k / 2), (k - 1, 1)];
+            let spans = [(0, n), (0, 16), (16, n - 16), (n - 16, 16), (32, 16)];
+            for (p0, kc) in depths {
+                for (j0, nc) in spans {
+                    let len = nc * kc;
+                    let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                    laid_out.pack(p0, kc, j0, nc, &mut want);
+                    shifted.pack(p0, kc, j0, nc, &mut got);
+                    // Bit for bit, NaN (a value never written) included.
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{g:?} rows {p0}+{kc} cols {j0}+{nc}"
+                    );
+                }
+            }
         }
     }
 
