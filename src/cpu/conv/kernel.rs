@@ -11,7 +11,8 @@
 //! its time copying layouts (`BENCHMARKS.md`, profile). Here nothing is re-laid out: a 1×1
 //! stride-1 convolution is a GEMM on the image as it lies (`W · x_n`), and the other shapes
 //! unfold one image (or group) at a time into a buffer the worker thread keeps (im2col, rows
-//! ordered like the weight's `[c, kh, kw]`), so the GEMMs read the weight and the gradients
+//! ordered like the weight's `[c, kh, kw]`; on our GEMM, same-width convolutions are packed
+//! from the images instead, [`Shifted`]), so the GEMMs read the weight and the gradients
 //! in place, transposed by strides; only where a batch has many groups
 //! ([`worth_transposing`]) is the weight copied transposed once per batch, and, on the
 //! `gemm` crate, the weight gradient summed transposed and turned round once.
@@ -422,16 +423,19 @@ fn our_gemm() -> bool {
 /// 8.4–10.1 (`BENCHMARKS.md`).
 const MIN_PACKED_COLUMNS: usize = 1024;
 
-/// Whether `g`'s weight is packed for our GEMM (see [`MIN_PACKED_COLUMNS`]).
-fn packs_weight(g: &Geometry) -> bool {
+/// Whether every product is forced onto our GEMM (`Some(true)`) or the crate's, whatever
+/// the layer: by a test (`tests::PACK`) or by [`pin_gemm`].
+fn forced() -> Option<bool> {
     #[cfg(test)]
     if let Some(pack) = tests::PACK.get() {
-        return pack;
+        return Some(pack);
     }
-    match pinned() {
-        Some(gemm) => gemm == Gemm::Ours,
-        None => our_gemm() && g.batch * g.out_hw() >= MIN_PACKED_COLUMNS,
-    }
+    pinned().map(|gemm| gemm == Gemm::Ours)
+}
+
+/// Whether `g`'s weight is packed for our GEMM (see [`MIN_PACKED_COLUMNS`]).
+fn packs_weight(g: &Geometry) -> bool {
+    forced().unwrap_or_else(|| our_gemm() && g.batch * g.out_hw() >= MIN_PACKED_COLUMNS)
 }
 
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, `dst` row-major and contiguous.
@@ -877,14 +881,7 @@ const MIN_PACKED_GRAD_ROWS: usize = 192;
 
 /// Whether `g`'s weight gradient runs on our GEMM (see [`MIN_PACKED_GRAD_ROWS`]).
 fn packs_grad_weight(g: &Geometry) -> bool {
-    #[cfg(test)]
-    if let Some(pack) = tests::PACK.get() {
-        return pack;
-    }
-    match pinned() {
-        Some(gemm) => gemm == Gemm::Ours,
-        None => packs_weight(g) && g.c_out >= MIN_PACKED_GRAD_ROWS,
-    }
+    forced().unwrap_or_else(|| packs_weight(g) && g.c_out >= MIN_PACKED_GRAD_ROWS)
 }
 
 /// `dL/dW` from `dL/dy`: `Σ_n dy_n · unfold(x_n)ᵀ`, one GEMM per group of images. The batch
