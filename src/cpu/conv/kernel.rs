@@ -622,29 +622,78 @@ where
     )
 }
 
+/// The kernel rows (or columns) that read inside the image at some output position: a
+/// contiguous range `k0..k1` of `0..k` (each reads a window shifted by one from the last).
+fn live_taps(size: usize, out: usize, stride: usize, k: usize, pad: usize) -> Range<usize> {
+    let live: Vec<usize> = (0..k)
+        .filter(|&t| {
+            let (lo, hi) = valid_range(size, out, stride, t, pad);
+            lo < hi
+        })
+        .collect();
+    match (live.first(), live.last()) {
+        (Some(&a), Some(&b)) => a..b + 1,
+        _ => 0..0,
+    }
+}
+
+/// `g` with its kernel cropped to the taps that ever read inside the image, and the
+/// cropped weight, where that drops taps and keeps every output position. Those dropped
+/// read only padding, zeros, at every output position: the products they add are zeros.
+/// On a network's 1×1 planes (ResNet-18's and ResNet-50's last stage on 32-pixel inputs)
+/// a 3×3 convolution with padding 1 is a 1×1 convolution, and the GEMM's depth, and its
+/// time, a ninth. `None` where nothing is dropped, or where the cropped kernel would need
+/// unequal padding on two sides (our geometry pads both alike).
+fn cropped(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
+    let rows = live_taps(g.h, g.out_h(), g.stride[0], g.kh, g.pad[0]);
+    let cols = live_taps(g.w, g.out_w(), g.stride[1], g.kw, g.pad[1]);
+    if (rows.len() == g.kh && cols.len() == g.kw) || rows.is_empty() || cols.is_empty() {
+        return None;
+    }
+    // Every live tap reads inside the image somewhere, so none lies wholly past the padding
+    // on the near side: `start ≤ pad`.
+    let pad = [
+        g.pad[0].checked_sub(rows.start)?,
+        g.pad[1].checked_sub(cols.start)?,
+    ];
+    let c = Geometry {
+        kh: rows.len(),
+        kw: cols.len(),
+        pad,
+        ..*g
+    };
+    // Output position `o` of `c` reads input `o·s + (k − start) − (pad − start)`, `g`'s
+    // own, as long as both have the same outputs.
+    if !c.valid() || c.out_h() != g.out_h() || c.out_w() != g.out_w() {
+        return None;
+    }
+    let mut w = Vec::with_capacity(g.c_out * c.k());
+    for kernel in weight.chunks_exact(g.kh * g.kw) {
+        for ki in rows.clone() {
+            w.extend_from_slice(&kernel[ki * g.kw..][cols.clone()]);
+        }
+    }
+    Some((c, w))
+}
+
 /// `y = conv(x, weight)`: x `[n, c, h, w]`, weight `[o, c, kh, kw]` → y `[n, o, oh, ow]`.
 pub fn forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k(), g);
+    if let Some((g, weight)) = cropped(g, weight) {
+        return forward(x, &weight, &g);
+    }
+    let weight = ForwardWeight::new(weight, g);
     per_group(g, g.out_len(), |images, y, scratch, par| {
         if images.len() == 1 {
             // One image's output is already laid out as the GEMM writes it.
             let (y, written) = y.zeroed();
-            group_product(x, &weight, g, images, y, &mut scratch.col, par);
+            weight.product(x, g, images, y, &mut scratch.col, par);
             written
         } else {
             let n = images.len();
             scratch.out.resize(n * g.out_len(), 0.0);
-            group_product(
-                x,
-                &weight,
-                g,
-                images,
-                &mut scratch.out,
-                &mut scratch.col,
-                par,
-            );
+            weight.product(x, g, images, &mut scratch.out, &mut scratch.col, par);
             y.affine_blocks(&scratch.out, g.c_out, g.out_hw(), |_| (1.0, 0.0), false)
         }
     })
@@ -685,75 +734,146 @@ fn dy_side_by_side<'a>(
 }
 
 /// Whether [`Shifted`] packs `g`'s unfolded images for our GEMM: a [`same_plane`]
-/// geometry whose rows are whole panels (the width a multiple of [`ours::NR`], 16, 32…),
-/// so that each panel's 16 columns lie in one output row of one image. Not a 1×1
-/// convolution, whose image is its unfolded matrix as it lies: there is no im2col pass to
-/// save, and `pack_b`'s plain copies cost less than the taps' bookkeeping.
+/// geometry whose panels of [`ours::NR`] (16) columns are whole output rows of one image:
+/// rows of 16, 32… values, one row or part of one per panel, or of 8 (two rows per panel)
+/// in planes of a whole number of panels. Not a 1×1 convolution, whose image is its
+/// unfolded matrix as it lies: there is no im2col pass to save, and `pack_b`'s plain copies
+/// cost less than the taps' bookkeeping.
 fn packs_shifted(g: &Geometry) -> bool {
-    same_plane(g) && g.w.is_multiple_of(ours::NR) && !g.pointwise()
+    let rows = g.w.is_multiple_of(ours::NR)
+        || (g.w == ours::NR / 2 && g.out_hw().is_multiple_of(ours::NR));
+    same_plane(g) && rows && !g.pointwise()
+}
+
+/// A row of the unfolded matrix ([`Tap`]) as [`Shifted`] reads it, worked out once per
+/// convolution: in a [`same_plane`] geometry the tap reads output position `(oy, ox)` at
+/// `oy·w + ox + off` of its image, where `oy` lies in `ys` and `ox` in `xs`.
+#[derive(Clone, Copy, Debug)]
+struct ShiftTap {
+    /// `c·h·w + (ki − pad_h)·w + kj − pad_w`.
+    off: isize,
+    ys: (u32, u32),
+    xs: (u32, u32),
+}
+
+/// `g`'s unfolded rows as [`Shifted`] reads them.
+fn shift_taps(g: &Geometry) -> Vec<ShiftTap> {
+    assert!(same_plane(g));
+    let signed = |v: usize| isize::try_from(v).expect("an image's size fits isize");
+    let narrow = |(a, b): (usize, usize)| {
+        let n = |v: usize| u32::try_from(v).expect("a plane's side fits u32");
+        (n(a), n(b))
+    };
+    taps(g, 0..g.k())
+        .map(|t| ShiftTap {
+            off: signed(t.c * g.h * g.w + t.ki * g.w + t.kj) - signed(g.pad[0] * g.w + g.pad[1]),
+            ys: narrow(t.ys),
+            xs: narrow(t.xs),
+        })
+        .collect()
 }
 
 /// The unfolded matrix `[c·kh·kw, n·oh·ow]` of the images `x` ([`im2col`]'s) for a
 /// [`packs_shifted`] geometry, packed by our GEMM straight from the images a block at a
 /// time ([`ours::Right`]), never laid out whole. A tap reads the input plane shifted by one
-/// offset, so a panel's row is 16 neighbouring values of one input row, the columns that
-/// fall in the padding zeroed. Laid out, an unfolded 32×32 image has 4 KiB rows (2.3 MB for
-/// ResNet-18's 64 channels): im2col wrote it out of L2 and `pack_b` read it back, each row
-/// a page from the last, and waited on those reads for half its time (perf).
+/// offset, so a panel's row is 16 neighbouring values of one input row (or two runs of 8
+/// from two rows, on 8-wide planes), the columns that fall in the padding zeroed. Laid
+/// out, an unfolded 32×32 image has 4 KiB rows (2.3 MB for ResNet-18's 64 channels):
+/// im2col wrote it out of L2 and `pack_b` read it back, each row a page from the last, and
+/// waited on those reads for half its time (perf).
 struct Shifted<'a> {
     x: &'a [f32],
     g: &'a Geometry,
+    /// [`shift_taps`]`(g)`.
+    taps: &'a [ShiftTap],
 }
 
 impl ours::Right for Shifted<'_> {
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]) {
-        const NR: usize = ours::NR;
-        let g = self.g;
-        let (w, ohw, plane) = (g.w, g.out_hw(), g.h * g.w);
-        let taps: Vec<Tap> = taps(g, p0..p0 + kc).collect();
-        for (js, panel) in pb.chunks_exact_mut(NR * kc).enumerate() {
-            let q = j0 + js * NR;
+        let taps = &self.taps[p0..p0 + kc];
+        for (js, panel) in pb.chunks_exact_mut(ours::NR * kc).enumerate() {
+            let q = j0 + js * ours::NR;
             // Every product's columns are whole images of whole rows, and its blocks start
-            // at multiples of 16 columns: no partial panel, none across a row's end.
+            // at multiples of 16 columns: no partial panel, none across a row's end (or, in
+            // rows of 8, across an image's end).
             assert!(
-                q.is_multiple_of(NR) && q + NR <= j0 + nc,
+                q.is_multiple_of(ours::NR)
+                    && q + ours::NR <= j0 + nc
+                    && (q % self.g.out_hw()) + ours::NR <= self.g.out_hw(),
                 "a panel across an output row"
             );
-            let (image, r) = (q / ohw, q % ohw);
+            if self.g.w.is_multiple_of(ours::NR) {
+                self.panel::<{ ours::NR }>(taps, q, panel);
+            } else {
+                self.panel::<{ ours::NR / 2 }>(taps, q, panel);
+            }
+        }
+    }
+}
+
+/// Lane masks by windows: `LANE_MASKS[16 − k..][..R]` has the lanes `i ≥ k` set (for
+/// `k ≤ R ≤ 16`).
+const LANE_MASKS: [u32; 2 * ours::NR] = {
+    let mut m = [0; 2 * ours::NR];
+    let mut i = ours::NR;
+    while i < m.len() {
+        m[i] = u32::MAX;
+        i += 1;
+    }
+    m
+};
+
+impl Shifted<'_> {
+    /// The panel of columns `q..q + 16`, rows `taps`, made of runs of `R` columns each in
+    /// one output row: `R` is 16 (rows of 16, 32…) or the row's whole width.
+    fn panel<const R: usize>(&self, taps: &[ShiftTap], q: usize, panel: &mut [f32]) {
+        const NR: usize = ours::NR;
+        let g = self.g;
+        let (w, ohw) = (g.w, g.out_hw());
+        assert!(
+            NR.is_multiple_of(R) && w.is_multiple_of(R) && (R == NR || R == w),
+            "runs of {R} in rows of {w}"
+        );
+        assert_eq!(panel.len(), NR * taps.len());
+        for run in 0..NR / R {
+            let (image, r) = ((q + run * R) / ohw, (q + run * R) % ohw);
             let (oy, ox0) = (r / w, r % w);
-            let image = image * g.in_len();
+            // Where the run's first position lies in `x`, which each tap offsets.
+            let at = isize::try_from(image * g.in_len() + r).expect("x's length fits isize");
+            let oy = oy as u32;
             for (t, out) in taps.iter().zip(panel.chunks_exact_mut(NR)) {
-                let out: &mut [f32; NR] = out.try_into().expect("NR values");
+                let out: &mut [f32; R] = (&mut out[run * R..][..R]).try_into().expect("R values");
                 if oy < t.ys.0 || oy >= t.ys.1 {
-                    *out = [0.0; NR];
+                    *out = [0.0; R];
                     continue;
                 }
-                // `ys`/`xs` start where `o + k >= pad`: no underflow.
-                let row = image + t.c * plane + (oy + t.ki - g.pad[0]) * w;
                 // The lanes `lo..hi` read inside the image.
-                let lo = t.xs.0.saturating_sub(ox0).min(NR);
-                let hi = t.xs.1.saturating_sub(ox0).clamp(lo, NR);
-                // Lane `i` reads `x[start + i]`: one fixed-size copy, then the lanes outside
-                // the image (which read the neighbouring row, or nothing) zeroed.
-                let start = (row + ox0 + t.kj).checked_sub(g.pad[1]);
-                match start.filter(|s| s + NR <= self.x.len()) {
-                    Some(s) => {
-                        *out = self.x[s..s + NR].try_into().expect("NR values");
-                        if lo > 0 || hi < NR {
-                            // A fixed 16 lanes, not `fill` on a slice (a call each).
-                            for (i, v) in out.iter_mut().enumerate() {
-                                if i < lo || i >= hi {
-                                    *v = 0.0;
-                                }
-                            }
+                let lo = (t.xs.0 as usize).saturating_sub(ox0).min(R);
+                let hi = (t.xs.1 as usize).saturating_sub(ox0).clamp(lo, R);
+                let start = at + t.off;
+                if start >= 0 && start as usize + R <= self.x.len() {
+                    // Lane `i` reads `x[start + i]`: one fixed-size copy, then (at the
+                    // image's left and right edges) the lanes outside it, which read the
+                    // neighbouring row, masked off. The masks are windows on a fixed table:
+                    // built lane by lane from `lo` and `hi`, they took a third of the
+                    // packing's time (perf).
+                    let src: &[f32; R] =
+                        self.x[start as usize..][..R].try_into().expect("R values");
+                    if lo == 0 && hi == R {
+                        *out = *src;
+                    } else {
+                        let from: &[u32; R] = LANE_MASKS[NR - lo..][..R].try_into().unwrap();
+                        let past: &[u32; R] = LANE_MASKS[NR - hi..][..R].try_into().unwrap();
+                        for (((o, v), a), b) in out.iter_mut().zip(src).zip(from).zip(past) {
+                            *o = f32::from_bits(v.to_bits() & a & !b);
                         }
                     }
-                    None => {
-                        // At the very start or end of `x`: lane by lane.
-                        *out = [0.0; NR];
-                        for (i, v) in out.iter_mut().enumerate().take(hi).skip(lo) {
-                            *v = self.x[row + ox0 + i + t.kj - g.pad[1]];
-                        }
+                } else {
+                    // At the very start or end of `x`: lane by lane (the lanes `lo..hi`
+                    // lie inside it).
+                    *out = [0.0; R];
+                    for (i, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                        *o = self.x[(start + i as isize) as usize];
                     }
                 }
             }
@@ -761,29 +881,46 @@ impl ours::Right for Shifted<'_> {
     }
 }
 
-/// `out = W · [unfold(x_i) …]` for the images `images` side by side: `out` is
-/// `[c_out, n·oh·ow]`, image `j`'s positions in columns `j·oh·ow..`. Every value of `out` is
-/// written (the GEMM does not read it).
-fn group_product(
-    x: &[f32],
-    weight: &Left,
-    g: &Geometry,
-    images: Range<usize>,
-    out: &mut [f32],
-    col: &mut Vec<f32>,
-    par: Parallelism,
-) {
-    let cols = images.len() * g.out_hw();
-    if let Operand::Packed(w) = &weight.a
-        && packs_shifted(g)
-    {
-        let x = &x[images.start * g.in_len()..images.end * g.in_len()];
-        let b = Shifted { x, g };
-        ours::matmul_right(w, 0..g.c_out, cols, out, false, &b, threads_of(par));
-        return;
+/// A forward convolution's weight, and where [`Shifted`] packs its right operand, the
+/// taps it reads with (once per call rather than per group of images: on 8×8 planes a
+/// group's product has 64 columns, four panels per tap, and the taps' divisions cost as
+/// much as the panels' copies).
+struct ForwardWeight<'a> {
+    weight: Left<'a>,
+    shifts: Option<Vec<ShiftTap>>,
+}
+
+impl<'a> ForwardWeight<'a> {
+    fn new(weight: &'a [f32], g: &Geometry) -> Self {
+        let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k(), g);
+        let shifts =
+            (matches!(weight.a, Operand::Packed(_)) && packs_shifted(g)).then(|| shift_taps(g));
+        Self { weight, shifts }
     }
-    let rhs = unfolded(x, g, images, col);
-    weight.product(0..g.c_out, cols, out, Mat::rows(rhs, cols), par);
+
+    /// `out = W · [unfold(x_i) …]` for the images `images` side by side: `out` is
+    /// `[c_out, n·oh·ow]`, image `j`'s positions in columns `j·oh·ow..`. Every value of
+    /// `out` is written (the GEMM does not read it).
+    fn product(
+        &self,
+        x: &[f32],
+        g: &Geometry,
+        images: Range<usize>,
+        out: &mut [f32],
+        col: &mut Vec<f32>,
+        par: Parallelism,
+    ) {
+        let cols = images.len() * g.out_hw();
+        if let (Operand::Packed(w), Some(taps)) = (&self.weight.a, &self.shifts) {
+            let x = &x[images.start * g.in_len()..images.end * g.in_len()];
+            let b = Shifted { x, g, taps };
+            ours::matmul_right(w, 0..g.c_out, cols, out, false, &b, threads_of(par));
+            return;
+        }
+        let rhs = unfolded(x, g, images, col);
+        self.weight
+            .product(0..g.c_out, cols, out, Mat::rows(rhs, cols), par);
+    }
 }
 
 /// `y = act(a_o · conv(x, weight) + b_o)` for each output channel `o`, `(a_o, b_o) =
@@ -800,19 +937,14 @@ pub fn forward_affine(
 ) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(weight.len(), g.c_out * g.k());
-    let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k(), g);
+    if let Some((g, weight)) = cropped(g, weight) {
+        return forward_affine(x, &weight, &g, ab, relu);
+    }
+    let weight = ForwardWeight::new(weight, g);
     per_group(g, g.out_len(), |images, y, scratch, par| {
         // Every value is written by the GEMM before it is read.
         scratch.out.resize(images.len() * g.out_len(), 0.0);
-        group_product(
-            x,
-            &weight,
-            g,
-            images,
-            &mut scratch.out,
-            &mut scratch.col,
-            par,
-        );
+        weight.product(x, g, images, &mut scratch.out, &mut scratch.col, par);
         y.affine_blocks(&scratch.out, g.c_out, g.out_hw(), &ab, relu)
     })
 }
@@ -1171,6 +1303,79 @@ mod tests {
         }
     }
 
+    /// Kernels cropped to the taps that read inside the image ([`cropped`]), by hand: a
+    /// 3×3 kernel with padding 1 on a 1×1 image is its centre, on a 2×2 image at stride 2
+    /// its lower right 2×2; nothing is cropped where every tap reads the image somewhere.
+    #[test]
+    fn kernels_cropped_by_hand() {
+        let g = |h: usize, w: usize, stride: usize| Geometry {
+            batch: 1,
+            c_in: 2,
+            h,
+            w,
+            c_out: 1,
+            kh: 3,
+            kw: 3,
+            stride: [stride, stride],
+            pad: [1, 1],
+        };
+        let w: Vec<f32> = (0..18).map(|v| v as f32).collect();
+        let (c, cw) = cropped(&g(1, 1, 1), &w).expect("a 1×1 image crops");
+        assert_eq!((c.kh, c.kw, c.pad, c.stride), (1, 1, [0, 0], [1, 1]));
+        assert_eq!(cw, [4.0, 13.0]);
+        let (c, cw) = cropped(&g(2, 2, 2), &w).expect("a 2×2 image at stride 2 crops");
+        assert_eq!((c.kh, c.kw, c.pad), (2, 2, [0, 0]));
+        assert_eq!(cw, [4.0, 5.0, 7.0, 8.0, 13.0, 14.0, 16.0, 17.0]);
+        // Rows only: a 1×4 image.
+        let (c, cw) = cropped(&g(1, 4, 1), &w).expect("a single row crops");
+        assert_eq!((c.kh, c.kw, c.pad), (1, 3, [0, 1]));
+        assert_eq!(cw, [3.0, 4.0, 5.0, 12.0, 13.0, 14.0]);
+        assert!(cropped(&g(2, 2, 1), &w).is_none());
+        assert!(cropped(&g(4, 4, 2), &w).is_none());
+    }
+
+    /// Every small geometry along one axis (sides 1–4, kernels 1–5, strides 1–3, padding
+    /// 0–3), cropped or not, forward and fused against the definition, on both axes.
+    #[test]
+    fn cropped_kernels_match_the_definition() {
+        let mut crops = 0;
+        for (side, k, stride, pad) in (1..=4).flat_map(|a| {
+            (1..=5).flat_map(move |b| (1..=3).flat_map(move |c| (0..=3).map(move |d| (a, b, c, d))))
+        }) {
+            for rows in [true, false] {
+                let along = |on: usize, off: usize| if rows { [on, off] } else { [off, on] };
+                let [h, w] = along(side, 3);
+                let [kh, kw] = along(k, 3);
+                let g = Geometry {
+                    batch: 2,
+                    c_in: 2,
+                    h,
+                    w,
+                    c_out: 3,
+                    kh,
+                    kw,
+                    stride: along(stride, 1),
+                    pad: along(pad, 1),
+                };
+                if !g.valid() {
+                    continue;
+                }
+                let x = values(g.batch * g.in_len(), 3);
+                let wt = values(g.c_out * g.k(), 4);
+                crops += usize::from(cropped(&g, &wt).is_some());
+                let want = naive(&x, &wt, &g);
+                for (a, b) in forward(&x, &wt, &g).iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{g:?}: {a} vs {b}");
+                }
+                let fused = forward_affine(&x, &wt, &g, |_| (2.0, -0.5), false);
+                for (a, b) in fused.iter().zip(&want) {
+                    assert!((a - (2.0 * b - 0.5)).abs() < 1e-5, "fused {g:?}");
+                }
+            }
+        }
+        assert!(crops > 20, "{crops} geometries cropped");
+    }
+
     /// Small planes in groups: height and width with their own kernel, stride and padding,
     /// a 1×1 output (3×3 kernel on a 1×1 image, 8 of 9 taps in the padding), a plane of
     /// exactly 16 positions, and a 1×1 convolution of 18 (the general path, grouped). 9
@@ -1506,7 +1711,7 @@ mod tests {
     /// value, for blocks of rows and columns as our GEMM asks for them (columns from and in
     /// multiples of 16): deep unfolded matrices (past one `KC` block of 256 rows), taps
     /// reading before the first value of `x` and past its last, padding on one side only,
-    /// kernels of one row or one column, rows of 16 and 32.
+    /// kernels of one row or one column, rows of 8 (two to a panel), 16 and 32.
     #[test]
     fn shifted_blocks_pack_like_the_laid_out_matrix() {
         use ours::Right;
@@ -1514,6 +1719,9 @@ mod tests {
             // (c, h, w, kh, kw, pad)
             (30, 2, 16, 3, 3, [1, 1]),
             (2, 3, 32, 5, 5, [1, 2]),
+            (20, 8, 8, 3, 3, [1, 1]),
+            (3, 6, 8, 5, 3, [2, 1]),
+            (2, 4, 8, 1, 5, [0, 2]),
             (3, 4, 16, 3, 1, [0, 0]),
             (2, 3, 16, 1, 3, [0, 1]),
         ];
@@ -1535,7 +1743,12 @@ mod tests {
             let mut col = vec![f32::NAN; k * n];
             im2col(&x, &g, &mut col);
             let laid_out = Mat::rows(&col, n);
-            let shifted = Shifted { x: &x, g: &g };
+            let taps = shift_taps(&g);
+            let shifted = Shifted {
+                x: &x,
+                g: &g,
+                taps: &taps,
+            };
             let depths = [(0, k), (0, k.min(7)), (k / 2, k - k / 2), (k - 1, 1)];
             let spans = [(0, n), (0, 16), (16, n - 16), (n - 16, 16), (32, 16)];
             for (p0, kc) in depths {
