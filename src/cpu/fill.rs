@@ -99,12 +99,8 @@ impl<'a> Uninit<'a> {
                 let (a, c) = ab(r);
                 let x = &x[r * n * len + b * len..][..len];
                 if relu {
-                    // A compare and select, which vectorizes, where `f32::max` compiled to a
-                    // scalar loop (2.7% of AlexNet's inference, perf); the same values, NaN
-                    // included (both give 0).
                     d.iter_mut().zip(x).for_each(|(d, &v)| {
-                        let y = v * a + c;
-                        d.write(if y > 0.0 { y } else { 0.0 });
+                        d.write((v * a + c).max(0.0));
                     });
                 } else {
                     d.iter_mut().zip(x).for_each(|(d, &v)| {

@@ -622,8 +622,10 @@ where
     )
 }
 
-/// The kernel rows (or columns) that read inside the image at some output position: a
-/// contiguous range `k0..k1` of `0..k` (each reads a window shifted by one from the last).
+/// The kernel rows (or columns) from the first to the last that reads inside the image at
+/// some output position (`0..0` if none does). Taps between them that read only padding
+/// (at a stride larger than the image, e.g. taps 1 and 2 of 4 on a 1-pixel side with
+/// padding 3 at stride 3) stay in: their products are zeros.
 fn live_taps(size: usize, out: usize, stride: usize, k: usize, pad: usize) -> Range<usize> {
     let live: Vec<usize> = (0..k)
         .filter(|&t| {
@@ -637,13 +639,15 @@ fn live_taps(size: usize, out: usize, stride: usize, k: usize, pad: usize) -> Ra
     }
 }
 
-/// `g` with its kernel cropped to the taps that ever read inside the image, and the
-/// cropped weight, where that drops taps and keeps every output position. Those dropped
-/// read only padding, zeros, at every output position: the products they add are zeros.
-/// On a network's 1×1 planes (ResNet-18's and ResNet-50's last stage on 32-pixel inputs)
-/// a 3×3 convolution with padding 1 is a 1×1 convolution, and the GEMM's depth, and its
-/// time, a ninth. `None` where nothing is dropped, or where the cropped kernel would need
-/// unequal padding on two sides (our geometry pads both alike).
+/// `g` with its kernel cropped to the taps that ever read inside the image ([`live_taps`]),
+/// and the cropped weight, where that drops taps and keeps every output position. Those
+/// dropped read only padding, zeros, at every output position: the products they add are
+/// zeros (for finite weights; an infinite or NaN weight there no longer makes the output
+/// NaN, as it would not in the definition, which skips the padding). On a network's 1×1
+/// planes (ResNet-18's and ResNet-50's last stage on 32-pixel inputs) a 3×3 convolution
+/// with padding 1 is a 1×1 convolution, and the GEMM's depth a ninth. `None` where nothing
+/// is dropped, where no tap reads the image, or where the cropped geometry's output size
+/// differs (it pads both sides of an axis alike, as ours all do).
 fn cropped(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
     let rows = live_taps(g.h, g.out_h(), g.stride[0], g.kh, g.pad[0]);
     let cols = live_taps(g.w, g.out_w(), g.stride[1], g.kw, g.pad[1]);
@@ -1335,49 +1339,63 @@ mod tests {
     }
 
     /// Every small geometry along one axis (sides 1–4, kernels 1–5, strides 1–3, padding
-    /// 0–3), cropped or not, forward and fused against the definition, on both axes.
+    /// 0–3), cropped or not, forward and fused (with ReLU) against the definition, on both
+    /// axes, the other axis a 3×3 kernel with padding 1 on 3 pixels (not cropped) or on 1
+    /// (cropped too), on 1–4 threads and both GEMMs.
     #[test]
     fn cropped_kernels_match_the_definition() {
-        let mut crops = 0;
-        for (side, k, stride, pad) in (1..=4).flat_map(|a| {
-            (1..=5).flat_map(move |b| (1..=3).flat_map(move |c| (0..=3).map(move |d| (a, b, c, d))))
-        }) {
-            for rows in [true, false] {
-                let along = |on: usize, off: usize| if rows { [on, off] } else { [off, on] };
-                let [h, w] = along(side, 3);
-                let [kh, kw] = along(k, 3);
-                let g = Geometry {
-                    batch: 2,
-                    c_in: 2,
-                    h,
-                    w,
-                    c_out: 3,
-                    kh,
-                    kw,
-                    stride: along(stride, 1),
-                    pad: along(pad, 1),
-                };
-                if !g.valid() {
-                    continue;
-                }
-                let x = values(g.batch * g.in_len(), 3);
-                let wt = values(g.c_out * g.k(), 4);
-                crops += usize::from(cropped(&g, &wt).is_some());
-                let want = naive(&x, &wt, &g);
-                for (a, b) in forward(&x, &wt, &g).iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-5, "{g:?}: {a} vs {b}");
-                }
-                let fused = forward_affine(&x, &wt, &g, |_| (2.0, -0.5), false);
-                for (a, b) in fused.iter().zip(&want) {
-                    assert!((a - (2.0 * b - 0.5)).abs() < 1e-5, "fused {g:?}");
+        let crops = std::sync::atomic::AtomicUsize::new(0);
+        on_pools(|threads| {
+            for (side, k, stride, pad) in (1..=4).flat_map(|a| {
+                (1..=5).flat_map(move |b| {
+                    (1..=3).flat_map(move |c| (0..=3).map(move |d| (a, b, c, d)))
+                })
+            }) {
+                for (rows, other) in [(true, 3), (false, 3), (true, 1), (false, 1)] {
+                    let along = |on: usize, off: usize| if rows { [on, off] } else { [off, on] };
+                    let [h, w] = along(side, other);
+                    let [kh, kw] = along(k, 3);
+                    let g = Geometry {
+                        batch: 2,
+                        c_in: 2,
+                        h,
+                        w,
+                        c_out: 3,
+                        kh,
+                        kw,
+                        stride: along(stride, 1),
+                        pad: along(pad, 1),
+                    };
+                    if !g.valid() {
+                        continue;
+                    }
+                    let x = values(g.batch * g.in_len(), 3);
+                    let wt = values(g.c_out * g.k(), 4);
+                    if cropped(&g, &wt).is_some() {
+                        crops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let want = naive(&x, &wt, &g);
+                    for (a, b) in forward(&x, &wt, &g).iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "{g:?} t{threads}: {a} vs {b}");
+                    }
+                    let ab = |o: usize| (o as f32 - 1.0, 0.25);
+                    let fused = forward_affine(&x, &wt, &g, ab, true);
+                    for (i, (a, b)) in fused.iter().zip(&want).enumerate() {
+                        let (m, c) = ab(i / g.out_hw() % g.c_out);
+                        let b = (b * m + c).max(0.0);
+                        assert!((a - b).abs() < 1e-5, "fused {g:?} t{threads}: {a} vs {b}");
+                    }
                 }
             }
-        }
-        assert!(crops > 20, "{crops} geometries cropped");
+        });
+        // Per pool and GEMM: the geometries with a side of 1 on the other axis all crop.
+        let crops = crops.into_inner();
+        assert!(crops > 8 * 200, "{crops} geometries cropped");
     }
 
     /// Small planes in groups: height and width with their own kernel, stride and padding,
-    /// a 1×1 output (3×3 kernel on a 1×1 image, 8 of 9 taps in the padding), a plane of
+    /// a 1×1 output (3×3 kernel on a 1×1 image, 8 of 9 taps in the padding: cropped to its
+    /// centre forward ([`cropped`]), whole in the gradients), a plane of
     /// exactly 16 positions, and a 1×1 convolution of 18 (the general path, grouped). 9
     /// images under 1 to 4 threads: on 2 threads groups of 4, 4 and 1, the first thread's 5
     /// images cut into two groups whose weight gradients it sums; on 4 threads groups of 2
@@ -1414,7 +1432,9 @@ mod tests {
     /// Stride-1 planes whose width the convolution keeps: each tap's unfolded row is one
     /// shifted span ([`ShiftedSpan`]). Heights that shrink, kernels and paddings per axis,
     /// taps up to 3 columns into the padding, and taps that read only padding (a 5-row
-    /// kernel with padding 2 on a 2-row image: its last row's taps read rows 2 and 3).
+    /// kernel with padding 2 on a 2-row image: its first row's taps read rows −2 and −1,
+    /// its last row's rows 2 and 3; cropped to the middle three forward ([`cropped`]),
+    /// whole in the gradients).
     #[test]
     fn same_width_planes_match_the_definition() {
         // (h, w, kh, kw, pad)
@@ -1424,10 +1444,12 @@ mod tests {
             (5, 5, 5, 1, [2, 0]),
             (3, 9, 1, 7, [0, 3]),
             (4, 5, 1, 5, [0, 2]),
-            // Rows of whole panels: our GEMM's forward packs these from the images
-            // ([`Shifted`]).
+            // Rows of whole panels, or of half panels in planes of whole ones: our GEMM's
+            // forward packs these from the images ([`Shifted`]).
             (2, 16, 3, 3, [1, 1]),
             (3, 32, 5, 5, [1, 2]),
+            (4, 8, 3, 3, [1, 1]),
+            (6, 8, 5, 3, [2, 1]),
         ];
         on_pools(|threads| {
             for (h, w, kh, kw, pad) in shapes {
@@ -1443,6 +1465,7 @@ mod tests {
                     pad,
                 };
                 assert!(same_plane(&g), "{g:?}");
+                assert_eq!(packs_shifted(&g), w % 8 == 0, "{g:?}");
                 check_against_definition(&g, &format!("{g:?} on {threads} threads"));
             }
         });
