@@ -400,7 +400,7 @@ pub fn run(
 }
 
 /// What the synthetic table's FLOPs count, printed under it.
-const FLOPS_NOTE: &str = "FLOPs are the convolutions' (forward, input and weight gradients; the first layer has no input gradient), counted from their shapes; batch norm, pooling, the head and the optimizer are not counted.";
+const FLOPS_NOTE: &str = "FLOPs are the convolutions' (forward, input and weight gradients; the first layer has no input gradient), counted from their shapes, with the taps that only ever read padding (the forward on our CPU kernels skips those, so there the rates are effective ones); batch norm, pooling, the head and the optimizer are not counted.";
 
 /// The rows `o` asks for, in order: the synthetic backbones, then the tasks on `--data`.
 fn jobs(o: &BenchOptions) -> anyhow::Result<Vec<Job>> {
