@@ -2,7 +2,7 @@
 weight gradient, batch 128, median of 5 calls, in NCHW and channels_last. The same layers
 as `benches/conv_layers.rs`; run the two in the same sitting:
 
-    python3 bench/pytorch/conv_layers.py [alexnet|resnet18-cifar|resnet18] [threads]
+    python3 bench/pytorch/conv_layers.py [alexnet|resnet18-cifar|resnet18|nin<width>] [threads]
 """
 import sys
 import time
@@ -18,6 +18,16 @@ LAYERS = {
     "resnet18": [(3, 32, 64, 7, 2, 3), (64, 8, 64, 3, 1, 1), (128, 4, 128, 3, 1, 1),
                  (256, 2, 256, 3, 1, 1), (512, 1, 512, 3, 1, 1)],
 }
+
+
+def nin(width):
+    """RotNet's NIN at this width, as `benches/conv_layers.rs` lists it."""
+    w1, w2, w3 = width, max(width * 160 // 192, 1), max(width // 2, 1)
+    v = [(3, 32, w1, 5, 1, 2), (w1, 32, w2, 1, 1, 0), (w2, 32, w3, 1, 1, 0),
+         (w3, 16, w1, 5, 1, 2), (w1, 16, w1, 1, 1, 0), (w1, 16, w1, 1, 1, 0)]
+    for _ in range(2):
+        v += [(w1, 8, w1, 3, 1, 1), (w1, 8, w1, 1, 1, 0), (w1, 8, w1, 1, 1, 0)]
+    return v
 
 
 def median_time(f):
@@ -40,7 +50,8 @@ def main():
         print("| layer | forward | input gradient | weight gradient |")
         print("|---|---|---|---|")
         total = [0.0, 0.0, 0.0]
-        for c_in, side, c_out, k, s, p in LAYERS[network]:
+        layers = nin(int(network[3:])) if network.startswith("nin") else LAYERS[network]
+        for c_in, side, c_out, k, s, p in layers:
             x = torch.randn(batch, c_in, side, side).to(memory_format=layout)
             w = torch.randn(c_out, c_in, k, k).to(memory_format=layout)
             y = torch.nn.functional.conv2d(x, w, None, s, p)

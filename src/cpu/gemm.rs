@@ -326,24 +326,41 @@ fn serial(
 /// `pb` ← rows `p0..p0+kc`, columns `j0..j0+nc` of `b`, as panels of [`NR`] columns, each
 /// row by row (`pb[panel][p][c]`); columns past `nc` are zero.
 fn pack_b(b: Mat, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]) {
+    assert_eq!(
+        pb.len(),
+        nc.next_multiple_of(NR) * kc,
+        "a packed block's size"
+    );
+    if b.cs == 1 {
+        // Row by row, each row's 16 values to its panel in turn, so that the reads run
+        // along each row. Panel by panel, each of a panel's `kc` rows was read 16 values at a
+        // time at the row stride (4 KiB on a 1×1 convolution's 32×32 planes): NIN-96's 1×1
+        // layers on 32×32 took 1.4–1.7× as long in their forward (`BENCHMARKS.md`).
+        for p in 0..kc {
+            let row = &b.s[(p0 + p) * b.rs + j0..][..nc];
+            let (whole, rest) = row.split_at(nc - nc % NR);
+            for (js, src) in whole.chunks_exact(NR).enumerate() {
+                // A fixed-size copy, inlined: a `memcpy` call per 64 bytes took longer.
+                let out: &mut [f32; NR] = (&mut pb[(js * kc + p) * NR..][..NR])
+                    .try_into()
+                    .expect("NR values");
+                *out = src.try_into().expect("NR values");
+            }
+            if !rest.is_empty() {
+                let out = &mut pb[(whole.len() / NR * kc + p) * NR..][..NR];
+                out[..rest.len()].copy_from_slice(rest);
+                out[rest.len()..].fill(0.0);
+            }
+        }
+        return;
+    }
     for (js, panel) in pb.chunks_exact_mut(NR * kc).enumerate() {
         let c0 = js * NR;
         let cols = NR.min(nc - c0);
         if cols < NR {
             panel.fill(0.0);
         }
-        if b.cs == 1 {
-            for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
-                let at = (p0 + p) * b.rs + j0 + c0;
-                if cols == NR {
-                    // A fixed-size copy, inlined: a `memcpy` call per 64 bytes took longer.
-                    let out: &mut [f32; NR] = out.try_into().expect("NR values");
-                    *out = b.s[at..at + NR].try_into().expect("NR values");
-                } else {
-                    out[..cols].copy_from_slice(&b.s[at..at + cols]);
-                }
-            }
-        } else if b.rs == 1 {
+        if b.rs == 1 {
             // Each column lies contiguous (a transposed view).
             for c in 0..cols {
                 let at = p0 + (j0 + c0 + c) * b.cs;
@@ -558,6 +575,45 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// `pack_b`'s layout, entry by entry, for each orientation of `b`, into a buffer left
+    /// full of NaN by an earlier product: rows `1..4`, columns `2..23` of a 5×25 matrix (one
+    /// whole panel and one of 5 columns), and of its transpose; and a block of a strided
+    /// view (every other row and column).
+    #[test]
+    fn right_blocks_pack_panel_by_panel_with_zeros_past_the_edge() {
+        let s = values(5 * 25, 7);
+        let strided = Mat {
+            s: &s,
+            rs: 50,
+            cs: 2,
+        };
+        let cases: [(Mat, [usize; 4]); 3] = [
+            (Mat::rows(&s, 25), [1, 3, 2, 21]),
+            (Mat::transposed(&s, 5), [1, 3, 2, 21]),
+            (strided, [0, 2, 1, 11]),
+        ];
+        for (b, [p0, kc, j0, nc]) in cases {
+            let mut pb = vec![f32::NAN; nc.next_multiple_of(NR) * kc];
+            pack_b(b, p0, kc, j0, nc, &mut pb);
+            for (i, &v) in pb.iter().enumerate() {
+                let (panel, p, c) = (i / (NR * kc), i / NR % kc, i % NR);
+                let col = panel * NR + c;
+                let want = if col < nc {
+                    b.at(p0 + p, j0 + col)
+                } else {
+                    0.0
+                };
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "strides ({}, {}) at {i}",
+                    b.rs,
+                    b.cs
+                );
             }
         }
     }

@@ -123,7 +123,14 @@ fn tap_offsets(g: &Geometry, t: &Tap) -> [usize; SMALL_PLANE] {
 /// "same" convolutions of most networks) and larger than [`SMALL_PLANE`]: then a tap reads
 /// the input plane shifted by one offset, and its unfolded row is one copy of a span.
 fn same_plane(g: &Geometry) -> bool {
-    g.stride == [1, 1] && g.out_w() == g.w && g.out_hw() > SMALL_PLANE
+    same_width(g) && g.out_hw() > SMALL_PLANE
+}
+
+/// Whether output rows are as wide as input rows at stride 1: then tap `(ki, kj)` of
+/// channel `c` reads output position `p` at `p + c·h·w + (ki − pad_h)·w + kj − pad_w` of its
+/// image, wherever that lies inside the image.
+fn same_width(g: &Geometry) -> bool {
+    g.stride == [1, 1] && g.out_w() == g.w
 }
 
 /// For a tap of a [`same_plane`] geometry: the positions `dst` of its unfolded row from the
@@ -737,20 +744,20 @@ fn dy_side_by_side<'a>(
     buf
 }
 
-/// Whether [`Shifted`] packs `g`'s unfolded images for our GEMM: a [`same_plane`]
-/// geometry whose panels of [`ours::NR`] (16) columns are whole output rows of one image:
-/// rows of 16, 32… values, one row or part of one per panel, or of 8 (two rows per panel)
-/// in planes of a whole number of panels. Not a 1×1 convolution, whose image is its
-/// unfolded matrix as it lies: there is no im2col pass to save, and `pack_b`'s plain copies
-/// cost less than the taps' bookkeeping.
+/// Whether [`Shifted`] packs `g`'s unfolded images for our GEMM: a [`same_width`]
+/// geometry whose panels of [`ours::NR`] (16) columns are made of whole output rows, or
+/// lie inside one: rows of 16, 32… values (a panel is part of one row), or of 8, 4, 2 or 1
+/// (a panel is 2, 4, 8 or 16 whole rows, of one image or of several side by side; a
+/// product whose columns are not a whole number of panels unfolds its images instead).
+/// Not a 1×1 convolution, whose image is its unfolded matrix as it lies: there is no im2col
+/// pass to save, and `pack_b`'s plain copies cost less than the taps' bookkeeping.
 fn packs_shifted(g: &Geometry) -> bool {
-    let rows = g.w.is_multiple_of(ours::NR)
-        || (g.w == ours::NR / 2 && g.out_hw().is_multiple_of(ours::NR));
-    same_plane(g) && rows && !g.pointwise()
+    let rows = g.w.is_multiple_of(ours::NR) || ours::NR.is_multiple_of(g.w);
+    same_width(g) && rows && !g.pointwise()
 }
 
 /// A row of the unfolded matrix ([`Tap`]) as [`Shifted`] reads it, worked out once per
-/// convolution: in a [`same_plane`] geometry the tap reads output position `(oy, ox)` at
+/// convolution: in a [`same_width`] geometry the tap reads output position `(oy, ox)` at
 /// `oy·w + ox + off` of its image, where `oy` lies in `ys` and `ox` in `xs`.
 #[derive(Clone, Copy, Debug)]
 struct ShiftTap {
@@ -762,7 +769,7 @@ struct ShiftTap {
 
 /// `g`'s unfolded rows as [`Shifted`] reads them.
 fn shift_taps(g: &Geometry) -> Vec<ShiftTap> {
-    assert!(same_plane(g));
+    assert!(same_width(g));
     let signed = |v: usize| isize::try_from(v).expect("an image's size fits isize");
     let narrow = |(a, b): (usize, usize)| {
         let n = |v: usize| u32::try_from(v).expect("a plane's side fits u32");
@@ -797,19 +804,20 @@ impl ours::Right for Shifted<'_> {
         let taps = &self.taps[p0..p0 + kc];
         for (js, panel) in pb.chunks_exact_mut(ours::NR * kc).enumerate() {
             let q = j0 + js * ours::NR;
-            // Every product's columns are whole images of whole rows, and its blocks start
-            // at multiples of 16 columns: no partial panel, none across a row's end (or, in
-            // rows of 8, across an image's end).
+            // Every product's columns are whole images of whole rows, a whole number of
+            // panels ([`ForwardWeight::product`]), and its blocks start at multiples of 16
+            // columns: no partial panel, and (in rows of 16, 32…) none across a row's end.
             assert!(
-                q.is_multiple_of(ours::NR)
-                    && q + ours::NR <= j0 + nc
-                    && (q % self.g.out_hw()) + ours::NR <= self.g.out_hw(),
-                "a panel across an output row"
+                q.is_multiple_of(ours::NR) && q + ours::NR <= j0 + nc,
+                "a partial panel"
             );
-            if self.g.w.is_multiple_of(ours::NR) {
-                self.panel::<{ ours::NR }>(taps, q, panel);
-            } else {
-                self.panel::<{ ours::NR / 2 }>(taps, q, panel);
+            match self.g.w {
+                w if w.is_multiple_of(ours::NR) => self.panel::<{ ours::NR }>(taps, q, panel),
+                8 => self.panel::<8>(taps, q, panel),
+                4 => self.panel::<4>(taps, q, panel),
+                2 => self.panel::<2>(taps, q, panel),
+                1 => self.panel::<1>(taps, q, panel),
+                w => unreachable!("Shifted does not pack rows of {w}"),
             }
         }
     }
@@ -829,7 +837,8 @@ const LANE_MASKS: [u32; 2 * ours::NR] = {
 
 impl Shifted<'_> {
     /// The panel of columns `q..q + 16`, rows `taps`, made of runs of `R` columns each in
-    /// one output row: `R` is 16 (rows of 16, 32…) or the row's whole width.
+    /// one output row: `R` is 16 (rows of 16, 32…) or the row's whole width (a divisor of
+    /// 16; the runs may then lie in different images).
     fn panel<const R: usize>(&self, taps: &[ShiftTap], q: usize, panel: &mut [f32]) {
         const NR: usize = ours::NR;
         let g = self.g;
@@ -915,7 +924,9 @@ impl<'a> ForwardWeight<'a> {
         par: Parallelism,
     ) {
         let cols = images.len() * g.out_hw();
-        if let (Operand::Packed(w), Some(taps)) = (&self.weight.a, &self.shifts) {
+        if let (Operand::Packed(w), Some(taps)) = (&self.weight.a, &self.shifts)
+            && cols.is_multiple_of(ours::NR)
+        {
             let x = &x[images.start * g.in_len()..images.end * g.in_len()];
             let b = Shifted { x, g, taps };
             ours::matmul_right(w, 0..g.c_out, cols, out, false, &b, threads_of(par));
@@ -1450,11 +1461,19 @@ mod tests {
             (3, 32, 5, 5, [1, 2]),
             (4, 8, 3, 3, [1, 1]),
             (6, 8, 5, 3, [2, 1]),
+            // Rows of 4, 2 and 1, several to a panel, of one image (4×4) or of several side
+            // by side. On 8 images a product is a group of 8, 4 or 2 (1, 2, or 3–4 threads):
+            // it is packed from the images where that fills whole panels (every 4×4 group;
+            // groups of 8 or 4 on 2×2 and 4×1, of 8 on 3×2), else unfolded.
+            (4, 4, 3, 3, [1, 1]),
+            (2, 2, 3, 3, [1, 1]),
+            (3, 2, 3, 1, [1, 0]),
+            (4, 1, 3, 1, [1, 0]),
         ];
         on_pools(|threads| {
             for (h, w, kh, kw, pad) in shapes {
                 let g = Geometry {
-                    batch: 5,
+                    batch: if w < 8 { 8 } else { 5 },
                     c_in: 2,
                     h,
                     w,
@@ -1464,8 +1483,12 @@ mod tests {
                     stride: [1, 1],
                     pad,
                 };
-                assert!(same_plane(&g), "{g:?}");
-                assert_eq!(packs_shifted(&g), w % 8 == 0, "{g:?}");
+                assert!(same_width(&g), "{g:?}");
+                assert_eq!(
+                    packs_shifted(&g),
+                    [1, 2, 4, 8, 16, 32].contains(&w),
+                    "{g:?}"
+                );
                 check_against_definition(&g, &format!("{g:?} on {threads} threads"));
             }
         });
@@ -1734,7 +1757,7 @@ mod tests {
     /// value, for blocks of rows and columns as our GEMM asks for them (columns from and in
     /// multiples of 16): deep unfolded matrices (past one `KC` block of 256 rows), taps
     /// reading before the first value of `x` and past its last, padding on one side only,
-    /// kernels of one row or one column, rows of 8 (two to a panel), 16 and 32.
+    /// kernels of one row or one column, rows of 1, 2, 4, 8 (several to a panel), 16 and 32.
     #[test]
     fn shifted_blocks_pack_like_the_laid_out_matrix() {
         use ours::Right;
@@ -1747,10 +1770,18 @@ mod tests {
             (2, 4, 8, 1, 5, [0, 2]),
             (3, 4, 16, 3, 1, [0, 0]),
             (2, 3, 16, 1, 3, [0, 1]),
+            // Rows of 4, 2 and 1: a panel is four, eight or sixteen of them, from one image
+            // or (on 2×2, 3×2 and 4×1 planes) several.
+            (3, 4, 4, 3, 3, [1, 1]),
+            (5, 2, 2, 3, 3, [1, 1]),
+            (2, 3, 2, 3, 3, [2, 1]),
+            (2, 4, 1, 3, 1, [1, 0]),
         ];
         for (c_in, h, w, kh, kw, pad) in shapes {
+            let ohw: usize = h * w;
             let g = Geometry {
-                batch: 3,
+                // At least 48 columns, a whole number of panels.
+                batch: if ohw.is_multiple_of(16) { 3 } else { 48 / ohw },
                 c_in,
                 h,
                 w,
