@@ -634,14 +634,12 @@ where
 /// (at a stride larger than the image, e.g. taps 1 and 2 of 4 on a 1-pixel side with
 /// padding 3 at stride 3) stay in: their products are zeros.
 fn live_taps(size: usize, out: usize, stride: usize, k: usize, pad: usize) -> Range<usize> {
-    let live: Vec<usize> = (0..k)
-        .filter(|&t| {
-            let (lo, hi) = valid_range(size, out, stride, t, pad);
-            lo < hi
-        })
-        .collect();
-    match (live.first(), live.last()) {
-        (Some(&a), Some(&b)) => a..b + 1,
+    let live = |&t: &usize| {
+        let (lo, hi) = valid_range(size, out, stride, t, pad);
+        lo < hi
+    };
+    match ((0..k).find(live), (0..k).rfind(live)) {
+        (Some(a), Some(b)) => a..b + 1,
         _ => 0..0,
     }
 }
