@@ -248,16 +248,17 @@ mod tests {
     /// The backward's ReLU mask, found again from `x`, is the forward's: with ReLU it gives
     /// bit for bit what it gives without on the upstream gradient zeroed where the forward's
     /// output is not positive. On planes of 19 values (two lanes of 8 and a remainder), with
-    /// values on both sides of the clip, exactly on it (β = 0 and x the mean: output 0),
-    /// and NaN.
+    /// values on both sides of the clip, exactly on it (β = 0 and x the mean: output 0), a
+    /// constant plane, and a channel whose statistics are NaN (one NaN input: its outputs
+    /// all clip).
     #[test]
     fn the_relu_mask_is_the_forwards() {
         let p = Planes { n: 3, c: 4, hw: 19 };
         let mut x: Vec<f32> = (0..p.len())
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        // Channel 1: a constant plane in image 0 and one NaN in image 2.
-        x[p.hw..2 * p.hw].fill(0.75);
+        // Channel 2: a constant plane in image 0. Channel 1: one NaN, in image 2.
+        x[2 * p.hw..3 * p.hw].fill(0.75);
         x[(2 * p.c + 1) * p.hw + 5] = f32::NAN;
         let dy: Vec<f32> = (0..p.len())
             .map(|i| ((i * 53 % 19) as f32 - 9.0) / 5.0)

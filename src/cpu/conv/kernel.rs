@@ -785,8 +785,9 @@ fn shift_taps(g: &Geometry) -> Vec<ShiftTap> {
 /// The unfolded matrix `[c·kh·kw, n·oh·ow]` of the images `x` ([`im2col`]'s) for a
 /// [`packs_shifted`] geometry, packed by our GEMM straight from the images a block at a
 /// time ([`ours::Right`]), never laid out whole. A tap reads the input plane shifted by one
-/// offset, so a panel's row is 16 neighbouring values of one input row (or two runs of 8
-/// from two rows, on 8-wide planes), the columns that fall in the padding zeroed. Laid
+/// offset, so a panel's row is 16 neighbouring values of one input row (or, on planes 8, 4,
+/// 2 or 1 wide, runs of that width from as many rows, of one image or of several), the
+/// columns that fall in the padding zeroed. Laid
 /// out, an unfolded 32×32 image has 4 KiB rows (2.3 MB for ResNet-18's 64 channels):
 /// im2col wrote it out of L2 and `pack_b` read it back, each row a page from the last, and
 /// waited on those reads for half its time (perf).
@@ -1460,9 +1461,10 @@ mod tests {
             (4, 8, 3, 3, [1, 1]),
             (6, 8, 5, 3, [2, 1]),
             // Rows of 4, 2 and 1, several to a panel, of one image (4×4) or of several side
-            // by side. On 8 images a product is a group of 8, 4 or 2 (1, 2, or 3–4 threads):
-            // it is packed from the images where that fills whole panels (every 4×4 group;
-            // groups of 8 or 4 on 2×2 and 4×1, of 8 on 3×2), else unfolded.
+            // by side. On 8 images a product is a group of 4 or 2 images on 4×4 planes (1–2
+            // or 3–4 threads), every one whole panels; of 8, 4 or 2 on the others (1, 2 or
+            // 3–4 threads), packed from the images where that fills whole panels (groups
+            // of 8 or 4 on 2×2 and 4×1, of 8 on 3×2), else unfolded.
             (4, 4, 3, 3, [1, 1]),
             (2, 2, 3, 3, [1, 1]),
             (3, 2, 3, 1, [1, 0]),
@@ -1776,10 +1778,14 @@ mod tests {
             (2, 4, 1, 3, 1, [1, 0]),
         ];
         for (c_in, h, w, kh, kw, pad) in shapes {
-            let ohw: usize = h * w;
+            // The output plane (stride 1, the width kept).
+            let ohw: usize = (h + 2 * pad[0] + 1 - kh) * w;
+            // The fewest images that make at least 48 columns, a whole number of panels.
+            let batch = (1..)
+                .find(|b| (b * ohw).is_multiple_of(16) && b * ohw >= 48)
+                .expect("a batch");
             let g = Geometry {
-                // At least 48 columns, a whole number of panels.
-                batch: if ohw.is_multiple_of(16) { 3 } else { 48 / ohw },
+                batch,
                 c_in,
                 h,
                 w,
@@ -1790,6 +1796,8 @@ mod tests {
                 pad,
             };
             assert!(packs_shifted(&g), "{g:?}");
+            assert_eq!(g.out_hw(), ohw);
+            assert!((g.batch * ohw).is_multiple_of(16), "{g:?}");
             let x = values(g.batch * g.in_len(), 4);
             let (k, n) = (g.k(), g.batch * g.out_hw());
             let mut col = vec![f32::NAN; k * n];
