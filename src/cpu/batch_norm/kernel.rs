@@ -108,64 +108,106 @@ pub fn normalize(x: &[f32], p: Planes, stats: [&[f32]; 4], epsilon: f64, relu: b
     )
 }
 
-/// The upstream gradient of one plane after ReLU's mask (`y` the forward's output), into `g`.
-fn masked<'a>(dy: &'a [f32], y: Option<&[f32]>, g: &'a mut Vec<f32>) -> &'a [f32] {
-    match y {
-        None => dy,
-        Some(y) => {
-            g.clear();
-            g.extend(
-                dy.iter()
-                    .zip(y)
-                    .map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }),
-            );
-            g
+/// `(Σ g, Σ g·(x − m))` over one plane: both sums in one pass, each with [`plane_sum`]'s
+/// eight f32 lanes, its order and its f64 total.
+#[inline(always)]
+fn grad_sums(g: &[f32], x: &[f32], m: f32) -> (f64, f64) {
+    assert_eq!(g.len(), x.len());
+    let (mut ag, mut agx) = ([0f32; 8], [0f32; 8]);
+    let (gc, xc) = (g.chunks_exact(8), x.chunks_exact(8));
+    let (gr, xr) = (gc.remainder(), xc.remainder());
+    for (g8, x8) in gc.zip(xc) {
+        // Fixed-size arrays: no bounds checks, so the lanes vectorise.
+        let g8: &[f32; 8] = g8.try_into().expect("8 values");
+        let x8: &[f32; 8] = x8.try_into().expect("8 values");
+        for j in 0..8 {
+            ag[j] += g8[j];
+            agx[j] += g8[j] * (x8[j] - m);
         }
     }
+    let lanes = |a: [f32; 8]| a.iter().map(|&v| v as f64).sum::<f64>();
+    let (mut sg, mut sgx) = (lanes(ag), lanes(agx));
+    for (&g, &x) in gr.iter().zip(xr) {
+        sg += g as f64;
+        sgx += (g * (x - m)) as f64;
+    }
+    (sg, sgx)
+}
+
+/// ReLU's mask on the upstream gradient `dy` at input `x`: `dy` where the forward's
+/// output `max(x·a + b, 0)` ([`normalize`]'s, with the same `(a, b)`) is positive, that is
+/// where `x·a + b > 0`, computed as it computed it. A bit mask rather than a select, which
+/// compiled to a branch per lane.
+#[inline(always)]
+fn relu_gate(dy: f32, x: f32, (a, b): (f32, f32)) -> f32 {
+    let open = x * a + b > 0.0;
+    f32::from_bits(dy.to_bits() & 0u32.wrapping_sub(u32::from(open)))
 }
 
 /// The gradients of [`normalize`] with the batch's own statistics: `(dx, dγ, dβ)`. With
-/// `relu`, `y` (the forward's output) masks the upstream gradient where it was clipped.
+/// ReLU (`beta` given), the upstream gradient is masked where the forward clipped, found
+/// again from `x`: reading the forward's output for it was two of the seven passes over
+/// memory (`BENCHMARKS.md`). Two passes over the planes: the per-channel sums, then `dx`,
+/// each reading `dy` and `x` once.
 pub fn backward(
     x: &[f32],
-    y: Option<&[f32]>,
     dy: &[f32],
     p: Planes,
     [gamma, mean, var]: [&[f32]; 3],
+    beta: Option<&[f32]>,
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert_eq!(x.len(), p.len());
     assert_eq!(dy.len(), p.len());
+    // The forward's `(a, b)` per channel where it ended in ReLU.
+    let ab = |ch: usize| beta.map(|beta| affine([gamma, beta, mean, var], epsilon, ch));
     // Per channel: Σ g and Σ g·(x − mean).
     let sums: Vec<(f64, f64)> = (0..p.c)
         .into_par_iter()
-        .map_init(Vec::new, |buf, ch| {
-            let mut sg = 0.0;
-            let mut sgx = 0.0;
-            let m = mean[ch];
-            for i in 0..p.n {
-                let xv = p.plane(x, i, ch);
-                let g = masked(p.plane(dy, i, ch), y.map(|y| p.plane(y, i, ch)), buf);
-                sg += plane_sum(g, g, |g, _| g);
-                sgx += plane_sum(g, xv, |g, x| g * (x - m));
-            }
-            (sg, sgx)
+        .map_init(Vec::new, |gated: &mut Vec<f32>, ch| {
+            let ab = ab(ch);
+            (0..p.n).fold((0.0, 0.0), |(sg, sgx), i| {
+                let (dy, x, m) = (p.plane(dy, i, ch), p.plane(x, i, ch), mean[ch]);
+                let (g, gx) = match ab {
+                    // The masked plane first, into a buffer that stays in L1: with the
+                    // mask inside the sums' loop, LLVM made each lane's masked add a
+                    // branch, mispredicted on a real step's masks (the sums ran 2× slower
+                    // inside training steps than old code, though not on random data).
+                    Some(ab) => {
+                        gated.clear();
+                        gated.extend(dy.iter().zip(x).map(|(&d, &x)| relu_gate(d, x, ab)));
+                        grad_sums(gated, x, m)
+                    }
+                    None => grad_sums(dy, x, m),
+                };
+                (sg + g, sgx + gx)
+            })
         })
         .collect();
     let m = p.m();
-    let dx = fill::build(p.len(), p.hw, true, Vec::new, |buf, i, dx| {
-        let (img, ch) = (i / p.c, i % p.c);
-        let xv = p.plane(x, img, ch);
-        let g = masked(p.plane(dy, img, ch), y.map(|y| p.plane(y, img, ch)), buf);
-        let is = inv_std(var[ch], epsilon);
-        let (sg, sgx) = sums[ch];
-        // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
-        let a = gamma[ch] * is;
-        let c0 = (sg / m) as f32;
-        let c1 = (sgx / m) as f32 * is * is;
-        let mu = mean[ch];
-        dx.map2(g, xv, |g, x| a * (g - c0 - (x - mu) * c1))
-    });
+    let dx = fill::build(
+        p.len(),
+        p.hw,
+        true,
+        || (),
+        |_, i, dx| {
+            let (img, ch) = (i / p.c, i % p.c);
+            let (xv, dyv) = (p.plane(x, img, ch), p.plane(dy, img, ch));
+            let is = inv_std(var[ch], epsilon);
+            let (sg, sgx) = sums[ch];
+            // dx = γ·is·(g − Σg/m − (x − mean)·is²·Σg(x − mean)/m)
+            let a = gamma[ch] * is;
+            let c0 = (sg / m) as f32;
+            let c1 = (sgx / m) as f32 * is * is;
+            let mu = mean[ch];
+            match ab(ch) {
+                Some(ab) => dx.map2(dyv, xv, |d, x| {
+                    a * (relu_gate(d, x, ab) - c0 - (x - mu) * c1)
+                }),
+                None => dx.map2(dyv, xv, |g, x| a * (g - c0 - (x - mu) * c1)),
+            }
+        },
+    );
     let dgamma = sums
         .iter()
         .zip(var)
@@ -208,6 +250,53 @@ mod tests {
         assert_eq!(var[1], 0.0);
     }
 
+    /// The backward's ReLU mask, found again from `x`, is the forward's: with ReLU it gives
+    /// bit for bit what it gives without on the upstream gradient zeroed where the forward's
+    /// output is not positive. On planes of 19 values (two lanes of 8 and a remainder), with
+    /// values on both sides of the clip, exactly on it (β = 0 and x the mean: output 0), a
+    /// constant plane, and a channel whose statistics are NaN (one NaN input: its outputs
+    /// all clip).
+    #[test]
+    fn the_relu_mask_is_the_forwards() {
+        let p = Planes { n: 3, c: 4, hw: 19 };
+        let mut x: Vec<f32> = (0..p.len())
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        // Channel 2: a constant plane in image 0. Channel 1: one NaN, in image 2.
+        x[2 * p.hw..3 * p.hw].fill(0.75);
+        x[(2 * p.c + 1) * p.hw + 5] = f32::NAN;
+        let dy: Vec<f32> = (0..p.len())
+            .map(|i| ((i * 53 % 19) as f32 - 9.0) / 5.0)
+            .collect();
+        let gamma = [1.5f32, -0.7, 0.3, 2.0];
+        let eps = 1e-5;
+        for beta in [[0.0f32; 4], [0.2, -0.4, 0.0, 1.0]] {
+            let (m, v) = stats(&x, p);
+            // The mean itself in every channel: `x·a + b` is then (about) β, exactly 0 where
+            // β is 0 and the product rounds back.
+            for ch in 0..p.c {
+                x[ch * p.hw] = m[ch];
+            }
+            let y = normalize(&x, p, [&gamma, &beta, &m, &v], eps, true);
+            let clipped = y.iter().filter(|&&y| y <= 0.0 || y.is_nan()).count();
+            assert!(
+                clipped > p.len() / 4 && clipped < 3 * p.len() / 4,
+                "{clipped} clipped"
+            );
+            let gated: Vec<f32> = dy
+                .iter()
+                .zip(&y)
+                .map(|(&d, &y)| if y > 0.0 { d } else { 0.0 })
+                .collect();
+            let with = backward(&x, &dy, p, [&gamma, &m, &v], Some(&beta), eps);
+            let without = backward(&x, &gated, p, [&gamma, &m, &v], None, eps);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&with.0), bits(&without.0), "dx, β {beta:?}");
+            assert_eq!(bits(&with.1), bits(&without.1), "dγ, β {beta:?}");
+            assert_eq!(bits(&with.2), bits(&without.2), "dβ, β {beta:?}");
+        }
+    }
+
     /// Gradients against central differences of L = Σ r·y on a small random case.
     #[test]
     fn gradients_match_finite_differences() {
@@ -228,8 +317,7 @@ mod tests {
                 y.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum()
             };
             let (m, v) = stats(&x, p);
-            let y = normalize(&x, p, [&gamma, &beta, &m, &v], eps, relu);
-            let (dx, dg, db) = backward(&x, relu.then_some(&y[..]), &r, p, [&gamma, &m, &v], eps);
+            let (dx, dg, db) = backward(&x, &r, p, [&gamma, &m, &v], relu.then_some(&beta), eps);
             let h = 1e-2f32;
             for i in 0..x.len() {
                 let (mut a, mut b) = (x.clone(), x.clone());

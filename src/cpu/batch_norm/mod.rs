@@ -86,13 +86,14 @@ impl CpuBatchNormEval for Flex {
 
 /// The backward kernel a backend needs for [`CpuBatchNorm`] under autodiff.
 pub trait BnKernels: CpuBatchNorm {
-    /// `(dx, dγ, dβ)`; `y` is the forward's output when it ended in ReLU.
+    /// `(dx, dγ, dβ)`; `beta` is given when the forward ended in ReLU (its mask is found
+    /// again from `x`, γ, β and the statistics).
     #[allow(clippy::too_many_arguments)]
     fn bn_backward(
         x: FloatTensor<Self>,
-        y: Option<FloatTensor<Self>>,
         dy: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
@@ -141,18 +142,17 @@ impl CpuBatchNorm for Flex {
 impl BnKernels for Flex {
     fn bn_backward(
         x: FlexTensor,
-        y: Option<FlexTensor>,
         dy: FlexTensor,
         gamma: FlexTensor,
+        beta: Option<FlexTensor>,
         mean: FlexTensor,
         var: FlexTensor,
         epsilon: f64,
     ) -> [FlexTensor; 3] {
         let p = planes(&x);
-        let y = y.as_ref().map(tensor_values);
+        let beta = beta.as_ref().map(tensor_values);
         let (dx, dg, db) = kernel::backward(
             &tensor_values(&x),
-            y.as_deref(),
             &tensor_values(&dy),
             p,
             [
@@ -160,6 +160,7 @@ impl BnKernels for Flex {
                 &tensor_values(&mean),
                 &tensor_values(&var),
             ],
+            beta.as_deref(),
             epsilon,
         );
         [
@@ -182,11 +183,12 @@ impl<B: BnKernels, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
         struct BnBackward;
 
         impl<B: BnKernels> Backward<B, 3> for BnBackward {
-            /// x, γ, then the output (kept for ReLU's mask), mean, variance, ε.
+            /// x, γ, then β where ReLU follows (its mask is found again from them), mean,
+            /// variance, ε.
             type State = (
                 NodeId,
                 NodeId,
-                Option<FloatTensor<B>>,
+                Option<NodeId>,
                 FloatTensor<B>,
                 FloatTensor<B>,
                 f64,
@@ -200,10 +202,12 @@ impl<B: BnKernels, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
             ) {
                 let [node_x, node_gamma, node_beta] = ops.parents;
                 let dy = grads.consume::<B>(&ops.node);
-                let (x_state, gamma_state, y, mean, var, epsilon) = ops.state;
+                let (x_state, gamma_state, beta_state, mean, var, epsilon) = ops.state;
                 let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
                 let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(gamma_state);
-                let [dx, dgamma, dbeta] = B::bn_backward(x, y, dy, gamma, mean, var, epsilon);
+                let beta: Option<FloatTensor<B>> =
+                    beta_state.map(|s| checkpointer.retrieve_node_output(s));
+                let [dx, dgamma, dbeta] = B::bn_backward(x, dy, gamma, beta, mean, var, epsilon);
                 if let Some(node) = node_x {
                     grads.register::<B>(node.id, dx);
                 }
@@ -226,6 +230,7 @@ impl<B: BnKernels, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let gamma_state = prep.checkpoint(&gamma);
+                let beta_state = relu.then(|| prep.checkpoint(&beta));
                 let r = B::cpu_batch_norm_train(
                     x.into_primitive(),
                     gamma.into_primitive(),
@@ -236,7 +241,7 @@ impl<B: BnKernels, C: CheckpointStrategy> CpuBatchNorm for Autodiff<B, C> {
                 let state = (
                     x_state,
                     gamma_state,
-                    relu.then(|| r.output.clone()),
+                    beta_state,
                     r.mean.clone(),
                     r.var.clone(),
                     epsilon,
