@@ -676,12 +676,19 @@ fn cropped(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
     if !c.valid() || c.out_h() != g.out_h() || c.out_w() != g.out_w() {
         return None;
     }
-    let mut w = Vec::with_capacity(g.c_out * c.k());
-    for kernel in weight.chunks_exact(g.kh * g.kw) {
-        for ki in rows.clone() {
-            w.extend_from_slice(&kernel[ki * g.kw..][cols.clone()]);
-        }
-    }
+    // One output channel's kernels per task: ResNet-18's last stage gathers 262,144
+    // kernels (9.4 MB read at a stride of 9 values) on every forward call.
+    let (kk, ck) = (g.kh * g.kw, c.kh * c.kw);
+    let mut w = vec![0.0; g.c_out * c.k()];
+    w.par_chunks_exact_mut(c.k())
+        .zip(weight.par_chunks_exact(g.k()))
+        .for_each(|(dst, src)| {
+            for (dst, kernel) in dst.chunks_exact_mut(ck).zip(src.chunks_exact(kk)) {
+                for (dst, ki) in dst.chunks_exact_mut(c.kw).zip(rows.clone()) {
+                    dst.copy_from_slice(&kernel[ki * g.kw..][cols.clone()]);
+                }
+            }
+        });
     Some((c, w))
 }
 
