@@ -171,8 +171,9 @@ pub fn backward(
                 let (g, gx) = match ab {
                     // The masked plane first, into a buffer that stays in L1: with the
                     // mask inside the sums' loop, LLVM made each lane's masked add a
-                    // branch, mispredicted on a real step's masks (the sums ran 2× slower
-                    // inside training steps than old code, though not on random data).
+                    // branch, and inside NIN-96 training steps these sums took twice the
+                    // time of the old code's (which read the forward's output), though
+                    // the kernel had looked faster timed alone (`BENCHMARKS.md`).
                     Some(ab) => {
                         gated.clear();
                         gated.extend(dy.iter().zip(x).map(|(&d, &x)| relu_gate(d, x, ab)));
@@ -254,15 +255,16 @@ mod tests {
     /// bit for bit what it gives without on the upstream gradient zeroed where the forward's
     /// output is not positive. On planes of 19 values (two lanes of 8 and a remainder), with
     /// values on both sides of the clip, exactly on it (β = 0 and x the mean: output 0), a
-    /// constant plane, and a channel whose statistics are NaN (one NaN input: its outputs
-    /// all clip).
+    /// plane constant but for its first value, and a channel whose statistics are NaN (one
+    /// NaN input: its outputs all clip).
     #[test]
     fn the_relu_mask_is_the_forwards() {
         let p = Planes { n: 3, c: 4, hw: 19 };
         let mut x: Vec<f32> = (0..p.len())
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        // Channel 2: a constant plane in image 0. Channel 1: one NaN, in image 2.
+        // Channel 2: a constant plane in image 0 (its first value becomes the mean below).
+        // Channel 1: one NaN, in image 2.
         x[2 * p.hw..3 * p.hw].fill(0.75);
         x[(2 * p.c + 1) * p.hw + 5] = f32::NAN;
         let dy: Vec<f32> = (0..p.len())
@@ -272,8 +274,8 @@ mod tests {
         let eps = 1e-5;
         for beta in [[0.0f32; 4], [0.2, -0.4, 0.0, 1.0]] {
             let (m, v) = stats(&x, p);
-            // The mean itself in every channel: `x·a + b` is then (about) β, exactly 0 where
-            // β is 0 and the product rounds back.
+            // The mean itself in every channel: `x·a + b` is then (about) β, and exactly 0
+            // where β is 0 (`b = β − mean·a`, the same rounded product).
             for ch in 0..p.c {
                 x[ch * p.hw] = m[ch];
             }
