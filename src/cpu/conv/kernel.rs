@@ -427,8 +427,10 @@ fn our_gemm() -> bool {
 /// products `2·columns` FLOPs per weight value: at 1,024 columns the packing is ~1–2% of
 /// them, at 128 (ResNet-18's 512-channel layer on 1×1 planes) ~12%, and there the `gemm`
 /// crate, which reads the weight in place, ran its forward in 6.5–6.6 ms against our
-/// 8.4–10.1 (`BENCHMARKS.md`).
-const MIN_PACKED_COLUMNS: usize = 1024;
+/// 8.4–10.1 (`BENCHMARKS.md`), and still ran 1×1-plane forwards faster once [`Shifted`]'s
+/// packing had been made cheaper. At 512 (2×2 planes at batch 128) ours ran ResNet-18's and
+/// ResNet-50's forwards and input gradients there 3–26% faster, in turns in one process.
+const MIN_PACKED_COLUMNS: usize = 512;
 
 /// Whether every product is forced onto our GEMM (`Some(true)`) or the crate's, whatever
 /// the layer: by a test (`tests::PACK`) or by [`pin_gemm`].
@@ -654,6 +656,25 @@ fn live_taps(size: usize, out: usize, stride: usize, k: usize, pad: usize) -> Ra
 /// is dropped, where no tap reads the image, or where the cropped geometry's output size
 /// differs (it pads both sides of an axis alike, as ours all do).
 fn cropped(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
+    let (c, rows, cols) = crop(g)?;
+    // One output channel's kernels per task: ResNet-18's last stage gathers 262,144
+    // kernels (9.4 MB read at a stride of 9 values) on every forward call.
+    let (kk, ck) = (g.kh * g.kw, c.kh * c.kw);
+    let mut w = vec![0.0; g.c_out * c.k()];
+    w.par_chunks_exact_mut(c.k())
+        .zip(weight.par_chunks_exact(g.k()))
+        .for_each(|(dst, src)| {
+            for (dst, kernel) in dst.chunks_exact_mut(ck).zip(src.chunks_exact(kk)) {
+                for (dst, ki) in dst.chunks_exact_mut(c.kw).zip(rows.clone()) {
+                    dst.copy_from_slice(&kernel[ki * g.kw..][cols.clone()]);
+                }
+            }
+        });
+    Some((c, w))
+}
+
+/// [`cropped`]'s geometry, and the kernel rows and columns it keeps.
+fn crop(g: &Geometry) -> Option<(Geometry, Range<usize>, Range<usize>)> {
     let rows = live_taps(g.h, g.out_h(), g.stride[0], g.kh, g.pad[0]);
     let cols = live_taps(g.w, g.out_w(), g.stride[1], g.kw, g.pad[1]);
     if (rows.len() == g.kh && cols.len() == g.kw) || rows.is_empty() || cols.is_empty() {
@@ -676,20 +697,7 @@ fn cropped(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
     if !c.valid() || c.out_h() != g.out_h() || c.out_w() != g.out_w() {
         return None;
     }
-    // One output channel's kernels per task: ResNet-18's last stage gathers 262,144
-    // kernels (9.4 MB read at a stride of 9 values) on every forward call.
-    let (kk, ck) = (g.kh * g.kw, c.kh * c.kw);
-    let mut w = vec![0.0; g.c_out * c.k()];
-    w.par_chunks_exact_mut(c.k())
-        .zip(weight.par_chunks_exact(g.k()))
-        .for_each(|(dst, src)| {
-            for (dst, kernel) in dst.chunks_exact_mut(ck).zip(src.chunks_exact(kk)) {
-                for (dst, ki) in dst.chunks_exact_mut(c.kw).zip(rows.clone()) {
-                    dst.copy_from_slice(&kernel[ki * g.kw..][cols.clone()]);
-                }
-            }
-        });
-    Some((c, w))
+    Some((c, rows, cols))
 }
 
 /// `y = conv(x, weight)`: x `[n, c, h, w]`, weight `[o, c, kh, kw]` → y `[n, o, oh, ow]`.
@@ -762,137 +770,148 @@ fn packs_shifted(g: &Geometry) -> bool {
 }
 
 /// A row of the unfolded matrix ([`Tap`]) as [`Shifted`] reads it, worked out once per
-/// convolution: in a [`same_width`] geometry the tap reads output position `(oy, ox)` at
-/// `oy·w + ox + off` of its image, where `oy` lies in `ys` and `ox` in `xs`.
+/// convolution: in a [`same_width`] geometry the tap reads output position `r` of an image
+/// at `r + off` of that image, where its kernel position's mask ([`ShiftPlan::masks`]) is
+/// set.
 #[derive(Clone, Copy, Debug)]
 struct ShiftTap {
     /// `c·h·w + (ki − pad_h)·w + kj − pad_w`.
     off: isize,
-    ys: (u32, u32),
-    xs: (u32, u32),
+    /// Where the masks of the tap's kernel position `(ki, kj)` start in
+    /// [`ShiftPlan::masks`]: `(ki·kw + kj)·oh·ow`.
+    mask: usize,
 }
 
 /// `g`'s unfolded rows as [`Shifted`] reads them.
-fn shift_taps(g: &Geometry) -> Vec<ShiftTap> {
+struct ShiftPlan {
+    taps: Vec<ShiftTap>,
+    /// Per kernel position `(ki, kj)` and output position `r` of a plane, all bits set where
+    /// the tap reads inside the image there, none where it reads the padding: `[kh·kw,
+    /// oh·ow]`. Shared by every channel's taps, so it stays in cache (37 KB for a 3×3 kernel
+    /// on 32×32 planes).
+    masks: Vec<u32>,
+    /// Output positions read at a time ([`segment`]).
+    segment: usize,
+}
+
+/// Positions of one image that [`Shifted`] copies at a time: the largest power of two up to
+/// 16 that divides an output plane, so that a panel's 16 columns are whole segments and no
+/// segment crosses from one image to the next. In a [`same_width`] geometry a tap reads a
+/// segment's positions from consecutive values of its image: one copy and one mask.
+fn segment(g: &Geometry) -> usize {
+    let ohw = g.out_hw();
+    (ohw & ohw.wrapping_neg()).min(ours::NR)
+}
+
+fn shift_plan(g: &Geometry) -> ShiftPlan {
     assert!(same_width(g));
     let signed = |v: usize| isize::try_from(v).expect("an image's size fits isize");
-    let narrow = |(a, b): (usize, usize)| {
-        let n = |v: usize| u32::try_from(v).expect("a plane's side fits u32");
-        (n(a), n(b))
-    };
-    taps(g, 0..g.k())
+    let (ohw, ow, kk) = (g.out_hw(), g.out_w(), g.kh * g.kw);
+    let rows = taps(g, 0..g.k())
         .map(|t| ShiftTap {
             off: signed(t.c * g.h * g.w + t.ki * g.w + t.kj) - signed(g.pad[0] * g.w + g.pad[1]),
-            ys: narrow(t.ys),
-            xs: narrow(t.xs),
+            mask: (t.row % kk) * ohw,
         })
-        .collect()
+        .collect();
+    // The first channel's taps are every kernel position once, in order.
+    let masks = taps(g, 0..kk)
+        .flat_map(|t| {
+            (0..ohw).map(move |r| {
+                let (oy, ox) = (r / ow, r % ow);
+                let inside = (t.ys.0..t.ys.1).contains(&oy) && (t.xs.0..t.xs.1).contains(&ox);
+                if inside { u32::MAX } else { 0 }
+            })
+        })
+        .collect();
+    ShiftPlan {
+        taps: rows,
+        masks,
+        segment: segment(g),
+    }
 }
 
 /// The unfolded matrix `[c·kh·kw, n·oh·ow]` of the images `x` ([`im2col`]'s) for a
 /// [`packs_shifted`] geometry, packed by our GEMM straight from the images a block at a
 /// time ([`ours::Right`]), never laid out whole. A tap reads the input plane shifted by one
-/// offset, so a panel's row is 16 neighbouring values of one input row (or, on planes 8, 4,
-/// 2 or 1 wide, runs of that width from as many rows, of one image or of several), the
-/// columns that fall in the padding zeroed. Laid
-/// out, an unfolded 32×32 image has 4 KiB rows (2.3 MB for ResNet-18's 64 channels):
-/// im2col wrote it out of L2 and `pack_b` read it back, each row a page from the last, and
-/// waited on those reads for half its time (perf).
+/// offset, so a panel's row is 16 neighbouring values of one image (or, on planes of 8, 4,
+/// 2 or 1 positions, runs of the plane from as many images), the columns that fall in the
+/// padding masked to zero. Laid out, an unfolded 32×32 image has 4 KiB rows (2.3 MB for
+/// ResNet-18's 64 channels): im2col wrote it out of L2 and `pack_b` read it back, each row a
+/// page from the last, and waited on those reads for half its time (perf).
 struct Shifted<'a> {
     x: &'a [f32],
     g: &'a Geometry,
-    /// [`shift_taps`]`(g)`.
-    taps: &'a [ShiftTap],
+    plan: &'a ShiftPlan,
 }
 
 impl ours::Right for Shifted<'_> {
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, pb: &mut [f32]) {
-        let taps = &self.taps[p0..p0 + kc];
+        let taps = &self.plan.taps[p0..p0 + kc];
         for (js, panel) in pb.chunks_exact_mut(ours::NR * kc).enumerate() {
             let q = j0 + js * ours::NR;
-            // Every product's columns are whole images of whole rows, a whole number of
-            // panels ([`ForwardWeight::product`]), and its blocks start at multiples of 16
-            // columns: no partial panel, and (in rows of 16, 32…) none across a row's end.
+            // Every product's columns are whole images, a whole number of panels
+            // ([`ForwardWeight::product`]), and its blocks start at multiples of 16
+            // columns: no partial panel, and no segment across an image's end.
             assert!(
                 q.is_multiple_of(ours::NR) && q + ours::NR <= j0 + nc,
                 "a partial panel"
             );
-            match self.g.w {
-                w if w.is_multiple_of(ours::NR) => self.panel::<{ ours::NR }>(taps, q, panel),
+            match self.plan.segment {
+                16 => self.panel::<16>(taps, q, panel),
                 8 => self.panel::<8>(taps, q, panel),
                 4 => self.panel::<4>(taps, q, panel),
                 2 => self.panel::<2>(taps, q, panel),
                 1 => self.panel::<1>(taps, q, panel),
-                w => unreachable!("Shifted does not pack rows of {w}"),
+                s => unreachable!("segments of {s}"),
             }
         }
     }
 }
 
-/// Lane masks by windows: `LANE_MASKS[16 − k..][..R]` has the lanes `i ≥ k` set (for
-/// `k ≤ R ≤ 16`).
-const LANE_MASKS: [u32; 2 * ours::NR] = {
-    let mut m = [0; 2 * ours::NR];
-    let mut i = ours::NR;
-    while i < m.len() {
-        m[i] = u32::MAX;
-        i += 1;
-    }
-    m
-};
-
 impl Shifted<'_> {
-    /// The panel of columns `q..q + 16`, rows `taps`, made of runs of `R` columns each in
-    /// one output row: `R` is 16 (rows of 16, 32…) or the row's whole width (a divisor of
-    /// 16; the runs may then lie in different images).
-    fn panel<const R: usize>(&self, taps: &[ShiftTap], q: usize, panel: &mut [f32]) {
+    /// The panel of columns `q..q + 16`, rows `taps`, made of segments of `S` positions
+    /// ([`segment`]), each in one image. Per segment, the image and position are worked out
+    /// once and every tap is then one copy and one mask: with the tap's row and column
+    /// ranges checked per run of one output row, as before, the packing took a quarter of
+    /// ResNet-18's 3×3 forwards on 8×8 and 4×4 planes (perf).
+    fn panel<const S: usize>(&self, taps: &[ShiftTap], q: usize, panel: &mut [f32]) {
         const NR: usize = ours::NR;
         let g = self.g;
-        let (w, ohw) = (g.w, g.out_hw());
+        let ohw = g.out_hw();
         assert!(
-            NR.is_multiple_of(R) && w.is_multiple_of(R) && (R == NR || R == w),
-            "runs of {R} in rows of {w}"
+            NR.is_multiple_of(S) && ohw.is_multiple_of(S),
+            "segments of {S} on planes of {ohw}"
         );
         assert_eq!(panel.len(), NR * taps.len());
-        for run in 0..NR / R {
-            let (image, r) = ((q + run * R) / ohw, (q + run * R) % ohw);
-            let (oy, ox0) = (r / w, r % w);
-            // Where the run's first position lies in `x`, which each tap offsets.
+        for seg in 0..NR / S {
+            let (image, r) = ((q + seg * S) / ohw, (q + seg * S) % ohw);
+            // Where the segment's first position lies in `x`, which each tap offsets.
             let at = isize::try_from(image * g.in_len() + r).expect("x's length fits isize");
-            let oy = oy as u32;
             for (t, out) in taps.iter().zip(panel.chunks_exact_mut(NR)) {
-                let out: &mut [f32; R] = (&mut out[run * R..][..R]).try_into().expect("R values");
-                if oy < t.ys.0 || oy >= t.ys.1 {
-                    *out = [0.0; R];
-                    continue;
-                }
-                // The lanes `lo..hi` read inside the image.
-                let lo = (t.xs.0 as usize).saturating_sub(ox0).min(R);
-                let hi = (t.xs.1 as usize).saturating_sub(ox0).clamp(lo, R);
+                let out: &mut [f32; S] = (&mut out[seg * S..][..S]).try_into().expect("S values");
+                let mask: &[u32; S] = self.plan.masks[t.mask + r..][..S]
+                    .try_into()
+                    .expect("S masks");
                 let start = at + t.off;
-                if start >= 0 && start as usize + R <= self.x.len() {
-                    // Lane `i` reads `x[start + i]`: one fixed-size copy, then (at the
-                    // image's left and right edges) the lanes outside it, which read the
-                    // neighbouring row, masked off. The masks are windows on a fixed table:
-                    // built lane by lane from `lo` and `hi`, they took a third of the
-                    // packing's time (perf).
-                    let src: &[f32; R] =
-                        self.x[start as usize..][..R].try_into().expect("R values");
-                    if lo == 0 && hi == R {
-                        *out = *src;
-                    } else {
-                        let from: &[u32; R] = LANE_MASKS[NR - lo..][..R].try_into().unwrap();
-                        let past: &[u32; R] = LANE_MASKS[NR - hi..][..R].try_into().unwrap();
-                        for (((o, v), a), b) in out.iter_mut().zip(src).zip(from).zip(past) {
-                            *o = f32::from_bits(v.to_bits() & a & !b);
-                        }
+                let src = usize::try_from(start)
+                    .ok()
+                    .and_then(|s| self.x.get(s..s + S));
+                if let Some(src) = src {
+                    // Lane `i` reads `x[start + i]`; lanes in the padding read a
+                    // neighbouring row, channel or image, masked off.
+                    let src: &[f32; S] = src.try_into().expect("S values");
+                    for ((o, v), m) in out.iter_mut().zip(src).zip(mask) {
+                        *o = f32::from_bits(v.to_bits() & m);
                     }
                 } else {
-                    // At the very start or end of `x`: lane by lane (the lanes `lo..hi`
-                    // lie inside it).
-                    *out = [0.0; R];
-                    for (i, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
-                        *o = self.x[(start + i as isize) as usize];
+                    // At the very start or end of `x`: lane by lane, only the lanes inside
+                    // the image (which lie inside `x`).
+                    for (i, (o, &m)) in out.iter_mut().zip(mask).enumerate() {
+                        *o = if m == 0 {
+                            0.0
+                        } else {
+                            self.x[(start + i as isize) as usize]
+                        };
                     }
                 }
             }
@@ -906,14 +925,14 @@ impl Shifted<'_> {
 /// much as the panels' copies).
 struct ForwardWeight<'a> {
     weight: Left<'a>,
-    shifts: Option<Vec<ShiftTap>>,
+    shifts: Option<ShiftPlan>,
 }
 
 impl<'a> ForwardWeight<'a> {
     fn new(weight: &'a [f32], g: &Geometry) -> Self {
         let weight = Left::new(Mat::rows(weight, g.k()), g.c_out, g.k(), g);
         let shifts =
-            (matches!(weight.a, Operand::Packed(_)) && packs_shifted(g)).then(|| shift_taps(g));
+            (matches!(weight.a, Operand::Packed(_)) && packs_shifted(g)).then(|| shift_plan(g));
         Self { weight, shifts }
     }
 
@@ -930,11 +949,11 @@ impl<'a> ForwardWeight<'a> {
         par: Parallelism,
     ) {
         let cols = images.len() * g.out_hw();
-        if let (Operand::Packed(w), Some(taps)) = (&self.weight.a, &self.shifts)
+        if let (Operand::Packed(w), Some(plan)) = (&self.weight.a, &self.shifts)
             && cols.is_multiple_of(ours::NR)
         {
             let x = &x[images.start * g.in_len()..images.end * g.in_len()];
-            let b = Shifted { x, g, taps };
+            let b = Shifted { x, g, plan };
             ours::matmul_right(w, 0..g.c_out, cols, out, false, &b, threads_of(par));
             return;
         }
@@ -987,6 +1006,11 @@ pub fn grad_input(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> Vec<f32> {
     assert_eq!(dy.len(), g.batch * g.out_len());
     assert_eq!(weight.len(), g.c_out * g.k());
+    // The taps [`cropped`] drops add only to the padding, which has no gradient: on 1×1
+    // planes ResNet-18's last 3×3 layers ran all nine taps' products to keep one.
+    if let Some((g, weight)) = cropped(g, weight) {
+        return grad_input_folding(&weight, dy, &g, fold);
+    }
     let (ohw, k) = (g.out_hw(), g.k());
     // `Wᵀ` packed once per batch for our GEMM. For the `gemm` crate, laid out row-major
     // where there are enough groups: it ran AlexNet's input-gradient products 18–45% faster
@@ -1043,6 +1067,24 @@ fn packs_grad_weight(g: &Geometry) -> bool {
 pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len());
     assert_eq!(dy.len(), g.batch * g.out_len());
+    // The taps [`cropped`] drops read only the padding, zeros: their gradients are zeros
+    // (for finite `dy`; an infinite or NaN one there no longer makes them NaN), the others
+    // the cropped convolution's.
+    if let Some((c, rows, cols)) = crop(g) {
+        let small = grad_weight(x, dy, &c);
+        let (kk, ck) = (g.kh * g.kw, c.kh * c.kw);
+        let mut dw = vec![0.0; g.c_out * g.k()];
+        dw.par_chunks_exact_mut(g.k())
+            .zip(small.par_chunks_exact(c.k()))
+            .for_each(|(dst, src)| {
+                for (kernel, src) in dst.chunks_exact_mut(kk).zip(src.chunks_exact(ck)) {
+                    for (src, ki) in src.chunks_exact(c.kw).zip(rows.clone()) {
+                        kernel[ki * g.kw..][cols.clone()].copy_from_slice(src);
+                    }
+                }
+            });
+        return dw;
+    }
     let (ohw, k) = (g.out_hw(), g.k());
     let len = g.c_out * k;
     let threads = rayon::current_num_threads().max(1);
@@ -1356,9 +1398,10 @@ mod tests {
     }
 
     /// Every small geometry along one axis (sides 1–4, kernels 1–5, strides 1–3, padding
-    /// 0–3), cropped or not, forward and fused (with ReLU) against the definition, on both
-    /// axes, the other axis a 3×3 kernel with padding 1 on 3 pixels (not cropped) or on 1
-    /// (cropped too), on 1–4 threads and both GEMMs.
+    /// 0–3), cropped or not, forward, fused (with ReLU) and both gradients against the
+    /// definition (the dropped taps' weight gradients zeros), on both axes, the other axis a
+    /// 3×3 kernel with padding 1 on 3 pixels (not cropped) or on 1 (cropped too), on 1–4
+    /// threads and both GEMMs.
     #[test]
     fn cropped_kernels_match_the_definition() {
         let crops = std::sync::atomic::AtomicUsize::new(0);
@@ -1401,6 +1444,16 @@ mod tests {
                         let (m, c) = ab(i / g.out_hw() % g.c_out);
                         let b = (b * m + c).max(0.0);
                         assert!((a - b).abs() < 1e-5, "fused {g:?} t{threads}: {a} vs {b}");
+                    }
+                    let r = values(g.batch * g.out_len(), 5);
+                    let (dx_want, dw_want) = naive_grads(&x, &wt, &r, &g);
+                    let (dx, dw) = (grad_input(&wt, &r, &g), grad_weight(&x, &r, &g));
+                    assert_eq!((dx.len(), dw.len()), (dx_want.len(), dw_want.len()));
+                    for (a, b) in dx.iter().zip(&dx_want) {
+                        assert!((a - b).abs() < 1e-4, "dx {g:?} t{threads}: {a} vs {b}");
+                    }
+                    for (a, b) in dw.iter().zip(&dw_want) {
+                        assert!((a - b).abs() < 1e-4, "dw {g:?} t{threads}: {a} vs {b}");
                     }
                 }
             }
@@ -1810,11 +1863,11 @@ mod tests {
             let mut col = vec![f32::NAN; k * n];
             im2col(&x, &g, &mut col);
             let laid_out = Mat::rows(&col, n);
-            let taps = shift_taps(&g);
+            let plan = shift_plan(&g);
             let shifted = Shifted {
                 x: &x,
                 g: &g,
-                taps: &taps,
+                plan: &plan,
             };
             let depths = [(0, k), (0, k.min(7)), (k / 2, k - k / 2), (k - 1, 1)];
             let spans = [(0, n), (0, 16), (16, n - 16), (n - 16, 16), (32, 16)];
