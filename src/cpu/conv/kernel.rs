@@ -1062,7 +1062,10 @@ fn grad_input_folding(weight: &[f32], dy: &[f32], g: &Geometry, fold: usize) -> 
 /// kw−1−j]`) and padded by `k − 1 − p`, whose output planes are the input's. Where the
 /// output rows are as wide as the input rows ([`same_width`]: the "same" convolutions), that
 /// forward packs its right operand from the planes ([`Shifted`]) and writes each value once,
-/// where the unfolded gradient is written by the GEMM and folded back by [`col2im`]. `None`
+/// where the unfolded gradient is written by the GEMM and folded back by [`col2im`]. Its
+/// padding multiplies weights by zeros where the definition skips the terms: for finite
+/// weights the same, but an infinite weight makes the border's gradient NaN (as the forward
+/// does with its own padding). `None`
 /// for other geometries, for 1×1 convolutions (whose input gradient is one GEMM already),
 /// where the forward would not pack ([`packs_weight`], [`packs_shifted`]), and where the
 /// layer widens more than twofold: the forward packs `c_out·kh·kw` unfolded rows per
