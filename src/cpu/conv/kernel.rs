@@ -663,18 +663,33 @@ fn cropped(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
     let (c, rows, cols) = crop(g)?;
     // One output channel's kernels per task: ResNet-18's last stage gathers 262,144
     // kernels (9.4 MB read at a stride of 9 values) on every forward call.
-    let (kk, ck) = (g.kh * g.kw, c.kh * c.kw);
     let mut w = vec![0.0; g.c_out * c.k()];
     w.par_chunks_exact_mut(c.k())
         .zip(weight.par_chunks_exact(g.k()))
         .for_each(|(dst, src)| {
-            for (dst, kernel) in dst.chunks_exact_mut(ck).zip(src.chunks_exact(kk)) {
-                for (dst, ki) in dst.chunks_exact_mut(c.kw).zip(rows.clone()) {
-                    dst.copy_from_slice(&kernel[ki * g.kw..][cols.clone()]);
-                }
+            for (full, kept) in kept_spans(g, &c, &rows, &cols) {
+                dst[kept].copy_from_slice(&src[full]);
             }
         });
     Some((c, w))
+}
+
+/// For one output channel's kernels, each kept kernel row's span in `g`'s (`[c, kh, kw]`)
+/// and in the cropped `c`'s: the one walk [`cropped`]'s gather and [`grad_weight`]'s
+/// scatter share.
+fn kept_spans<'a>(
+    g: &'a Geometry,
+    c: &'a Geometry,
+    rows: &'a Range<usize>,
+    cols: &'a Range<usize>,
+) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + 'a {
+    (0..g.c_in).flat_map(move |ch| {
+        rows.clone().enumerate().map(move |(i, ki)| {
+            let full = (ch * g.kh + ki) * g.kw + cols.start;
+            let kept = (ch * c.kh + i) * c.kw;
+            (full..full + c.kw, kept..kept + c.kw)
+        })
+    })
 }
 
 /// [`cropped`]'s geometry, and the kernel rows and columns it keeps.
@@ -1132,15 +1147,12 @@ pub fn grad_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     // the cropped convolution's.
     if let Some((c, rows, cols)) = crop(g) {
         let small = grad_weight(x, dy, &c);
-        let (kk, ck) = (g.kh * g.kw, c.kh * c.kw);
         let mut dw = vec![0.0; g.c_out * g.k()];
         dw.par_chunks_exact_mut(g.k())
             .zip(small.par_chunks_exact(c.k()))
             .for_each(|(dst, src)| {
-                for (kernel, src) in dst.chunks_exact_mut(kk).zip(src.chunks_exact(ck)) {
-                    for (src, ki) in src.chunks_exact(c.kw).zip(rows.clone()) {
-                        kernel[ki * g.kw..][cols.clone()].copy_from_slice(src);
-                    }
+                for (full, kept) in kept_spans(g, &c, &rows, &cols) {
+                    dst[full].copy_from_slice(&src[kept]);
                 }
             });
         return dw;
